@@ -1,0 +1,7 @@
+"""`python -m relayd` runs the CLI."""
+
+from __future__ import annotations
+
+from relayd.cli import main
+
+main()

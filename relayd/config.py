@@ -1,0 +1,435 @@
+"""The settings tree: one TOML file validated once, completely, into frozen pydantic models.
+
+Everything downstream reads `Config` and never re-checks it, so every rule that can be checked
+without the network lives here: unknown keys, durations and sizes ("5m", "25MB"), provider
+presets filled in (and remembered, so check-config can say where a value came from), secrets
+read from `password_file` / `password_env` into `SecretStr`, and the sender -> upstream routes
+proved unambiguous. Failures are `ConfigError`s naming the dotted key and its line. The value
+types ("5m", "25MB", patterns) live in config_types.py and the text work (key lines, error
+text, TOML rendering) in config_text.py. This module never prints and never exits.
+"""
+
+from __future__ import annotations
+
+import datetime
+import ipaddress
+import os
+import socket
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    SecretStr,
+    StrictBool,
+    StrictInt,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from relayd.config_text import KeyedValueError, KeyLocator, config_error, read_toml, render_model
+from relayd.config_types import (
+    AddressPattern,
+    ConfPath,
+    Days,
+    Duration,
+    Hostname,
+    Hours,
+    Listen,
+    Network,
+    Rate,
+    SenderPattern,
+    Size,
+    Timeout,
+    TimeZone,
+    UpstreamName,
+    durations,
+    parse_listen,
+)
+from relayd.providers import DEFAULT_PORTS, PRESETS, Preset, default_port
+
+__all__ = ["Config", "default_config_path", "load", "parse_listen", "render_effective"]
+
+DEFAULT_PATH = Path("/etc/relayd/relayd.toml")
+
+
+class _Model(BaseModel):
+    # hide_input_in_errors: a chained ValidationError must not print what was in the file.
+    model_config = ConfigDict(extra="forbid", frozen=True, hide_input_in_errors=True)
+
+
+class UserConfig(_Model):
+    """One SMTP AUTH account for a local app ([[server.users]])."""
+
+    name: str = Field(min_length=1)
+    password_hash: SecretStr
+    allowed_senders: list[AddressPattern] = Field(default_factory=list)
+
+
+class ServerConfig(_Model):
+    """The local SMTP intake."""
+
+    listen: list[Listen] = Field(default_factory=lambda: ["127.0.0.1:2525"], min_length=1)
+    hostname: Hostname = Field(default_factory=socket.getfqdn)
+    max_message_size: Size = 25_000_000
+    max_recipients: StrictInt = Field(default=100, ge=1)
+    allowed_networks: list[Network] = Field(
+        default_factory=lambda: [ipaddress.ip_network("127.0.0.0/8"), ipaddress.ip_network("::1")]
+    )
+    require_auth: StrictBool = False
+    tls_cert: ConfPath | None = None
+    tls_key: ConfPath | None = None
+    users: list[UserConfig] = Field(default_factory=list)
+    idle_timeout: Timeout = 300.0
+    workers: StrictInt = Field(default=1, ge=1)
+
+    @model_validator(mode="after")
+    def _check(self) -> ServerConfig:
+        if (self.tls_cert is None) != (self.tls_key is None):
+            missing = "tls_key" if self.tls_key is None else "tls_cert"
+            raise KeyedValueError((missing,), "tls_cert and tls_key go together; set both")
+        if self.require_auth and not self.users:
+            raise KeyedValueError(("require_auth",), "needs at least one [[server.users]] entry")
+        names = [user.name for user in self.users]
+        for index, name in enumerate(names):
+            if name in names[:index]:
+                raise KeyedValueError(("users", index, "name"), f'user "{name}" is defined twice')
+        return self
+
+
+class QueueConfig(_Model):
+    """The durable queue and the retry schedule."""
+
+    backend: Literal["sqlite"] = "sqlite"
+    path: ConfPath = Path("/var/lib/relayd/queue.db")
+    max_lifetime: Timeout = 5 * 86400.0
+    retry: list[Duration] = durations("1m", "5m", "15m", "30m", "1h", "2h", "4h")
+    lease_time: Timeout = 300.0
+    shutdown_timeout: Duration = 30.0
+
+    @field_validator("backend", mode="before")
+    @classmethod
+    def _no_postgres_yet(cls, value: object) -> object:
+        if value == "postgres":
+            raise ValueError('postgres backend is not available yet; use "sqlite"')
+        return value
+
+
+class WindowConfig(_Model):
+    """Sending hours of one upstream; outside them mail waits, queued."""
+
+    timezone: TimeZone = "UTC"
+    days: Days = "mon-sun"
+    hours: list[Hours] = Field(default_factory=lambda: ["00:00-24:00"], min_length=1)
+    closed_dates: list[datetime.date] = Field(default_factory=list)
+
+
+class UpstreamConfig(_Model):
+    """One provider account mail is delivered through ([upstreams.NAME])."""
+
+    name: UpstreamName
+    provider: str = "generic"
+    host: str | None = None
+    port: StrictInt | None = Field(default=None, ge=1, le=65535)
+    security: Literal["starttls", "tls", "none"] | None = None
+    tls_verify: StrictBool = True
+    username: str | None = None
+    auth: Literal["password", "xoauth2", "none"] | None = None
+    password_file: ConfPath | None = None
+    password_env: str | None = None
+    password: SecretStr | None = None
+    allow_plaintext_auth: StrictBool = False
+    senders: list[SenderPattern] = Field(default_factory=list)
+    from_policy: Literal["keep", "bare", "rewrite"] = "keep"
+    rate_limits: list[Rate] = Field(default_factory=list)
+    min_interval: Duration = 0.0
+    max_connections: StrictInt = Field(default=1, ge=1)
+    count: Literal["messages", "recipients"] = "messages"
+    throttle_backoff: list[Duration] = durations("1m", "5m", "15m", "1h")
+    connect_timeout: Timeout = 30.0
+    timeout: Timeout = 60.0
+    path: ConfPath | None = None
+    window: WindowConfig | None = None
+    preset_fields: frozenset[str] = frozenset()
+
+    @field_validator("provider")
+    @classmethod
+    def _known_provider(cls, value: str) -> str:
+        if value not in PRESETS:
+            raise ValueError(f'unknown provider "{value}" (valid: {", ".join(sorted(PRESETS))})')
+        return value
+
+    @model_validator(mode="before")
+    @classmethod
+    def _apply_preset(cls, data: Any) -> Any:
+        provider = data.get("provider", "generic") if isinstance(data, dict) else None
+        preset = PRESETS.get(provider) if isinstance(provider, str) else None
+        if preset is None:
+            return data  # not a table, or an unknown provider that _known_provider reports
+        filled = {
+            key: value for key, value in _preset_values(preset).items() if data.get(key) is None
+        }
+        marked = set(filled)
+        security = data.get("security") or filled.get("security")
+        if data.get("port") is None and security in DEFAULT_PORTS:
+            filled["port"] = default_port(security)
+            if "security" in marked:
+                marked.add("port")
+        return {
+            **data,
+            **filled,
+            "preset_fields": frozenset(data.get("preset_fields", ())) | marked,
+        }
+
+    @model_validator(mode="after")
+    def _check(self) -> UpstreamConfig:
+        if PRESETS[self.provider].delivers_to_directory:
+            if self.path is None:
+                raise KeyedValueError(("path",), f'provider "{self.provider}" needs path = "DIR"')
+            return self
+        if self.host is None:
+            raise KeyedValueError(("host",), f'provider "{self.provider}" has no host; set host')
+        if self.port is None:
+            raise KeyedValueError(("port",), 'no port; set port or security ("starttls", "tls")')
+        self._check_credentials()
+        return self
+
+    def _check_credentials(self) -> None:
+        if self.password_file is not None and self.password_env is not None:
+            raise KeyedValueError(("password_env",), "set password_file or password_env, not both")
+        if self.auth in ("password", "xoauth2") and self.username is None:
+            raise KeyedValueError(("username",), f'auth = "{self.auth}" needs a username')
+        no_secret = self.password is None and self.password_file is None and not self.password_env
+        if self.auth == "password" and no_secret:
+            raise KeyedValueError(
+                ("password_file",), 'auth = "password" needs password_file or password_env'
+            )
+        if (
+            self.auth not in (None, "none")
+            and self.security == "none"
+            and not self.allow_plaintext_auth
+        ):
+            raise KeyedValueError(
+                ("security",),
+                f'auth = "{self.auth}" with security = "none" would send the credentials '
+                'unencrypted; use "starttls" or "tls", or set allow_plaintext_auth = true',
+            )
+
+
+def _preset_values(preset: Preset) -> dict[str, Any]:
+    values = {
+        "host": preset.host,
+        "security": preset.security,
+        "auth": preset.auth,
+        "rate_limits": list(preset.rate_limits) or None,
+    }
+    return {key: value for key, value in values.items() if value is not None}
+
+
+class RoutingConfig(_Model):
+    default: str | None = None
+
+
+class LogConfig(_Model):
+    format: Literal["json", "console"] = "json"
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    transcript_dir: ConfPath | None = None
+
+
+class AdminConfig(_Model):
+    listen: Listen | None = None
+
+
+class Config(_Model):
+    """The whole validated configuration; `route()` picks the upstream for a message."""
+
+    server: ServerConfig = Field(default_factory=ServerConfig)
+    queue: QueueConfig = Field(default_factory=QueueConfig)
+    upstreams: dict[str, UpstreamConfig] = Field(default_factory=dict)
+    routing: RoutingConfig = Field(default_factory=RoutingConfig)
+    log: LogConfig = Field(default_factory=LogConfig)
+    admin: AdminConfig = Field(default_factory=AdminConfig)
+    source: Path | None = None
+    _routes: dict[str, str] = PrivateAttr(default_factory=dict)
+
+    @field_validator("upstreams", mode="before")
+    @classmethod
+    def _name_upstreams(cls, value: Any) -> Any:
+        if not isinstance(value, dict):
+            return value
+        return {
+            key: {**table, "name": key} if isinstance(table, dict) else table
+            for key, table in value.items()
+        }
+
+    @model_validator(mode="after")
+    def _check_routes(self) -> Config:
+        if not self.upstreams:
+            raise KeyedValueError(("upstreams",), "at least one [upstreams.NAME] table is required")
+        self._routes = self._route_table()
+        default = self.routing.default
+        if default is not None and default not in self.upstreams:
+            names = ", ".join(self.upstreams)
+            raise KeyedValueError(
+                ("routing", "default"), f'"{default}" is not an upstream (have: {names})'
+            )
+        if default is None and len(self.upstreams) > 1 and "*" not in self._routes:
+            raise KeyedValueError(
+                ("routing", "default"),
+                'several upstreams: set routing.default or give one of them senders = ["*"]',
+            )
+        return self
+
+    def _route_table(self) -> dict[str, str]:
+        """sender pattern -> upstream name; a pattern claimed twice is ambiguous."""
+        users = {user.name for user in self.server.users}
+        routes: dict[str, str] = {}
+        for key, upstream in self.upstreams.items():
+            where = ("upstreams", key, "senders")
+            for pattern in upstream.senders:
+                other = routes.setdefault(pattern, key)
+                if other != key:
+                    raise KeyedValueError(
+                        where,
+                        f'"{pattern}" is routed by both upstreams.{other} and upstreams.{key}; '
+                        "a pattern may route to one upstream only",
+                    )
+                if pattern.startswith("user:") and pattern[5:] not in users:
+                    raise KeyedValueError(where, f'"{pattern}" names no [[server.users]] entry')
+        return routes
+
+    def route(self, mail_from: str, auth_user: str | None) -> str:
+        """The upstream for a message: user:NAME > exact address > *@domain > * > default."""
+        address = mail_from.strip().strip("<>").lower()
+        candidates = [f"user:{auth_user}"] if auth_user is not None else []
+        if address:
+            candidates.append(address)
+        if "@" in address:
+            candidates.append("*@" + address.rpartition("@")[2])
+        candidates.append("*")
+        for pattern in candidates:
+            if pattern in self._routes:
+                return self._routes[pattern]
+        # _check_routes guarantees a default, a sole upstream, or a "*" pattern (matched above).
+        return self.routing.default or next(iter(self.upstreams))
+
+
+def default_config_path(environ: Mapping[str, str] | None = None) -> Path:
+    """RELAYD_CONFIG when set, else /etc/relayd/relayd.toml."""
+    value = (os.environ if environ is None else environ).get("RELAYD_CONFIG", "")
+    return Path(value) if value else DEFAULT_PATH
+
+
+def load(path: Path | str, *, environ: Mapping[str, str] | None = None) -> Config:
+    """Read, validate and resolve the TOML file at `path` (secrets from files or `environ`)."""
+    source = Path(os.path.abspath(path))
+    data, locator = read_toml(source)
+    _reject_internal_keys(data, locator)
+    _reject_unbuilt(data, locator)
+    context = {"toml": True, "base_dir": source.parent}
+    try:
+        config = Config.model_validate({**data, "source": source}, context=context)
+    except ValidationError as exc:
+        raise config_error(exc, locator) from exc
+    return _with_secrets(config, locator, os.environ if environ is None else environ)
+
+
+def render_effective(config: Config) -> str:
+    """The effective configuration as TOML for `relayd check-config`; secrets masked."""
+    hidden: set[tuple[type[BaseModel], str]] = {
+        (Config, "source"),
+        (UpstreamConfig, "name"),
+        (UpstreamConfig, "preset_fields"),
+    }
+    header = f"effective configuration from {config.source}" if config.source else ""
+    return render_model(config, hidden=hidden, header=header)
+
+
+def _reject_internal_keys(data: dict[str, Any], locator: KeyLocator) -> None:
+    """Keys the models have but a file may not set: filled by the loader, or secrets."""
+    found: list[tuple[str, ...]] = [("source",)] if "source" in data else []
+    upstreams = data.get("upstreams")
+    for name, table in upstreams.items() if isinstance(upstreams, dict) else ():
+        if isinstance(table, dict):
+            found += [
+                ("upstreams", name, key)
+                for key in ("name", "preset_fields", "password")
+                if key in table
+            ]
+    for loc in found:
+        message = "unknown key"
+        if loc[-1] == "password":
+            message = "secrets are not allowed inline; use password_file or password_env"
+        raise locator.error(message, loc)
+
+
+# Keys of the documented contract whose feature is not built yet, with the value that is
+# harmless. Accepting them silently would be worse than refusing: `require_auth = true`
+# that does nothing is an open relay the admin believes is closed.
+_UNBUILT: tuple[tuple[tuple[str, ...], object], ...] = (
+    (("server", "require_auth"), False),
+    (("server", "users"), []),
+    (("server", "tls_cert"), None),
+    (("server", "tls_key"), None),
+    (("server", "workers"), 1),
+    (("log", "transcript_dir"), None),
+    (("admin", "listen"), None),
+)
+_UNBUILT_UPSTREAM: tuple[tuple[str, object], ...] = (
+    ("auth", "xoauth2"),
+    ("from_policy", "rewrite"),
+    ("from_policy", "bare"),
+)
+
+
+def _reject_unbuilt(data: dict[str, Any], locator: KeyLocator) -> None:
+    """Refuse settings this version documents but cannot honour yet (see _UNBUILT)."""
+    for loc, harmless in _UNBUILT:
+        table = data.get(loc[0])
+        if isinstance(table, dict) and loc[1] in table and table[loc[1]] != harmless:
+            raise locator.error("is not available in this version of relayd yet", loc)
+    upstreams = data.get("upstreams")
+    for name, table in upstreams.items() if isinstance(upstreams, dict) else ():
+        for key, value in _UNBUILT_UPSTREAM:
+            if isinstance(table, dict) and table.get(key) == value:
+                raise locator.error(
+                    f'"{value}" is not available in this version of relayd yet',
+                    ("upstreams", name, key),
+                )
+
+
+def _with_secrets(config: Config, locator: KeyLocator, environ: Mapping[str, str]) -> Config:
+    upstreams = {
+        name: upstream.model_copy(update={"password": _secret(upstream, locator, environ)})
+        if upstream.password_file is not None or upstream.password_env is not None
+        else upstream
+        for name, upstream in config.upstreams.items()
+    }
+    return config.model_copy(update={"upstreams": upstreams})
+
+
+def _secret(upstream: UpstreamConfig, locator: KeyLocator, environ: Mapping[str, str]) -> SecretStr:
+    """The password from its file (trailing newline dropped) or environment variable."""
+    loc = (
+        "upstreams",
+        upstream.name,
+        "password_file" if upstream.password_file else "password_env",
+    )
+    if upstream.password_file is not None:
+        try:
+            value = upstream.password_file.read_text(encoding="utf-8").rstrip("\r\n")
+        except (OSError, UnicodeDecodeError) as exc:
+            reason = getattr(exc, "strerror", None) or "not UTF-8 text"
+            raise locator.error(f"cannot read {upstream.password_file}: {reason}", loc) from exc
+    elif upstream.password_env is not None and upstream.password_env in environ:
+        value = environ[upstream.password_env]
+    else:
+        raise locator.error(f"environment variable {upstream.password_env} is not set", loc)
+    if not value:
+        raise locator.error("the secret is empty", loc)
+    return SecretStr(value)

@@ -1,0 +1,280 @@
+"""One upstream session: connect, TLS, AUTH, send one message, report per-recipient replies.
+
+No retry decisions here (outcome.py makes them). The SMTP connection is kept open and
+reused for consecutive messages; any failure closes it so the next send reconnects.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import ssl
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+import aiosmtplib
+
+from relayd.config import UpstreamConfig
+from relayd.errors import UpstreamUnavailable
+from relayd.types import SmtpReply
+
+# Replies relayd synthesises for the directory capture upstream.
+CAPTURED = SmtpReply(250, "2.0.0 Ok: written to the capture directory")
+
+# MAIL FROM parameters forwarded when the upstream advertises the matching extension.
+_FORWARDED_OPTIONS = {"BODY": "8bitmime", "SMTPUTF8": "smtputf8"}
+
+
+@dataclass
+class SendResult:
+    """Per-recipient replies of one attempt; `reached_data` says the upstream saw the message."""
+
+    replies: dict[str, SmtpReply] = field(default_factory=dict)
+    reached_data: bool = False
+
+
+class Session(Protocol):
+    async def send(
+        self,
+        mail_from: str,
+        recipients: tuple[str, ...],
+        body: bytes,
+        *,
+        name: str,
+        mail_options: tuple[str, ...] = (),
+    ) -> SendResult:
+        """Deliver one message; raises UpstreamUnavailable when the session breaks."""
+
+    async def close(self) -> None:
+        """Close the connection (QUIT when possible)."""
+
+
+def open_session(upstream: UpstreamConfig, local_hostname: str) -> Session:
+    """The session kind the upstream's provider calls for."""
+    if upstream.provider == "directory":
+        assert upstream.path is not None
+        return DirectorySession(upstream.path)
+    return SmtpSession(upstream, local_hostname)
+
+
+class DirectorySession:
+    """The `directory` capture upstream: one .eml per message, written atomically."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    async def send(
+        self,
+        mail_from: str,
+        recipients: tuple[str, ...],
+        body: bytes,
+        *,
+        name: str,
+        mail_options: tuple[str, ...] = (),
+    ) -> SendResult:
+        try:
+            await asyncio.to_thread(self._write, name, body)
+        except OSError as exc:
+            raise UpstreamUnavailable(f"cannot write to {self.path}: {exc.strerror}") from exc
+        return SendResult({rcpt: CAPTURED for rcpt in recipients}, reached_data=True)
+
+    def _write(self, name: str, body: bytes) -> None:
+        # temp + fsync + rename + fsync(dir): a reader never sees a half-written file, and a
+        # retry after a crash rewrites the same name (at-least-once, no duplicates here).
+        self.path.mkdir(parents=True, exist_ok=True)
+        final = self.path / f"{name}.eml"
+        temp = self.path / f".{name}.eml.tmp"
+        with open(temp, "wb") as handle:
+            handle.write(body)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temp, final)
+        dir_fd = os.open(self.path, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+
+    async def close(self) -> None:
+        return None
+
+
+class SmtpSession:
+    """An aiosmtplib connection to one upstream account, reused across messages."""
+
+    def __init__(self, upstream: UpstreamConfig, local_hostname: str) -> None:
+        self.upstream = upstream
+        self.local_hostname = local_hostname
+        self._smtp: aiosmtplib.SMTP | None = None
+
+    def _client(self) -> aiosmtplib.SMTP:
+        up = self.upstream
+        context = ssl.create_default_context()
+        if not up.tls_verify:
+            context.check_hostname = False
+            context.verify_mode = ssl.CERT_NONE
+        return aiosmtplib.SMTP(
+            hostname=up.host,
+            port=up.port,
+            local_hostname=self.local_hostname,
+            timeout=up.timeout,
+            use_tls=up.security == "tls",
+            # start_tls=True REQUIRES STARTTLS: aiosmtplib's default (None) would fall back
+            # to plaintext, and then AUTH, when the server does not offer it.
+            start_tls=up.security == "starttls",
+            validate_certs=up.tls_verify,
+            tls_context=context if up.security != "none" else None,
+        )
+
+    async def _connect(self) -> aiosmtplib.SMTP:
+        smtp = self._client()
+        up = self.upstream
+        try:
+            await asyncio.wait_for(smtp.connect(), up.connect_timeout)
+            if up.auth == "password" and up.username and up.password is not None:
+                await smtp.login(up.username, up.password.get_secret_value())
+        except BaseException:
+            smtp.close()
+            raise
+        return smtp
+
+    async def send(
+        self,
+        mail_from: str,
+        recipients: tuple[str, ...],
+        body: bytes,
+        *,
+        name: str,
+        mail_options: tuple[str, ...] = (),
+    ) -> SendResult:
+        reused = self._smtp is not None and self._smtp.is_connected
+        try:
+            return await self._send(mail_from, recipients, body, mail_options)
+        except aiosmtplib.SMTPServerDisconnected as exc:
+            await self.close()
+            if reused:
+                # The server closed an idle reused connection before DATA (a drop during DATA
+                # raises UpstreamUnavailable below): one fresh try, not a deferral.
+                return await self._send_translating(mail_from, recipients, body, mail_options)
+            raise UpstreamUnavailable(f"connection lost: {exc}") from exc
+        except UpstreamUnavailable:
+            await self.close()
+            raise
+        except (TimeoutError, aiosmtplib.SMTPException, OSError, ssl.SSLError) as exc:
+            await self.close()
+            raise UpstreamUnavailable(_describe(exc)) from exc
+
+    async def _send_translating(
+        self,
+        mail_from: str,
+        recipients: tuple[str, ...],
+        body: bytes,
+        mail_options: tuple[str, ...],
+    ) -> SendResult:
+        try:
+            return await self._send(mail_from, recipients, body, mail_options)
+        except (TimeoutError, aiosmtplib.SMTPException, OSError, ssl.SSLError) as exc:
+            await self.close()
+            raise UpstreamUnavailable(_describe(exc)) from exc
+
+    async def _send(
+        self,
+        mail_from: str,
+        recipients: tuple[str, ...],
+        body: bytes,
+        mail_options: tuple[str, ...],
+    ) -> SendResult:
+        if self._smtp is None or not self._smtp.is_connected:
+            try:
+                self._smtp = await self._connect()
+            except aiosmtplib.SMTPResponseException as exc:
+                # Greeting or AUTH refused: every recipient gets the server's answer.
+                await self.close()
+                reply = SmtpReply(exc.code, exc.message)
+                return SendResult({rcpt: reply for rcpt in recipients})
+        smtp = self._smtp
+        options = self._mail_options(smtp, mail_options, len(body))
+        encoding = "utf-8" if "SMTPUTF8" in options else "ascii"
+        try:
+            await smtp.mail(mail_from, options=options, encoding=encoding)
+        except aiosmtplib.SMTPSenderRefused as exc:
+            await self._reset(smtp)
+            reply = SmtpReply(exc.code, exc.message)
+            return SendResult({rcpt: reply for rcpt in recipients})
+        result = SendResult()
+        accepted = await self._recipients(smtp, recipients, encoding, result)
+        if not accepted:
+            await self._reset(smtp)
+            return result
+        result.reached_data = True
+        try:
+            response = await smtp.data(body)
+        except aiosmtplib.SMTPDataError as exc:
+            response = aiosmtplib.SMTPResponse(exc.code, exc.message)
+        except (aiosmtplib.SMTPServerDisconnected, aiosmtplib.SMTPTimeoutError) as exc:
+            raise UpstreamUnavailable(_describe(exc), reached_data=True) from exc
+        for rcpt in accepted:
+            result.replies[rcpt] = SmtpReply(response.code, response.message)
+        return result
+
+    @staticmethod
+    async def _recipients(
+        smtp: aiosmtplib.SMTP, recipients: tuple[str, ...], encoding: str, result: SendResult
+    ) -> list[str]:
+        """RCPT TO for each recipient; records every reply, returns the accepted ones."""
+        accepted: list[str] = []
+        for rcpt in recipients:
+            try:
+                response = await smtp.rcpt(rcpt, encoding=encoding)
+            except aiosmtplib.SMTPRecipientRefused as exc:
+                response = aiosmtplib.SMTPResponse(exc.code, exc.message)
+            result.replies[rcpt] = SmtpReply(response.code, response.message)
+            if response.code in (250, 251):
+                accepted.append(rcpt)
+        return accepted
+
+    @staticmethod
+    def _mail_options(
+        smtp: aiosmtplib.SMTP, client_options: tuple[str, ...], size: int
+    ) -> list[str]:
+        options = [f"SIZE={size}"] if smtp.supports_extension("size") else []
+        for option in client_options:
+            keyword = option.split("=", 1)[0].upper()
+            extension = _FORWARDED_OPTIONS.get(keyword)
+            if extension and smtp.supports_extension(extension):
+                options.append(option)
+        return options
+
+    async def _reset(self, smtp: aiosmtplib.SMTP) -> None:
+        try:
+            await smtp.rset()
+        except aiosmtplib.SMTPException:
+            await self.close()
+
+    async def close(self) -> None:
+        smtp, self._smtp = self._smtp, None
+        if smtp is None:
+            return
+        if smtp.is_connected:
+            try:
+                await asyncio.wait_for(smtp.quit(), 5)
+            except (TimeoutError, aiosmtplib.SMTPException, OSError):
+                smtp.close()
+        else:
+            smtp.close()
+
+
+def _describe(exc: BaseException) -> str:
+    """A short reason for logs and `queue show`; never contains credentials."""
+    if isinstance(exc, aiosmtplib.SMTPResponseException):
+        return f"{exc.code} {exc.message}"
+    if isinstance(exc, asyncio.TimeoutError | aiosmtplib.SMTPTimeoutError):
+        return "timed out waiting for the upstream"
+    causes = [exc, exc.__cause__, exc.__context__]
+    if any(isinstance(c, ConnectionRefusedError) for c in causes) or "Errno 111" in str(exc):
+        return "connection refused (is the upstream host and port right, and is it up?)"
+    if isinstance(exc, ssl.SSLError | ssl.CertificateError):
+        return f"TLS failed: {exc}"
+    text = str(exc) or type(exc).__name__
+    return text

@@ -1,0 +1,82 @@
+"""Trace and identity headers on the raw message bytes; pure.
+
+relayd never re-serialises an app's message with the `email` package (it rewrites bodies
+and has had header-injection bugs): it only reads the header block and prepends lines.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime
+from email.utils import format_datetime
+
+_HEADER_END = re.compile(rb"\r?\n\r?\n")
+_MESSAGE_ID = re.compile(rb"^message-id:[ \t]*(.*(?:\r?\n[ \t].*)*)", re.IGNORECASE | re.MULTILINE)
+_DATE = re.compile(rb"^date:", re.IGNORECASE | re.MULTILINE)
+_CLEAN = re.compile(r"[^\x21-\x7e]")
+
+
+def header_block(body: bytes) -> bytes:
+    """The header section (up to the first empty line), or everything if there is none."""
+    match = _HEADER_END.search(body)
+    return body[: match.start()] if match else body
+
+
+def find_message_id(headers: bytes) -> str | None:
+    """The Message-ID value (unfolded, as text), or None when the header is absent."""
+    match = _MESSAGE_ID.search(headers)
+    if not match:
+        return None
+    value = re.sub(rb"\r?\n[ \t]+", b" ", match.group(1)).strip()
+    return value.decode("utf-8", "replace") or None
+
+
+def has_date(headers: bytes) -> bool:
+    return _DATE.search(headers) is not None
+
+
+def rfc5322_date(at: float) -> str:
+    return format_datetime(datetime.fromtimestamp(at, tz=UTC))
+
+
+def received_header(
+    *,
+    helo: str,
+    client_ip: str,
+    hostname: str,
+    protocol: str,
+    queue_id: str,
+    recipients: tuple[str, ...],
+    at: float,
+) -> bytes:
+    """An RFC 5321 4.4 trace line; `for` only with a single recipient (privacy)."""
+    helo_text = _CLEAN.sub("", helo)[:255] or "unknown"
+    lines = [
+        f"Received: from {helo_text} ([{client_ip}])",
+        f"\tby {hostname} (relayd) with {protocol} id {queue_id}",
+    ]
+    stamp = rfc5322_date(at)
+    if len(recipients) == 1:
+        lines.append(f"\tfor <{recipients[0]}>; {stamp}")
+    else:
+        lines[-1] += f"; {stamp}"
+    return ("\r\n".join(lines) + "\r\n").encode("utf-8")
+
+
+def prepare(
+    body: bytes, *, received: bytes, queue_id: str, hostname: str, at: float
+) -> tuple[bytes, str]:
+    """Prepend Received (and Message-ID/Date when missing); return the bytes and the Message-ID.
+
+    The Message-ID relayd adds is recognisable (`<relayd.QUEUEID@host>`) so a late bounce
+    can be matched back to the queued message.
+    """
+    headers = header_block(body)
+    message_id = find_message_id(headers)
+    added = [received]
+    if message_id is None:
+        message_id = f"<relayd.{queue_id}@{hostname}>"
+        added.append(f"Message-ID: {message_id}\r\n".encode())
+    if not has_date(headers):
+        added.append(f"Date: {rfc5322_date(at)}\r\n".encode())
+    return b"".join(added) + body, message_id

@@ -1,0 +1,59 @@
+"""structlog setup: one event per state change, JSON or console, secrets redacted.
+
+Redaction is a processor, so no caller can forget it: any field whose name says it holds
+a secret is masked before rendering, whatever the value.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import MutableMapping
+from typing import Any, Literal
+
+import structlog
+
+_SECRET_WORDS = ("password", "secret", "token", "auth_data", "credential", "authorization")
+MASK = "********"
+
+
+def redact_secrets(
+    _logger: object, _method: str, event_dict: MutableMapping[str, Any]
+) -> MutableMapping[str, Any]:
+    """Mask fields named like secrets (`password`, `client_secret`, `refresh_token`, ...)."""
+    for key in event_dict:
+        lowered = key.lower()
+        if any(word in lowered for word in _SECRET_WORDS) and event_dict[key] is not None:
+            event_dict[key] = MASK
+    return event_dict
+
+
+def configure(
+    fmt: Literal["json", "console"] = "json", level: str = "info", stream: Any = None
+) -> None:
+    """Configure structlog once for the process (stderr by default, as systemd expects)."""
+    renderer: Any = (
+        structlog.processors.JSONRenderer()
+        if fmt == "json"
+        else structlog.dev.ConsoleRenderer(colors=False)
+    )
+    structlog.configure(
+        processors=[
+            structlog.contextvars.merge_contextvars,
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            redact_secrets,
+            structlog.processors.format_exc_info,
+            renderer,
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(
+            logging.getLevelNamesMapping()[level.upper()]
+        ),
+        logger_factory=structlog.PrintLoggerFactory(stream or sys.stderr),
+        cache_logger_on_first_use=False,
+    )
+
+
+def get_logger(name: str) -> Any:
+    """A bound logger carrying `component=name`."""
+    return structlog.get_logger(component=name)

@@ -1,0 +1,119 @@
+"""The store contract: the queue, the rate ledger and upstream holds, in domain verbs.
+
+Every method is one transaction. Every time input is passed in (`now`), so each
+backend implements the same semantics and `tests/contract/` runs against all of them.
+Callers see `StoreError` subclasses only, never a driver's exception.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Protocol
+
+from relayd.types import (
+    Ceiling,
+    Lease,
+    MessageView,
+    NewMessage,
+    QueueId,
+    RecipientOutcome,
+    RecipientState,
+    UpstreamHold,
+)
+
+
+class Store(Protocol):
+    async def open(self) -> None:
+        """Create or check the schema; after this the store is usable."""
+
+    async def close(self) -> None:
+        """Finish pending commits and release the backend."""
+
+    async def enqueue(self, message: NewMessage) -> QueueId:
+        """Store a message and its recipients (state `queued`, due at `received_at`).
+
+        Durable when it returns: intake answers 250 only after this. Concurrent calls
+        share commits (group commit). Raises StoreUnavailable when it cannot commit.
+        """
+
+    async def lease_due(
+        self, upstream: str, now: float, limit: int, lease_for: float, worker: str
+    ) -> list[Lease]:
+        """Claim up to `limit` messages of `upstream` with recipients due at `now`.
+
+        Oldest due first. A message whose lease has expired is claimable again; the
+        lease covers only the recipients that were due.
+        """
+
+    async def load_body(self, queue_id: QueueId) -> bytes:
+        """The raw message bytes (read on demand: queued bodies are not kept in memory)."""
+
+    async def record_outcome(
+        self, lease: Lease, outcomes: Sequence[RecipientOutcome], now: float
+    ) -> None:
+        """Record one attempt's per-recipient results and end the lease.
+
+        Each outcome's attempt counts (attempts + 1). Raises LeaseLost if the lease is no
+        longer this one (fencing): nothing is written then.
+        """
+
+    async def release(self, lease: Lease, not_before: float, reason: str) -> None:
+        """End a lease without an attempt: the recipients wait until `not_before` for `reason`."""
+
+    async def next_due(self, upstream: str, now: float) -> float | None:
+        """When the earliest pending recipient of `upstream` is due (an unexpired lease counts
+        from its expiry); None when nothing is pending."""
+
+    async def reserve_send(
+        self,
+        upstream: str,
+        now: float,
+        ceilings: Sequence[Ceiling],
+        min_interval: float,
+        weight: int,
+    ) -> tuple[int | None, float]:
+        """Atomically take `weight` slots in the upstream's send ledger if the limits allow.
+
+        Returns (reservation_id, now) when reserved, or (None, earliest_time) when the
+        ceilings or `min_interval` make the send wait until `earliest_time`. The ledger is
+        pruned to the longest ceiling's period.
+        """
+
+    async def cancel_send(self, reservation_id: int) -> None:
+        """Give back a reservation whose connection never reached DATA."""
+
+    async def hold_upstream(self, hold: UpstreamHold) -> None:
+        """Pause an upstream (throttled, auth failing) until `hold.until` (None: until released)."""
+
+    async def release_upstream(self, upstream: str) -> None:
+        """End an upstream's hold."""
+
+    async def upstream_hold(self, upstream: str) -> UpstreamHold | None:
+        """The upstream's current hold, or None."""
+
+    async def wait_for_work(self, timeout: float) -> None:
+        """Return when new mail was enqueued (in this process or, for shared backends, any
+        node) or after `timeout` seconds."""
+
+    async def list_messages(
+        self, state: RecipientState | None = None, upstream: str | None = None, limit: int = 1000
+    ) -> list[MessageView]:
+        """Messages with at least one recipient in `state` (any state if None), oldest first."""
+
+    async def show(self, queue_id: QueueId) -> MessageView | None:
+        """One message with its recipients, or None."""
+
+    async def counts(self) -> dict[RecipientState, int]:
+        """Recipient count per state."""
+
+    async def retry_now(self, queue_id: QueueId | None, now: float) -> int:
+        """Make pending recipients (of one message, or all if None) due now; returns how many."""
+
+    async def hold_message(self, queue_id: QueueId) -> int:
+        """Move pending recipients to `held`; returns how many."""
+
+    async def release_message(self, queue_id: QueueId, now: float) -> int:
+        """Move held recipients back to `queued`, due now; returns how many."""
+
+    async def delete_message(self, queue_id: QueueId) -> bool:
+        """Remove a message entirely; returns whether it existed."""

@@ -1,0 +1,177 @@
+"""The default store backend: one SQLite file, WAL, synchronous=FULL, group commit.
+
+SqliteStore is the `Store` contract (store/base.py) in async domain verbs. It owns no
+SQL and no threads itself: the transaction bodies are in sqlite_ops.py (over the named
+queries of sqlite.sql) and the connection, its thread and the group-committing writer are
+in sqlite_db.py. What lives here is which verbs are writes (batched, one fsync per batch)
+and which are reads, and the in-process "new work" event for wait_for_work().
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from pathlib import Path
+from types import TracebackType
+
+from relayd.store import sqlite_ops as ops
+from relayd.store.sqlite_db import Database
+from relayd.types import (
+    Ceiling,
+    Lease,
+    MessageView,
+    NewMessage,
+    QueueId,
+    RecipientOutcome,
+    RecipientState,
+    UpstreamHold,
+)
+
+DEFAULT_BUSY_TIMEOUT = 5.0
+
+
+class SqliteStore:
+    """The queue, the rate ledger and upstream holds in one SQLite database at `path`.
+
+    `busy_timeout` is how long a write waits for another process's lock (the queue tool,
+    a backup) before failing with StoreUnavailable. Use as `async with SqliteStore(p)`,
+    or call open() and close().
+    """
+
+    def __init__(self, path: Path, *, busy_timeout: float = DEFAULT_BUSY_TIMEOUT) -> None:
+        self._db = Database(path, busy_timeout)
+        self._work = asyncio.Event()
+
+    @property
+    def path(self) -> Path:
+        return self._db.path
+
+    @property
+    def commits(self) -> int:
+        """Write transactions committed so far (fewer than writes: group commit)."""
+        return self._db.commits
+
+    async def open(self) -> None:
+        """Create the parent directory and the schema (or check it); then usable."""
+        await self._db.open()
+
+    async def close(self) -> None:
+        """Commit every write already submitted, then close the connection on its thread."""
+        await self._db.close()
+
+    async def __aenter__(self) -> SqliteStore:
+        await self.open()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    # --- the queue ------------------------------------------------------------------
+
+    async def enqueue(self, message: NewMessage) -> QueueId:
+        queue_id = await self._db.write(lambda conn: ops.enqueue(conn, message))
+        self._work.set()
+        return queue_id
+
+    async def lease_due(
+        self, upstream: str, now: float, limit: int, lease_for: float, worker: str
+    ) -> list[Lease]:
+        return await self._db.write(
+            lambda conn: ops.lease_due(conn, upstream, now, limit, lease_for, worker)
+        )
+
+    async def load_body(self, queue_id: QueueId) -> bytes:
+        return await self._db.read(lambda conn: ops.load_body(conn, queue_id))
+
+    async def record_outcome(
+        self, lease: Lease, outcomes: Sequence[RecipientOutcome], now: float
+    ) -> None:
+        await self._db.write(lambda conn: ops.record_outcome(conn, lease, outcomes, now))
+
+    async def release(self, lease: Lease, not_before: float, reason: str) -> None:
+        await self._db.write(lambda conn: ops.release(conn, lease, not_before, reason))
+
+    async def next_due(self, upstream: str, now: float) -> float | None:
+        return await self._db.read(lambda conn: ops.next_due(conn, upstream, now))
+
+    async def wait_for_work(self, timeout: float) -> None:
+        """Return at once if work arrived since the last waiter returned, else wait for it
+        (enqueue, retry_now, release_message, release_upstream) or `timeout` seconds."""
+        try:
+            async with asyncio.timeout(timeout):
+                await self._work.wait()
+        except TimeoutError:
+            return
+        self._work.clear()
+
+    # --- the send ledger ------------------------------------------------------------
+
+    async def reserve_send(
+        self,
+        upstream: str,
+        now: float,
+        ceilings: Sequence[Ceiling],
+        min_interval: float,
+        weight: int,
+    ) -> tuple[int | None, float]:
+        return await self._db.write(
+            lambda conn: ops.reserve_send(conn, upstream, now, ceilings, min_interval, weight)
+        )
+
+    async def cancel_send(self, reservation_id: int) -> None:
+        await self._db.write(lambda conn: ops.cancel_send(conn, reservation_id))
+
+    # --- upstream holds -------------------------------------------------------------
+
+    async def hold_upstream(self, hold: UpstreamHold) -> None:
+        await self._db.write(lambda conn: ops.hold_upstream(conn, hold))
+
+    async def release_upstream(self, upstream: str) -> None:
+        await self._db.write(lambda conn: ops.release_upstream(conn, upstream))
+        self._work.set()
+
+    async def upstream_hold(self, upstream: str) -> UpstreamHold | None:
+        """The stored hold, even if `until` has passed: the caller compares it with now."""
+        return await self._db.read(lambda conn: ops.upstream_hold(conn, upstream))
+
+    # --- the queue tool -------------------------------------------------------------
+
+    async def list_messages(
+        self, state: RecipientState | None = None, upstream: str | None = None, limit: int = 1000
+    ) -> list[MessageView]:
+        return await self._db.read(lambda conn: ops.list_messages(conn, state, upstream, limit))
+
+    async def show(self, queue_id: QueueId) -> MessageView | None:
+        return await self._db.read(lambda conn: ops.show(conn, queue_id))
+
+    async def counts(self) -> dict[RecipientState, int]:
+        """Recipients per state; every state is present, 0 when none."""
+        return await self._db.read(ops.counts)
+
+    async def retry_now(self, queue_id: QueueId | None, now: float) -> int:
+        changed = await self._db.write(lambda conn: ops.retry_now(conn, queue_id, now))
+        self._work.set()
+        return changed
+
+    async def hold_message(self, queue_id: QueueId) -> int:
+        return await self._db.write(lambda conn: ops.hold_message(conn, queue_id))
+
+    async def release_message(self, queue_id: QueueId, now: float) -> int:
+        changed = await self._db.write(lambda conn: ops.release_message(conn, queue_id, now))
+        self._work.set()
+        return changed
+
+    async def delete_message(self, queue_id: QueueId) -> bool:
+        return await self._db.write(lambda conn: ops.delete_message(conn, queue_id))
+
+    async def purge_finished(self, before: float) -> int:
+        """Delete messages whose recipients were all final before `before`; returns how many.
+
+        Not in the base contract yet: retention is a sqlite-side chore for the scheduler.
+        """
+        return await self._db.write(lambda conn: ops.purge_finished(conn, before))

@@ -1,0 +1,293 @@
+-- relayd SQLite schema and queries.
+--
+-- Each block starts with `-- name: <query_name>`; the comment lines right after it say
+-- what the query is for. relayd/store/sqlfile.py loads the blocks at import; every
+-- value is a bound parameter, nothing is formatted into SQL. Recipient states are the
+-- values of relayd.types.RecipientState; "pending" means queued or deferred, "final"
+-- means delivered, failed or bounced.
+
+-- name: pragmas
+-- Per-connection settings. WAL lets the queue tool read while the writer commits;
+-- synchronous=FULL fsyncs the WAL on every commit, so a committed enqueue survives power
+-- loss before intake answers 250; foreign keys make deleting a message delete its
+-- recipients. (busy_timeout is set through sqlite3.connect(timeout=...).)
+PRAGMA journal_mode = WAL;
+PRAGMA synchronous = FULL;
+PRAGMA foreign_keys = ON;
+
+-- name: schema
+-- Version 1. Idempotent; run inside one transaction by open().
+CREATE TABLE IF NOT EXISTS schema_version (
+    version INTEGER NOT NULL
+);
+
+-- One row per accepted message; it stays as history for the queue tool once every
+-- recipient is final, until purge_finished() removes it. `next_attempt_at` is the
+-- earliest due time among pending recipients (NULL when none is pending), kept up to
+-- date by every write so lease_due is one index range scan.
+CREATE TABLE IF NOT EXISTS messages (
+    id              TEXT PRIMARY KEY,
+    upstream        TEXT NOT NULL,
+    mail_from       TEXT NOT NULL,
+    message_id      TEXT NOT NULL,
+    received_at     REAL NOT NULL,
+    size            INTEGER NOT NULL,
+    mail_options    TEXT NOT NULL DEFAULT '[]',
+    auth_user       TEXT,
+    client          TEXT NOT NULL DEFAULT '',
+    next_attempt_at REAL,
+    leased_by       TEXT,
+    lease_token     TEXT,
+    lease_until     REAL
+);
+
+CREATE INDEX IF NOT EXISTS messages_due ON messages (upstream, next_attempt_at);
+
+-- The raw bytes, apart from the row that changes on every lease and attempt: SQLite
+-- rewrites a whole record, overflow pages included, whenever its size changes, so a
+-- body inside `messages` would be copied into the WAL (and fsynced) by every lease,
+-- outcome and release. Deleted once every recipient is final.
+CREATE TABLE IF NOT EXISTS bodies (
+    queue_id TEXT PRIMARY KEY REFERENCES messages (id) ON DELETE CASCADE,
+    body     BLOB NOT NULL
+);
+
+CREATE TABLE IF NOT EXISTS recipients (
+    queue_id        TEXT NOT NULL REFERENCES messages (id) ON DELETE CASCADE,
+    idx             INTEGER NOT NULL,
+    address         TEXT NOT NULL,
+    state           TEXT NOT NULL,
+    attempts        INTEGER NOT NULL DEFAULT 0,
+    next_attempt_at REAL,
+    last_reply      TEXT,
+    wait_reason     TEXT,
+    updated_at      REAL NOT NULL,
+    PRIMARY KEY (queue_id, idx)
+) WITHOUT ROWID;
+
+-- The queue tool's `list --state held` and counts().
+CREATE INDEX IF NOT EXISTS recipients_state ON recipients (state, queue_id);
+
+-- The rate ledger: one row per send (or recipient batch, by weight), kept for
+-- limits.ledger_horizon() seconds so ceilings hold across restarts.
+CREATE TABLE IF NOT EXISTS send_ledger (
+    id       INTEGER PRIMARY KEY,
+    upstream TEXT NOT NULL,
+    sent_at  REAL NOT NULL,
+    weight   INTEGER NOT NULL
+);
+
+CREATE INDEX IF NOT EXISTS send_ledger_upstream ON send_ledger (upstream, sent_at);
+
+CREATE TABLE IF NOT EXISTS upstream_holds (
+    upstream TEXT PRIMARY KEY,
+    until    REAL,
+    reason   TEXT NOT NULL,
+    level    INTEGER NOT NULL DEFAULT 0
+);
+
+-- name: journal_mode
+PRAGMA journal_mode;
+
+-- name: schema_version_get
+-- The schema version this database was created with (NULL when new).
+SELECT max(version) FROM schema_version;
+
+-- name: schema_version_set
+INSERT INTO schema_version (version) VALUES (:version);
+
+-- name: insert_message
+INSERT INTO messages (
+    id, upstream, mail_from, message_id, received_at, size, mail_options,
+    auth_user, client, next_attempt_at
+) VALUES (
+    :id, :upstream, :mail_from, :message_id, :received_at, :size, :mail_options,
+    :auth_user, :client, :received_at
+);
+
+-- name: insert_body
+INSERT INTO bodies (queue_id, body) VALUES (:queue_id, :body);
+
+-- name: insert_recipient
+-- A new recipient is queued and due when the message was received.
+INSERT INTO recipients (queue_id, idx, address, state, attempts, next_attempt_at, updated_at)
+VALUES (:queue_id, :idx, :address, 'queued', 0, :due, :due);
+
+-- name: select_due_messages
+-- Oldest due first; a message under an unexpired lease is skipped. Uses messages_due.
+SELECT id, upstream, mail_from, message_id, received_at, size, mail_options
+FROM messages
+WHERE upstream = :upstream
+  AND next_attempt_at <= :now
+  AND (lease_until IS NULL OR lease_until <= :now)
+ORDER BY next_attempt_at, received_at
+LIMIT :limit;
+
+-- name: select_due_recipients
+-- The recipients a new lease covers: pending and due (held ones are never leased).
+SELECT address, attempts
+FROM recipients
+WHERE queue_id = :queue_id
+  AND state IN ('queued', 'deferred')
+  AND next_attempt_at <= :now
+ORDER BY idx;
+
+-- name: take_lease
+UPDATE messages
+SET leased_by = :worker, lease_token = :token, lease_until = :lease_until
+WHERE id = :queue_id;
+
+-- name: lease_token
+-- Fencing: the token of the lease currently on the message.
+SELECT lease_token FROM messages WHERE id = :queue_id;
+
+-- name: clear_lease
+UPDATE messages
+SET leased_by = NULL, lease_token = NULL, lease_until = NULL
+WHERE id = :queue_id;
+
+-- name: record_recipient
+-- One attempt's result for one recipient; final recipients are never rewritten.
+UPDATE recipients
+SET state = :state,
+    attempts = attempts + 1,
+    last_reply = :reply,
+    next_attempt_at = :next_attempt_at,
+    wait_reason = NULL,
+    updated_at = :now
+WHERE queue_id = :queue_id
+  AND address = :address
+  AND state NOT IN ('delivered', 'failed', 'bounced');
+
+-- name: delay_recipient
+-- release(): wait until at least :not_before for :reason; attempts unchanged.
+UPDATE recipients
+SET next_attempt_at = max(coalesce(next_attempt_at, :not_before), :not_before),
+    wait_reason = :reason
+WHERE queue_id = :queue_id
+  AND address = :address
+  AND state IN ('queued', 'deferred');
+
+-- name: refresh_message
+-- Recompute the message's due time from its pending recipients. Run after any write that
+-- changes recipients.
+UPDATE messages
+SET next_attempt_at = (
+    SELECT min(r.next_attempt_at) FROM recipients AS r
+    WHERE r.queue_id = messages.id AND r.state IN ('queued', 'deferred')
+)
+WHERE id = :queue_id;
+
+-- name: refresh_pending_messages
+-- refresh_message for every message with a pending recipient (retry_now over the queue).
+UPDATE messages
+SET next_attempt_at = (
+    SELECT min(r.next_attempt_at) FROM recipients AS r
+    WHERE r.queue_id = messages.id AND r.state IN ('queued', 'deferred')
+)
+WHERE id IN (SELECT queue_id FROM recipients WHERE state IN ('queued', 'deferred'));
+
+-- name: drop_finished_body
+-- Once every recipient is final the bytes are no longer needed; the row stays as history.
+DELETE FROM bodies
+WHERE queue_id = :queue_id
+  AND NOT EXISTS (
+      SELECT 1 FROM recipients AS r
+      WHERE r.queue_id = :queue_id AND r.state NOT IN ('delivered', 'failed', 'bounced')
+  );
+
+-- name: select_body
+-- One row when the message exists; body NULL once it was dropped.
+SELECT b.body FROM messages AS m LEFT JOIN bodies AS b ON b.queue_id = m.id
+WHERE m.id = :queue_id;
+
+-- name: next_due
+-- An unexpired lease counts from its expiry (the worker may still defer the message).
+SELECT min(
+    CASE WHEN lease_until > :now THEN max(next_attempt_at, lease_until) ELSE next_attempt_at END
+)
+FROM messages
+WHERE upstream = :upstream AND next_attempt_at IS NOT NULL;
+
+-- name: prune_ledger
+DELETE FROM send_ledger WHERE upstream = :upstream AND sent_at < :before;
+
+-- name: select_ledger
+SELECT sent_at, weight FROM send_ledger WHERE upstream = :upstream ORDER BY sent_at;
+
+-- name: insert_ledger
+INSERT INTO send_ledger (upstream, sent_at, weight) VALUES (:upstream, :sent_at, :weight);
+
+-- name: delete_ledger
+DELETE FROM send_ledger WHERE id = :id;
+
+-- name: upsert_hold
+INSERT INTO upstream_holds (upstream, until, reason, level)
+VALUES (:upstream, :until, :reason, :level)
+ON CONFLICT (upstream) DO UPDATE
+SET until = excluded.until, reason = excluded.reason, level = excluded.level;
+
+-- name: delete_hold
+DELETE FROM upstream_holds WHERE upstream = :upstream;
+
+-- name: select_hold
+SELECT upstream, until, reason, level FROM upstream_holds WHERE upstream = :upstream;
+
+-- name: list_messages
+-- The queue tool's list: optional filters by recipient state and upstream, oldest first.
+SELECT id, upstream, mail_from, message_id, received_at, size
+FROM messages AS m
+WHERE (:upstream IS NULL OR m.upstream = :upstream)
+  AND (
+      :state IS NULL
+      OR EXISTS (SELECT 1 FROM recipients AS r WHERE r.queue_id = m.id AND r.state = :state)
+  )
+ORDER BY received_at, id
+LIMIT :limit;
+
+-- name: show_message
+SELECT id, upstream, mail_from, message_id, received_at, size
+FROM messages
+WHERE id = :queue_id;
+
+-- name: recipients_of
+-- Recipients of the messages whose ids are in the JSON array :ids.
+SELECT queue_id, address, state, attempts, next_attempt_at, last_reply, wait_reason
+FROM recipients
+WHERE queue_id IN (SELECT value FROM json_each(:ids))
+ORDER BY queue_id, idx;
+
+-- name: counts
+SELECT state, count(*) FROM recipients GROUP BY state;
+
+-- name: retry_now
+-- Pending recipients (of one message, or all when :queue_id is NULL) become due now.
+UPDATE recipients
+SET next_attempt_at = min(coalesce(next_attempt_at, :now), :now), wait_reason = NULL
+WHERE state IN ('queued', 'deferred')
+  AND (:queue_id IS NULL OR queue_id = :queue_id);
+
+-- name: hold_recipients
+UPDATE recipients
+SET state = 'held', wait_reason = 'held by operator'
+WHERE queue_id = :queue_id AND state IN ('queued', 'deferred');
+
+-- name: release_recipients
+UPDATE recipients
+SET state = 'queued', next_attempt_at = :now, wait_reason = NULL, updated_at = :now
+WHERE queue_id = :queue_id AND state = 'held';
+
+-- name: delete_message
+-- Its recipients and body go with it (ON DELETE CASCADE).
+DELETE FROM messages WHERE id = :queue_id;
+
+-- name: purge_finished
+-- Remove history: messages whose recipients are all final and were last updated before
+-- :before.
+DELETE FROM messages
+WHERE next_attempt_at IS NULL
+  AND NOT EXISTS (
+      SELECT 1 FROM recipients AS r
+      WHERE r.queue_id = messages.id
+        AND (r.state NOT IN ('delivered', 'failed', 'bounced') OR r.updated_at >= :before)
+  );

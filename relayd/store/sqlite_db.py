@@ -1,0 +1,224 @@
+"""One SQLite connection on one thread, and the group-committing writer in front of it.
+
+sqlite3 blocks, so the connection lives on a dedicated single-thread executor and the
+event loop awaits futures. Every write goes through one writer task: it takes every
+request waiting in its queue, runs them all on the thread in ONE transaction (each inside
+a SAVEPOINT, so one failing request fails only its own caller), commits once and then
+answers each caller. With synchronous=FULL a commit is an fsync, so N concurrent
+enqueues cost one fsync rather than N, and none is answered before it is durable.
+Reads run on the same thread between batches, so they always see committed state.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import Any, TypeVar, cast
+
+from relayd.errors import StoreError, StoreUnavailable
+from relayd.store import sqlite_ops
+
+T = TypeVar("T")
+Op = Callable[[sqlite3.Connection], Any]
+
+# Primary result codes that mean "cannot commit right now" rather than "bad request".
+_UNAVAILABLE = frozenset(
+    {
+        sqlite3.SQLITE_BUSY,
+        sqlite3.SQLITE_LOCKED,
+        sqlite3.SQLITE_NOMEM,
+        sqlite3.SQLITE_READONLY,
+        sqlite3.SQLITE_IOERR,
+        sqlite3.SQLITE_FULL,
+        sqlite3.SQLITE_CANTOPEN,
+        sqlite3.SQLITE_PROTOCOL,
+    }
+)
+MAX_BATCH = 500  # bounds one transaction's size and the latency of its first caller
+
+
+def translate(exc: sqlite3.Error) -> StoreError:
+    """The StoreError for a driver error: StoreUnavailable when retrying later may work."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    unavailable = code is not None and code & 0xFF in _UNAVAILABLE
+    error = (StoreUnavailable if unavailable else StoreError)(f"sqlite: {exc}")
+    error.__cause__ = exc
+    return error
+
+
+def _wrap(exc: Exception) -> Exception:
+    return translate(exc) if isinstance(exc, sqlite3.Error) else exc
+
+
+@dataclass
+class _Request:
+    op: Op
+    future: asyncio.Future[Any]
+
+
+@dataclass
+class _Result:
+    value: Any = None
+    error: Exception | None = None
+
+
+class _BatchFailed(Exception):
+    """The batch transaction as a whole was lost to `cause`; every request in it fails."""
+
+    def __init__(self, cause: Exception) -> None:
+        super().__init__(str(cause))
+        self.cause = cause
+
+
+class Database:
+    """The connection, its thread and its writer; SqliteStore's only way to SQLite."""
+
+    def __init__(self, path: Path, busy_timeout: float) -> None:
+        self.path = path
+        self.busy_timeout = busy_timeout
+        self.commits = 0  # committed write transactions (group commit makes this < writes)
+        self._conn: sqlite3.Connection | None = None
+        self._executor: ThreadPoolExecutor | None = None
+        self._queue: asyncio.Queue[_Request | None] = asyncio.Queue()
+        self._writer: asyncio.Task[None] | None = None
+        self._closed = False
+
+    # --- lifecycle ------------------------------------------------------------------
+
+    async def open(self) -> None:
+        if self._executor is not None or self._closed:
+            raise StoreError("the store was already opened")
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="relayd-sqlite")
+        try:
+            await self._on_thread(self._connect)
+        except BaseException:
+            await self._on_thread(self._disconnect)
+            self._executor.shutdown(wait=True)
+            self._closed = True
+            raise
+        self._writer = asyncio.create_task(self._write_loop(), name="relayd-sqlite-writer")
+
+    async def close(self) -> None:
+        """Refuse new work, let the writer commit what is queued, close on the thread."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._writer is not None:
+            self._queue.put_nowait(None)
+            await self._writer
+        if self._executor is not None:
+            await self._on_thread(self._disconnect)
+            self._executor.shutdown(wait=True)
+
+    def _connect(self) -> None:
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StoreUnavailable(f"cannot create {self.path.parent}: {exc}") from exc
+        # isolation_level=None: the writer issues BEGIN/COMMIT itself.
+        self._conn = sqlite3.connect(self.path, timeout=self.busy_timeout, isolation_level=None)
+        sqlite_ops.create_schema(self._conn)
+
+    def _disconnect(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+    async def _on_thread(self, fn: Callable[[], T]) -> T:
+        if self._executor is None:
+            raise StoreError("the store is not open")
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self._executor, fn)
+        except sqlite3.Error as exc:
+            raise translate(exc) from exc
+
+    def _connection(self) -> sqlite3.Connection:
+        if self._conn is None:
+            raise StoreError("the store is closed")
+        return self._conn
+
+    def _check_open(self) -> None:
+        if self._closed or self._writer is None:
+            raise StoreError("the store is closed" if self._closed else "the store is not open")
+
+    # --- reads and writes -----------------------------------------------------------
+
+    async def read(self, op: Callable[[sqlite3.Connection], T]) -> T:
+        """Run `op` on the thread outside any batch (autocommit: it sees committed data)."""
+        self._check_open()
+        return await self._on_thread(lambda: op(self._connection()))
+
+    async def write(self, op: Callable[[sqlite3.Connection], T]) -> T:
+        """Run `op` in the writer's next batch; returns once that batch has committed."""
+        self._check_open()
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._queue.put_nowait(_Request(op, future))
+        return cast(T, await future)
+
+    async def _write_loop(self) -> None:
+        stopping = False
+        while not stopping:
+            batch, stopping = await self._next_batch()
+            if not batch:
+                continue
+            try:
+                results = await self._on_thread(partial(self._run_batch, [r.op for r in batch]))
+            except Exception as exc:  # the writer must outlive any one batch
+                results = [_Result(error=StoreError(f"write batch failed: {exc}")) for _ in batch]
+            for request, result in zip(batch, results, strict=True):
+                if request.future.done():  # the caller was cancelled
+                    continue
+                if result.error is not None:
+                    request.future.set_exception(result.error)
+                else:
+                    request.future.set_result(result.value)
+
+    async def _next_batch(self) -> tuple[list[_Request], bool]:
+        """Every request waiting now (at least one); True once close()'s sentinel is seen."""
+        first = await self._queue.get()
+        if first is None:
+            return [], True
+        batch = [first]
+        while len(batch) < MAX_BATCH and not self._queue.empty():
+            request = self._queue.get_nowait()
+            if request is None:
+                return batch, True
+            batch.append(request)
+        return batch, False
+
+    def _run_batch(self, ops: list[Op]) -> list[_Result]:
+        """On the thread: one transaction, one SAVEPOINT per op, one COMMIT."""
+        conn = self._connection()
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            results = [self._run_one(conn, op) for op in ops]
+            conn.execute("COMMIT")
+        except (sqlite3.Error, _BatchFailed) as exc:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            cause = exc.cause if isinstance(exc, _BatchFailed) else exc
+            # One exception object per caller: each raise gets its own traceback.
+            return [_Result(error=_wrap(cause)) for _ in ops]
+        self.commits += 1
+        return results
+
+    @staticmethod
+    def _run_one(conn: sqlite3.Connection, op: Op) -> _Result:
+        conn.execute("SAVEPOINT request")
+        try:
+            value = op(conn)
+        except Exception as exc:
+            if not conn.in_transaction:
+                # SQLite rolled the whole transaction back (I/O error, disk full): the
+                # requests before this one are lost too.
+                raise _BatchFailed(exc) from exc
+            conn.execute("ROLLBACK TO request")
+            conn.execute("RELEASE request")
+            return _Result(error=_wrap(exc))
+        conn.execute("RELEASE request")
+        return _Result(value=value)

@@ -1,0 +1,168 @@
+"""Domain types shared by every layer: frozen values, no behaviour beyond parsing."""
+
+from __future__ import annotations
+
+import enum
+import re
+from dataclasses import dataclass, field
+from typing import NewType
+
+QueueId = NewType("QueueId", str)
+
+_ENHANCED = re.compile(r"^([245])\.(\d{1,3})\.(\d{1,3})\b")
+
+
+class RecipientState(enum.StrEnum):
+    """Where one recipient of one message stands (DESIGN.md, message lifecycle)."""
+
+    QUEUED = "queued"
+    DEFERRED = "deferred"
+    DELIVERED = "delivered"
+    FAILED = "failed"
+    HELD = "held"
+    BOUNCED = "bounced"
+
+    @property
+    def is_final(self) -> bool:
+        return self in _FINAL
+
+
+_FINAL = frozenset({RecipientState.DELIVERED, RecipientState.FAILED, RecipientState.BOUNCED})
+PENDING_STATES = (RecipientState.QUEUED, RecipientState.DEFERRED)
+
+
+@dataclass(frozen=True)
+class SmtpReply:
+    """One SMTP reply: code and text (the text starts with the enhanced code when there is one)."""
+
+    code: int
+    message: str
+
+    @property
+    def enhanced(self) -> str | None:
+        match = _ENHANCED.match(self.message)
+        return match.group(0) if match else None
+
+    @property
+    def is_success(self) -> bool:
+        return 200 <= self.code < 300
+
+    @property
+    def is_transient(self) -> bool:
+        return 400 <= self.code < 500
+
+    @property
+    def is_permanent(self) -> bool:
+        return self.code >= 500
+
+    def __str__(self) -> str:
+        """`code text`; a reply relayd made up for a transport error (code 0) is just text."""
+        return f"{self.code} {self.message}".strip() if self.code else self.message
+
+
+@dataclass(frozen=True)
+class Ceiling:
+    """`count` sends at most in any trailing window of `period` seconds ("200/hour")."""
+
+    count: int
+    period: float
+
+    def __str__(self) -> str:
+        names = {1.0: "second", 60.0: "minute", 3600.0: "hour", 86400.0: "day"}
+        name = names.get(self.period)
+        return f"{self.count}/{name}" if name else f"{self.count}/{self.period:g}s"
+
+
+@dataclass(frozen=True)
+class NewMessage:
+    """What intake hands the store: envelope, route and the raw bytes to deliver."""
+
+    mail_from: str
+    recipients: tuple[str, ...]
+    body: bytes
+    upstream: str
+    message_id: str
+    received_at: float
+    client: str = ""
+    auth_user: str | None = None
+    mail_options: tuple[str, ...] = ()
+    queue_id: QueueId | None = None
+
+
+@dataclass(frozen=True)
+class Lease:
+    """A claim on one message's due recipients until `lease_until` (leases expire; no locks)."""
+
+    queue_id: QueueId
+    upstream: str
+    mail_from: str
+    recipients: tuple[str, ...]
+    attempts: int
+    message_id: str
+    received_at: float
+    size: int
+    token: str
+    lease_until: float
+    mail_options: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class RecipientOutcome:
+    """The result of one attempt for one recipient, as the store records it."""
+
+    recipient: str
+    state: RecipientState
+    reply: str
+    next_attempt_at: float | None = None
+
+
+@dataclass(frozen=True)
+class UpstreamHold:
+    """An upstream that must wait (throttled, auth failing) until `until`; None = until released."""
+
+    upstream: str
+    until: float | None
+    reason: str
+    level: int = 0
+
+
+@dataclass(frozen=True)
+class RecipientView:
+    address: str
+    state: RecipientState
+    attempts: int
+    next_attempt_at: float | None
+    last_reply: str | None
+    wait_reason: str | None
+
+
+@dataclass(frozen=True)
+class MessageView:
+    """A queued message as the queue tool shows it (no body)."""
+
+    queue_id: QueueId
+    upstream: str
+    mail_from: str
+    message_id: str
+    received_at: float
+    size: int
+    recipients: tuple[RecipientView, ...] = field(default_factory=tuple)
+
+
+_ID_ALPHABET = "0123456789BCDFGHJKLMNPQRSTVWXYZ"  # no vowels: ids never spell words
+
+
+def new_queue_id(now: float, entropy: bytes | None = None) -> QueueId:
+    """A short unique id that sorts by arrival: milliseconds then 40 random bits."""
+    import os
+
+    millis = int(now * 1000)
+    rand = int.from_bytes(entropy if entropy is not None else os.urandom(5), "big")
+    out = []
+    for value, width in ((millis, 9), (rand, 8)):
+        digits = []
+        for _ in range(width):
+            value, rem = divmod(value, len(_ID_ALPHABET))
+            digits.append(_ID_ALPHABET[rem])
+        out.append("".join(reversed(digits)))
+    return QueueId("".join(out))

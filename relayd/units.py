@@ -1,0 +1,71 @@
+"""Parse durations ("90s", "5m", "4h", "5d"), sizes ("25MB") and rates ("3/minute"); pure."""
+
+from __future__ import annotations
+
+import re
+
+from relayd.types import Ceiling
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)\s*$")
+_DURATION_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0}
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(B|KB|KiB|MB|MiB|GB|GiB)?\s*$", re.IGNORECASE)
+_SIZE_BYTES = {
+    "b": 1,
+    "kb": 1000,
+    "kib": 1024,
+    "mb": 1000**2,
+    "mib": 1024**2,
+    "gb": 1000**3,
+    "gib": 1024**3,
+}
+_PERIODS = {"second": 1.0, "minute": 60.0, "hour": 3600.0, "day": 86400.0}
+
+
+def parse_duration(text: str) -> float:
+    """Seconds in a duration string; raises ValueError naming the accepted forms."""
+    match = _DURATION.match(text)
+    if not match:
+        raise ValueError(f'"{text}" is not a duration (use e.g. "300ms", "90s", "5m", "4h", "5d")')
+    return float(match.group(1)) * _DURATION_SECONDS[match.group(2)]
+
+
+def format_duration(seconds: float) -> str:
+    """The shortest exact form: 300 -> "5m", 90 -> "90s", 0.3 -> "300ms"."""
+    for unit in ("w", "d", "h", "m", "s"):
+        size = _DURATION_SECONDS[unit]
+        if seconds >= size and seconds % size == 0:
+            return f"{int(seconds // size)}{unit}"
+    if seconds == 0:
+        return "0s"
+    return f"{round(seconds * 1000)}ms" if seconds < 1 else f"{seconds:g}s"
+
+
+def parse_size(text: str) -> int:
+    """Bytes in a size string ("25MB" = 25,000,000; "25MiB" = 26,214,400)."""
+    match = _SIZE.match(text)
+    if not match:
+        raise ValueError(f'"{text}" is not a size (use e.g. "512KB", "25MB", "1GiB")')
+    unit = (match.group(2) or "B").lower()
+    return int(float(match.group(1)) * _SIZE_BYTES[unit])
+
+
+def parse_rate(text: str) -> Ceiling:
+    """A ceiling from "N/period": period is second|minute|hour|day or a duration ("20/10s")."""
+    count_text, sep, period_text = text.partition("/")
+    if not sep or not count_text.strip().isdigit() or int(count_text) < 1:
+        raise ValueError(
+            f'"{text}" is not a rate limit (use e.g. "3/minute", "200/hour", "20/10s")'
+        )
+    period_text = period_text.strip()
+    period = _PERIODS.get(period_text)
+    if period is None:
+        try:
+            period = parse_duration(period_text)
+        except ValueError:
+            raise ValueError(
+                f'"{text}" is not a rate limit: the period is second, minute, hour, day '
+                'or a duration such as "10m"'
+            ) from None
+    if period <= 0:
+        raise ValueError(f'"{text}" is not a rate limit: the period must be positive')
+    return Ceiling(count=int(count_text), period=period)

@@ -1,0 +1,260 @@
+"""Delivery to a real SMTP upstream on loopback, programmed reply by reply."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+
+import pytest
+from structlog.testing import capture_logs
+
+from relayd.daemon import Relayd
+from relayd.types import MessageView, RecipientState
+from tests.conftest import ConfigFactory, running
+from tests.support.client import message, send
+from tests.support.fake_upstream import FakeUpstream
+
+
+def generic(port: int, extra: str = "") -> str:
+    return "\n".join(
+        [
+            'provider = "generic"',
+            'host = "127.0.0.1"',
+            f"port = {port}",
+            'security = "none"',
+            'auth = "none"',
+            'timeout = "2s"',
+            'connect_timeout = "2s"',
+            extra,
+        ]
+    )
+
+
+def port_of(daemon: Relayd) -> int:
+    return daemon.addresses[0][1]
+
+
+async def only_message(daemon: Relayd) -> MessageView:
+    assert daemon.store is not None
+    views = await daemon.store.list_messages()
+    assert len(views) == 1
+    return views[0]
+
+
+async def until(predicate: Callable[[], object], timeout: float = 10.0) -> None:
+    for _ in range(int(timeout / 0.05)):
+        result = predicate()
+        if asyncio.iscoroutine(result):
+            result = await result
+        if result:
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError("condition not reached in time")
+
+
+async def states(daemon: Relayd) -> dict[str, RecipientState]:
+    view = await only_message(daemon)
+    return {r.address: r.state for r in view.recipients}
+
+
+async def test_accepting_upstream_gets_the_message(
+    make_config: ConfigFactory, upstream: FakeUpstream
+) -> None:
+    config = make_config(generic(upstream.port))
+    data = message(extra="Message-ID: <m1@example.org>\r\n")
+    async with running(config) as daemon:
+        await send(port_of(daemon), data, rcpts=["a@example.net", "b@example.net"])
+        (got,) = await upstream.wait_for(1)
+        await until(lambda: states(daemon))
+        await until(lambda: _all_in(daemon, RecipientState.DELIVERED))
+    assert got.mail_from == "app@example.org"
+    assert got.recipients == ["a@example.net", "b@example.net"]
+    assert got.data.endswith(data)
+    assert got.data.startswith(b"Received: from ")
+
+
+async def _all_in(daemon: Relayd, state: RecipientState) -> bool:
+    return all(s is state for s in (await states(daemon)).values())
+
+
+async def test_connection_is_reused_for_consecutive_messages(
+    make_config: ConfigFactory, upstream: FakeUpstream
+) -> None:
+    config = make_config(generic(upstream.port))
+    async with running(config) as daemon:
+        for index in range(5):
+            await send(port_of(daemon), message(subject=f"n{index}"))
+        await upstream.wait_for(5)
+    assert upstream.connections == 1
+
+
+async def test_4xx_then_accept_is_retried(
+    make_config: ConfigFactory, upstream: FakeUpstream
+) -> None:
+    upstream.script.data_replies.append("451 4.3.0 Temporary failure, come back later")
+    config = make_config(generic(upstream.port))
+    with capture_logs() as logs:
+        async with running(config) as daemon:
+            await send(port_of(daemon), message(extra="Message-ID: <retry@example.org>\r\n"))
+            (got,) = await upstream.wait_for(1)
+            await until(lambda: _all_in(daemon, RecipientState.DELIVERED))
+            view = await only_message(daemon)
+    assert view.recipients[0].attempts == 2
+    assert b"Message-ID: <retry@example.org>" in got.data
+    deferred = [e for e in logs if e["event"] == "deferred"]
+    assert deferred and deferred[0]["smtp_response"].startswith("451 4.3.0")
+
+
+async def test_5xx_fails_without_delivery(
+    make_config: ConfigFactory, upstream: FakeUpstream
+) -> None:
+    upstream.script.data_replies.append("554 5.6.0 Message rejected as spam")
+    config = make_config(generic(upstream.port))
+    with capture_logs() as logs:
+        async with running(config) as daemon:
+            await send(port_of(daemon))
+            await until(lambda: _all_in(daemon, RecipientState.FAILED))
+            view = await only_message(daemon)
+    assert upstream.received == []
+    assert view.recipients[0].last_reply == "554 5.6.0 Message rejected as spam"
+    assert any(e["event"] == "failed" for e in logs)
+
+
+async def test_partial_recipient_rejection(
+    make_config: ConfigFactory, upstream: FakeUpstream
+) -> None:
+    upstream.script.rcpt_replies["nobody@example.net"] = "550 5.1.1 No such user"
+    upstream.script.rcpt_replies["busy@example.net"] = "452 4.2.2 Mailbox full"
+    config = make_config(generic(upstream.port))
+    rcpts = ["ok@example.net", "nobody@example.net", "busy@example.net"]
+    async with running(config) as daemon:
+        await send(port_of(daemon), rcpts=rcpts)
+        await until(
+            lambda: _states_are(
+                daemon,
+                {
+                    "ok@example.net": RecipientState.DELIVERED,
+                    "nobody@example.net": RecipientState.FAILED,
+                },
+            )
+        )
+        upstream.script.rcpt_replies.pop("busy@example.net")
+        await until(lambda: _all_final(daemon))
+        final = await states(daemon)
+    assert final == {
+        "ok@example.net": RecipientState.DELIVERED,
+        "nobody@example.net": RecipientState.FAILED,
+        "busy@example.net": RecipientState.DELIVERED,
+    }
+    # The retry carried only the recipient that was still pending.
+    assert [r.recipients for r in upstream.received] == [["ok@example.net"], ["busy@example.net"]]
+
+
+async def _states_are(daemon: Relayd, expected: dict[str, RecipientState]) -> bool:
+    current = await states(daemon)
+    return all(current.get(k) is v for k, v in expected.items())
+
+
+async def _all_final(daemon: Relayd) -> bool:
+    return all(s.is_final for s in (await states(daemon)).values())
+
+
+async def test_refused_connections_then_upstream_comes_back(
+    make_config: ConfigFactory, upstream: FakeUpstream
+) -> None:
+    port = upstream.port
+    await upstream.stop()
+    config = make_config(generic(port))
+    async with running(config) as daemon:
+        await send(port_of(daemon))
+        await until(lambda: _attempted(daemon))
+        view = await only_message(daemon)
+        assert view.recipients[0].state is RecipientState.DEFERRED
+        assert "refused" in (view.recipients[0].last_reply or "")
+        await upstream.start()
+        await upstream.wait_for(1)
+        await until(lambda: _all_in(daemon, RecipientState.DELIVERED))
+
+
+async def _attempted(daemon: Relayd) -> bool:
+    return (await only_message(daemon)).recipients[0].attempts >= 1
+
+
+async def test_drop_mid_data_is_retried_with_same_message_id(
+    make_config: ConfigFactory, upstream: FakeUpstream
+) -> None:
+    upstream.script.drop_in_data = 1
+    config = make_config(generic(upstream.port))
+    async with running(config) as daemon:
+        await send(port_of(daemon), message(subject="no id"))
+        (got,) = await upstream.wait_for(1)
+        await until(lambda: _all_in(daemon, RecipientState.DELIVERED))
+        view = await only_message(daemon)
+    assert upstream.data_seen == 2
+    assert f"Message-ID: {view.message_id}".encode() in got.data
+    assert view.recipients[0].attempts == 2
+
+
+async def test_stall_past_timeout_is_deferred_then_delivered(
+    make_config: ConfigFactory, upstream: FakeUpstream
+) -> None:
+    upstream.script.stall = 4.0  # > timeout = "2s"
+    config = make_config(generic(upstream.port))
+    async with running(config) as daemon:
+        await send(port_of(daemon))
+        await until(lambda: _attempted(daemon), timeout=15)
+        view = await only_message(daemon)
+        assert view.recipients[0].state is RecipientState.DEFERRED
+        assert "timed out" in (view.recipients[0].last_reply or "")
+        upstream.script.stall = 0
+        await upstream.wait_for(1, timeout=15)
+        await until(lambda: _all_in(daemon, RecipientState.DELIVERED))
+
+
+async def test_starttls_required_but_not_offered_sends_nothing(
+    make_config: ConfigFactory, upstream: FakeUpstream, tmp_path: object
+) -> None:
+    """security = "starttls" must never fall back to plaintext (aiosmtplib's default would)."""
+    secret = tmp_path / "secret"  # type: ignore[operator]
+    secret.write_text("hunter2-very-secret\n")
+    config = make_config(
+        f'provider = "generic"\nhost = "127.0.0.1"\nport = {upstream.port}\nsecurity = "starttls"\n'
+        f'username = "u"\npassword_file = "{secret}"\ntimeout = "2s"\n'
+    )
+    with capture_logs() as logs:
+        async with running(config) as daemon:
+            await send(port_of(daemon))
+            await until(lambda: _attempted(daemon))
+            view = await only_message(daemon)
+    assert view.recipients[0].state is RecipientState.DEFERRED
+    assert "STARTTLS" in (view.recipients[0].last_reply or "").upper()
+    assert upstream.received == [] and upstream.mail_options == []
+    assert "hunter2" not in repr(logs)
+
+
+@pytest.mark.parametrize(
+    "reply",
+    [
+        "421 4.7.0 Try again later, closing connection",
+        "550 5.4.5 Daily user sending quota exceeded",
+    ],
+)
+async def test_throttle_reply_pauses_the_upstream_then_resumes(
+    make_config: ConfigFactory, upstream: FakeUpstream, reply: str
+) -> None:
+    upstream.script.data_replies.append(reply)
+    config = make_config(generic(upstream.port, 'throttle_backoff = ["1s"]'))
+    with capture_logs() as logs:
+        async with running(config) as daemon:
+            await send(port_of(daemon))
+            await until(lambda: _attempted(daemon))
+            assert daemon.store is not None
+            hold = await daemon.store.upstream_hold("main")
+            assert hold is not None and hold.until is not None
+            await send(port_of(daemon), message(subject="second"))
+            await upstream.wait_for(2, timeout=10)
+            first_resumed = min(r.at for r in upstream.received)
+    throttled = [e for e in logs if e["event"] == "upstream_throttled"]
+    assert len(throttled) == 1 and throttled[0]["upstream"] == "main"
+    assert not any(e["event"] == "failed" for e in logs)
+    assert first_resumed >= hold.until - 0.05

@@ -1,0 +1,286 @@
+"""Intake over loopback: what local apps see, including every kind of bad input."""
+
+from __future__ import annotations
+
+import asyncio
+import smtplib
+import sqlite3
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from relayd import intake
+from relayd.config import Config
+from tests.conftest import ConfigFactory, running
+from tests.support.client import RawClient, message, send
+
+CAPTURE = 'provider = "directory"\npath = "{path}"'
+
+
+@pytest.fixture
+def capture_config(make_config: ConfigFactory, tmp_path: Path) -> Config:
+    return make_config(
+        CAPTURE.format(path=tmp_path / "outbox"),
+        server='max_message_size = "50KB"\nmax_recipients = 3',
+    )
+
+
+def port_of(daemon: object) -> int:
+    return daemon.addresses[0][1]  # type: ignore[attr-defined]
+
+
+async def wait_files(folder: Path, count: int, timeout: float = 10) -> list[Path]:
+    for _ in range(int(timeout / 0.05)):
+        files = sorted(folder.glob("*.eml")) if folder.exists() else []
+        if len(files) >= count:
+            return files
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"{count} files expected in {folder}")
+
+
+async def test_message_reaches_capture_folder_byte_for_byte(
+    capture_config: Config, tmp_path: Path
+) -> None:
+    body = "Line one\r\n.starts with a dot\r\n\r\nUnicode caf\u00e9 8bit\r\n"
+    data = message(
+        body=body,
+        extra="Message-ID: <abc@example.org>\r\nDate: Sat, 28 Nov 2026 10:00:00 +0000\r\n",
+    )
+    async with running(capture_config) as daemon:
+        refused = await send(port_of(daemon), data)
+        assert refused == {}
+        (eml,) = await wait_files(tmp_path / "outbox", 1)
+    stored = eml.read_bytes()
+    assert stored.startswith(b"Received: from ")
+    assert b"by relay.test (relayd) with ESMTP id " in stored
+    # Everything after the added trace header is exactly what the app sent.
+    first_original = stored.index(b"From: App")
+    assert stored[first_original:] == data
+    assert stored.count(b"Message-ID:") == 1
+
+
+async def test_missing_message_id_and_date_are_added(
+    capture_config: Config, tmp_path: Path
+) -> None:
+    data = b"Subject: bare\r\n\r\nbody\r\n"
+    async with running(capture_config) as daemon:
+        await send(port_of(daemon), data)
+        (eml,) = await wait_files(tmp_path / "outbox", 1)
+    stored = eml.read_bytes()
+    headers = stored.split(b"\r\n\r\n", 1)[0]
+    assert b"\r\nMessage-ID: <relayd." in headers
+    assert b"\r\nDate: " in headers
+    assert stored.endswith(data)
+
+
+async def test_queued_reply_names_the_queue_id(capture_config: Config) -> None:
+    async with running(capture_config) as daemon:
+        client = RawClient(port_of(daemon))
+        assert (await client.connect()).startswith("220 ")
+        ehlo = await client.cmd("EHLO app.test")
+        assert "SIZE 50000" in ehlo and "8BITMIME" in ehlo and "SMTPUTF8" in ehlo
+        assert (await client.cmd("MAIL FROM:<app@example.org>")).startswith("250 ")
+        assert (await client.cmd("RCPT TO:<x@example.net>")).startswith("250 ")
+        assert (await client.cmd("DATA")).startswith("354 ")
+        reply = await client.cmd(b"Subject: x\r\n\r\nhi\r\n.\r\n")
+        assert reply.startswith("250 2.0.0 Ok: queued as ")
+        await client.cmd("QUIT")
+        await client.close()
+
+
+async def test_oversize_is_refused_with_552(capture_config: Config) -> None:
+    async with running(capture_config) as daemon:
+        client = RawClient(port_of(daemon))
+        await client.connect()
+        await client.cmd("EHLO app.test")
+        assert (await client.cmd("MAIL FROM:<a@example.org> SIZE=999999")).startswith("552 5.3.4")
+        assert (await client.cmd("MAIL FROM:<a@example.org>")).startswith("250")
+        await client.cmd("RCPT TO:<b@example.net>")
+        await client.cmd("DATA")
+        big = (b"x" * 70 + b"\r\n") * 1000  # 72 KB > 50 KB
+        assert (await client.cmd(big + b".\r\n")).startswith("552 5.3.4")
+        # The session is still usable afterwards.
+        assert (await client.cmd("NOOP")).startswith("250")
+        await client.close()
+
+
+@pytest.mark.parametrize(
+    ("command", "expected"),
+    [
+        ("MAIL FROM:<no-at-sign>", "553 5.1.3"),
+        ("MAIL FROM:<a b@example.org>", "553 5.1.3"),
+        ("MAIL FROM:<a@exa_mple..org>", "553 5.1.3"),
+        ("MAIL FROM:<a@example.org", "553 5.1.3"),
+        ("MAIL FROM:<a@example.org> FOO=BAR", "555 5.5.4"),
+        ("MAIL TO:<a@example.org>", "501 5.5.4"),
+        ("MAIL FROM:<caf\u00e9@example.org>", "553 5.1.3"),
+    ],
+)
+async def test_bad_sender_addresses(capture_config: Config, command: str, expected: str) -> None:
+    async with running(capture_config) as daemon:
+        client = RawClient(port_of(daemon))
+        await client.connect()
+        await client.cmd("EHLO app.test")
+        assert (await client.cmd(command)).startswith(expected)
+        await client.close()
+
+
+async def test_bad_recipients_and_too_many(capture_config: Config) -> None:
+    async with running(capture_config) as daemon:
+        client = RawClient(port_of(daemon))
+        await client.connect()
+        await client.cmd("EHLO app.test")
+        assert (await client.cmd("RCPT TO:<x@example.net>")).startswith("503 5.5.1")
+        assert (await client.cmd("MAIL FROM:<>")).startswith("250")  # null sender is valid
+        assert (await client.cmd("RCPT TO:<bad address>")).startswith("501 5.1.3")
+        assert (await client.cmd("RCPT TO:<@example.net>")).startswith("501 5.1.3")
+        for index in range(3):
+            assert (await client.cmd(f"RCPT TO:<r{index}@example.net>")).startswith("250")
+        assert (await client.cmd("RCPT TO:<r4@example.net>")).startswith("452 4.5.3")
+        await client.close()
+
+
+async def test_utf8_addresses_with_smtputf8(capture_config: Config, tmp_path: Path) -> None:
+    async with running(capture_config) as daemon:
+        client = RawClient(port_of(daemon))
+        await client.connect()
+        await client.cmd("EHLO app.test")
+        assert (await client.cmd("MAIL FROM:<caf\u00e9@example.org> SMTPUTF8")).startswith("250")
+        assert (await client.cmd("RCPT TO:<j\u00f6rg@example.net>")).startswith("250")
+        await client.cmd("DATA")
+        assert (await client.cmd("Subject: \u00e9\r\n\r\nhi\r\n.\r\n".encode())).startswith("250")
+        await client.close()
+        await wait_files(tmp_path / "outbox", 1)
+
+
+async def test_bare_lf_dot_does_not_end_data(capture_config: Config, tmp_path: Path) -> None:
+    """SMTP smuggling: only CRLF.CRLF ends DATA; "\\n.\\r\\n" and "\\r.\\r\\n" are content."""
+    async with running(capture_config) as daemon:
+        client = RawClient(port_of(daemon))
+        await client.connect()
+        await client.cmd("EHLO app.test")
+        await client.cmd("MAIL FROM:<a@example.org>")
+        await client.cmd("RCPT TO:<b@example.net>")
+        await client.cmd("DATA")
+        smuggle = (
+            b"Subject: s\r\n\r\nbefore\n.\r\nMAIL FROM:<evil@example.org>\r\n"
+            b"still body\r.\r\nmore\r\n.\r\n"
+        )
+        reply = await client.cmd(smuggle)
+        assert reply.startswith("250 2.0.0")  # one message, one reply
+        assert (await client.cmd("NOOP")).startswith("250")
+        await client.close()
+        (eml,) = await wait_files(tmp_path / "outbox", 1)
+    assert (
+        b"before\n.\r\nMAIL FROM:<evil@example.org>\r\nstill body\r.\r\nmore\r\n"
+        in eml.read_bytes()
+    )
+
+
+async def test_long_lines_and_garbage_get_reply_codes(capture_config: Config) -> None:
+    async with running(capture_config) as daemon:
+        client = RawClient(port_of(daemon))
+        await client.connect()
+        assert (await client.cmd("EHLO " + "x" * 10_000)).startswith("500")
+        await client.cmd("EHLO app.test")
+        assert (await client.cmd("FROBNICATE now")).startswith("500")
+        assert (await client.cmd(b"\x00\xff\xfe junk")).startswith("500")
+        await client.cmd("MAIL FROM:<a@example.org>")
+        await client.cmd("RCPT TO:<b@example.net>")
+        await client.cmd("DATA")
+        reply = await client.cmd(b"Subject: long\r\n\r\n" + b"y" * 10_000 + b"\r\n.\r\n")
+        assert reply.startswith("500 5.5.2")
+        assert (await client.cmd("QUIT")).startswith("221")
+        await client.close()
+
+
+@pytest.fixture
+def second_loopback() -> str:
+    """127.0.0.2 is loopback on Linux without configuration; check it can be bound."""
+    import socket
+
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.2", 0))
+        except OSError as exc:  # pragma: no cover - depends on the host
+            pytest.skip(f"cannot bind 127.0.0.2: {exc}")
+    return "127.0.0.2"
+
+
+async def test_client_outside_allowed_networks_is_refused(
+    make_config: ConfigFactory, tmp_path: Path, second_loopback: str
+) -> None:
+    config = make_config(
+        CAPTURE.format(path=tmp_path / "outbox"), server='allowed_networks = ["127.0.0.1/32"]'
+    )
+    async with running(config) as daemon:
+        outsider = RawClient(port_of(daemon), source=second_loopback)
+        assert (await outsider.connect()).startswith("554 5.7.1")
+        await outsider.close()
+        insider = RawClient(port_of(daemon))
+        assert (await insider.connect()).startswith("220")
+        await insider.close()
+
+
+async def test_store_failure_answers_451_not_5xx(capture_config: Config) -> None:
+    """A writer holding the database lock makes the commit fail: the app must retry."""
+    async with running(capture_config) as daemon:
+        blocker = sqlite3.connect(capture_config.queue.path, timeout=0.1)
+        blocker.execute("BEGIN EXCLUSIVE")
+        try:
+            with pytest.raises(smtplib.SMTPDataError) as info:
+                await send(port_of(daemon))
+        finally:
+            blocker.rollback()
+            blocker.close()
+        assert info.value.smtp_code == 451
+        assert info.value.smtp_error.startswith(b"4.3.0")
+        assert b"Error" not in info.value.smtp_error  # no exception text leaks
+        assert await send(port_of(daemon)) == {}  # and it recovers
+
+
+async def test_swaks_can_send(capture_config: Config, tmp_path: Path) -> None:
+    import os
+    import shutil
+
+    if shutil.which("swaks") is None:
+        if os.environ.get("CI") == "true":
+            pytest.fail("swaks is required under CI (apt-get install swaks)")
+        pytest.skip("swaks is not installed (apt-get install swaks)")
+    async with running(capture_config) as daemon:
+        result = await asyncio.to_thread(
+            subprocess.run,
+            [
+                "swaks",
+                "--server",
+                f"127.0.0.1:{port_of(daemon)}",
+                "--from",
+                "app@example.org",
+                "--to",
+                "x@example.net",
+                "--header",
+                "Subject: swaks",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        )
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert "250 2.0.0 Ok: queued as" in result.stdout
+        await wait_files(tmp_path / "outbox", 1)
+
+
+def test_reply_constants_have_matching_enhanced_codes() -> None:
+    """Every R<code>_ constant starts with its code, and the enhanced class matches."""
+    names = [n for n in dir(intake) if n.startswith("R") and n[1:4].isdigit()]
+    assert len(names) > 10
+    for name in names:
+        text = getattr(intake, name)
+        code = name[1:4]
+        assert text.startswith(code + " "), name
+        if code[0] == "3":
+            continue  # RFC 2034: intermediate replies carry no enhanced code
+        enhanced = text.split(" ")[1]
+        assert enhanced[0] == code[0] and enhanced.count(".") == 2, name

@@ -1,0 +1,147 @@
+"""A real SMTP upstream on loopback (aiosmtpd) that tests program reply by reply."""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import ssl
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiosmtpd.smtp import SMTP, Envelope, Session
+
+
+@dataclass
+class Received:
+    mail_from: str
+    recipients: list[str]
+    data: bytes
+    at: float
+
+
+@dataclass
+class Script:
+    """What the upstream answers. Queues are consumed one reply per use, then the default."""
+
+    mail_replies: collections.deque[str] = field(default_factory=collections.deque)
+    rcpt_replies: dict[str, str] = field(default_factory=dict)  # per address, every time
+    data_replies: collections.deque[str] = field(default_factory=collections.deque)
+    drop_in_data: int = 0  # close the connection instead of answering DATA, this many times
+    stall: float = 0.0  # seconds to wait before answering DATA
+    auth_reply: str | None = None  # reply to every AUTH attempt (None: accept)
+
+
+class _Handler:
+    def __init__(self, upstream: FakeUpstream) -> None:
+        self.upstream = upstream
+
+    async def handle_MAIL(
+        self, server: SMTP, session: Session, envelope: Envelope, address: str, options: list[str]
+    ) -> str:
+        script = self.upstream.script
+        if script.mail_replies:
+            reply = script.mail_replies.popleft()
+            if not reply.startswith("2"):
+                return reply
+        envelope.mail_from = address
+        envelope.mail_options.extend(options)
+        self.upstream.mail_options.append(list(options))
+        return "250 2.1.0 OK"
+
+    async def handle_RCPT(
+        self, server: SMTP, session: Session, envelope: Envelope, address: str, options: list[str]
+    ) -> str:
+        reply = self.upstream.script.rcpt_replies.get(address)
+        if reply is not None and not reply.startswith("2"):
+            return reply
+        envelope.rcpt_tos.append(address)
+        return "250 2.1.5 OK"
+
+    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        script = self.upstream.script
+        self.upstream.data_seen += 1
+        if script.drop_in_data > 0:
+            script.drop_in_data -= 1
+            server.transport.abort()
+            return "451 4.3.0 (connection dropped)"
+        if script.stall:
+            await asyncio.sleep(script.stall)
+        if script.data_replies:
+            reply = script.data_replies.popleft()
+            if not reply.startswith("2"):
+                return reply
+        self.upstream.received.append(
+            Received(
+                envelope.mail_from, list(envelope.rcpt_tos), envelope.original_content, time.time()
+            )
+        )
+        self.upstream.arrived.set()
+        return "250 2.0.0 OK accepted"
+
+
+class FakeUpstream:
+    """Start with `async with FakeUpstream() as up:`; `up.port`, `up.received`, `up.script`."""
+
+    def __init__(
+        self, port: int = 0, tls_context: ssl.SSLContext | None = None, starttls: bool = False
+    ) -> None:
+        self.port = port
+        self.script = Script()
+        self.received: list[Received] = []
+        self.mail_options: list[list[str]] = []
+        self.data_seen = 0
+        self.connections = 0
+        self.arrived = asyncio.Event()
+        self.tls_context = tls_context
+        self.starttls = starttls
+        self._server: asyncio.Server | None = None
+        self._protocols: list[SMTP] = []
+
+    def _factory(self) -> SMTP:
+        self.connections += 1
+        kwargs: dict[str, Any] = {"hostname": "fake-upstream", "enable_SMTPUTF8": True}
+        if self.starttls and self.tls_context is not None:
+            kwargs["tls_context"] = self.tls_context
+            kwargs["require_starttls"] = True
+        protocol = SMTP(_Handler(self), **kwargs)
+        self._protocols.append(protocol)
+        return protocol
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        ssl_ctx = self.tls_context if (self.tls_context and not self.starttls) else None
+        self._server = await loop.create_server(
+            self._factory, "127.0.0.1", self.port, ssl=ssl_ctx, reuse_address=True
+        )
+        self.port = self._server.sockets[0].getsockname()[1]
+
+    async def stop(self) -> None:
+        """Stop listening and cut every open connection (the relay must reconnect)."""
+        if self._server is not None:
+            self._server.close()
+            self._server = None
+        for protocol in self._protocols:
+            if protocol.transport is not None:
+                protocol.transport.abort()
+        self._protocols.clear()
+
+    async def __aenter__(self) -> FakeUpstream:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    async def wait_for(self, count: int, timeout: float = 10.0) -> list[Received]:
+        """Wait until `count` messages arrived; fail the test loudly on timeout."""
+        deadline = asyncio.get_running_loop().time() + timeout
+        while len(self.received) < count:
+            remaining = deadline - asyncio.get_running_loop().time()
+            if remaining <= 0:
+                raise AssertionError(f"upstream got {len(self.received)} of {count} messages")
+            self.arrived.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.arrived.wait(), min(remaining, 0.2))
+        return self.received
