@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ipaddress
-import re
 from collections.abc import Callable
 from typing import Any
 
@@ -45,7 +44,6 @@ R554_ACCESS_DENIED = "554 5.7.1 Access denied: {client} is not in server.allowed
 R555_UNKNOWN_PARAMETER = "555 5.5.4 Unsupported parameter {param}"
 
 MAX_LINE = 1000  # RFC 5321 4.5.3.1.6, including CRLF; +1 for a stuffed dot
-_LONG_LINE = re.compile(rb"[^\r\n]{%d}" % (MAX_LINE - 1))
 _KNOWN_MAIL_PARAMS = {"SIZE", "BODY", "SMTPUTF8"}
 
 log = get_logger("intake")
@@ -89,7 +87,7 @@ async def read_data(reader: asyncio.StreamReader, max_size: int) -> bytes:
     if too_big:
         raise DataTooBig
     del data[-3:]  # the terminating ".\r\n"; its CRLF ends the last line
-    if _LONG_LINE.search(data):
+    if len(data) >= MAX_LINE and max(map(len, data.split(b"\r\n"))) > MAX_LINE - 1:
         raise DataLineTooLong
     # RFC 5321 4.5.2: drop the first dot of every line that starts with one.
     if data.startswith(b"."):
@@ -286,6 +284,14 @@ class IntakeHandler:
             at=now,
         )
         upstream = self.config.route(mail_from, None)
+        log.info(
+            "received",
+            queue_id=queue_id,
+            sender=mail_from,
+            recipients=len(recipients),
+            size=len(content),
+            client=client,
+        )
         message = NewMessage(
             mail_from=mail_from,
             recipients=recipients,
