@@ -9,7 +9,6 @@ expire and the mail is retried), close the store last.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import signal
 import socket
@@ -29,6 +28,8 @@ from relayd.store.base import Store
 log = get_logger("daemon")
 
 STARTUP_FAILURE = 3
+SERVICE_FAILURE = 1
+CANCEL_GRACE = 1.0  # seconds for cancelled deliveries to unwind at shutdown
 
 
 def split_listen(listen: str) -> tuple[str, int]:
@@ -59,6 +60,7 @@ class Relayd:
         self.servers: list[asyncio.Server] = []
         self.addresses: list[tuple[str, int]] = []
         self._force = False
+        self.failure: BaseException | None = None
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -102,8 +104,11 @@ class Relayd:
         stop = asyncio.create_task(self.stop_event.wait(), name="stop-event")
         done, _ = await asyncio.wait({stop, delivery}, return_when=asyncio.FIRST_COMPLETED)
         stop.cancel()
-        if delivery in done and delivery.exception() is not None:
-            log.error("service_failed", service="dispatcher", error=repr(delivery.exception()))
+        if delivery in done:
+            # The dispatcher never ends by itself: whatever ended it is a failure, and the
+            # exit code must say so (systemd's Restart=on-failure).
+            self.failure = delivery.exception() or RuntimeError("the dispatcher stopped")
+            log.error("service_failed", service="dispatcher", error=repr(self.failure))
 
     async def _shutdown(self, dispatcher: Dispatcher, delivery: asyncio.Task[None]) -> None:
         notify("STOPPING=1")
@@ -117,10 +122,8 @@ class Relayd:
         if not done:
             log.warning("shutdown_cancelled", in_flight=dispatcher.in_flight)
             delivery.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await delivery
-        elif delivery.exception() is not None:
-            pass  # already logged in _run
+            # Bounded too: a cancelled send drops its connection rather than waiting on it.
+            await asyncio.wait({delivery}, timeout=CANCEL_GRACE)
         if self.store is not None:
             await self.store.close()
         self._restore_signals()
@@ -158,4 +161,4 @@ class Relayd:
         except ImportError:  # pragma: no cover - uvloop is a dependency on Linux
             runner = asyncio.run
         runner(self.serve())
-        return 0
+        return SERVICE_FAILURE if self.failure is not None else 0

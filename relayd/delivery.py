@@ -22,6 +22,8 @@ from relayd.types import SmtpReply
 # Replies relayd synthesises for the directory capture upstream.
 CAPTURED = SmtpReply(250, "2.0.0 Ok: written to the capture directory")
 
+NO_SMTPUTF8 = SmtpReply(553, "5.6.7 the upstream does not support SMTPUTF8 (non-ASCII address)")
+
 # MAIL FROM parameters forwarded when the upstream advertises the matching extension.
 _FORWARDED_OPTIONS = {"BODY": "8bitmime", "SMTPUTF8": "smtputf8"}
 
@@ -107,10 +109,12 @@ class SmtpSession:
         self.upstream = upstream
         self.local_hostname = local_hostname
         self._smtp: aiosmtplib.SMTP | None = None
+        self._in_transaction = False
 
     def _client(self) -> aiosmtplib.SMTP:
         up = self.upstream
-        context = ssl.create_default_context()
+        # tls_ca_file (a private CA) replaces the system's CA certificates for this upstream.
+        context = ssl.create_default_context(cafile=up.tls_ca_file)
         if not up.tls_verify:
             context.check_hostname = False
             context.verify_mode = ssl.CERT_NONE
@@ -149,6 +153,7 @@ class SmtpSession:
         mail_options: tuple[str, ...] = (),
     ) -> SendResult:
         reused = self._smtp is not None and self._smtp.is_connected
+        self._in_transaction = True
         try:
             return await self._send(mail_from, recipients, body, mail_options)
         except aiosmtplib.SMTPServerDisconnected as exc:
@@ -164,6 +169,8 @@ class SmtpSession:
         except (TimeoutError, aiosmtplib.SMTPException, OSError, ssl.SSLError) as exc:
             await self.close()
             raise UpstreamUnavailable(_describe(exc)) from exc
+        finally:
+            self._in_transaction = False
 
     async def _send_translating(
         self,
@@ -196,6 +203,10 @@ class SmtpSession:
         smtp = self._smtp
         options = self._mail_options(smtp, mail_options, len(body))
         encoding = "utf-8" if "SMTPUTF8" in options else "ascii"
+        if encoding == "ascii" and not all(a.isascii() for a in (mail_from, *recipients)):
+            # RFC 6531 3.5: a non-ASCII address cannot be relayed to a server without
+            # SMTPUTF8; that is permanent for this upstream.
+            return SendResult({rcpt: NO_SMTPUTF8 for rcpt in recipients})
         try:
             await smtp.mail(mail_from, options=options, encoding=encoding)
         except aiosmtplib.SMTPSenderRefused as exc:
@@ -253,10 +264,11 @@ class SmtpSession:
             await self.close()
 
     async def close(self) -> None:
+        """QUIT politely when idle; a send cut short (shutdown) just drops the connection."""
         smtp, self._smtp = self._smtp, None
         if smtp is None:
             return
-        if smtp.is_connected:
+        if smtp.is_connected and not self._in_transaction:
             try:
                 await asyncio.wait_for(smtp.quit(), 5)
             except (TimeoutError, aiosmtplib.SMTPException, OSError):

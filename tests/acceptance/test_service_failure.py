@@ -1,0 +1,40 @@
+"""A service that dies takes the daemon down with a failing exit code (so systemd restarts it)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.acceptance.process import Launcher, write_config
+from tests.support.fake_upstream import FakeUpstream
+
+pytestmark = pytest.mark.slow
+
+# Fault injection: the real CLI, with the dispatcher replaced by one that fails at once.
+BROKEN_DISPATCHER = """\
+from relayd import dispatch
+from relayd.cli import main
+
+
+async def broken(self):
+    raise RuntimeError("injected dispatcher failure")
+
+
+dispatch.Dispatcher.run = broken
+main()
+"""
+
+
+async def test_a_failed_dispatcher_stops_the_daemon_with_a_nonzero_exit(
+    tmp_path: Path, launch: Launcher, upstream: FakeUpstream, port: int
+) -> None:
+    config = write_config(tmp_path, port=port, upstream_port=upstream.port)
+    daemon = launch.start(config, port, command=[sys.executable, "-c", BROKEN_DISPATCHER])
+    code = await daemon.wait_exit(10.0)
+    (failed,) = daemon.find("service_failed")
+    assert failed["service"] == "dispatcher"
+    assert "injected dispatcher failure" in failed["error"]
+    assert daemon.event_names()[-1] == "stopped"
+    assert code != 0
