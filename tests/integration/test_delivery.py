@@ -258,3 +258,31 @@ async def test_throttle_reply_pauses_the_upstream_then_resumes(
     assert len(throttled) == 1 and throttled[0]["upstream"] == "main"
     assert not any(e["event"] == "failed" for e in logs)
     assert first_resumed >= hold.until - 0.05
+
+
+async def test_utf8_address_to_upstream_without_smtputf8_fails_cleanly(
+    make_config: ConfigFactory, upstream: FakeUpstream
+) -> None:
+    """RFC 6531: the message cannot be relayed; it fails (5.6.7), the daemon keeps going."""
+    upstream.smtputf8 = False
+    config = make_config(generic(upstream.port))
+    async with running(config) as daemon:
+        await send_utf8(port_of(daemon), "j\u00f6rg@example.net")
+        await until(lambda: _all_in(daemon, RecipientState.FAILED))
+        view = await only_message(daemon)
+        assert (view.recipients[0].last_reply or "").startswith("553 5.6.7")
+        await send(port_of(daemon), message(subject="ascii still flows"))
+        await upstream.wait_for(1)
+
+
+async def send_utf8(port: int, rcpt: str) -> None:
+    from tests.support.client import RawClient
+
+    client = RawClient(port)
+    await client.connect()
+    await client.cmd("EHLO app.test")
+    assert (await client.cmd("MAIL FROM:<app@example.org> SMTPUTF8")).startswith("250")
+    assert (await client.cmd(f"RCPT TO:<{rcpt}>")).startswith("250")
+    await client.cmd("DATA")
+    assert (await client.cmd(b"Subject: x\r\n\r\nhi\r\n.\r\n")).startswith("250")
+    await client.close()

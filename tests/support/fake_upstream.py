@@ -96,12 +96,13 @@ class FakeUpstream:
         self.arrived = asyncio.Event()
         self.tls_context = tls_context
         self.starttls = starttls
+        self.smtputf8 = True  # advertise SMTPUTF8
         self._server: asyncio.Server | None = None
         self._protocols: list[SMTP] = []
 
     def _factory(self) -> SMTP:
         self.connections += 1
-        kwargs: dict[str, Any] = {"hostname": "fake-upstream", "enable_SMTPUTF8": True}
+        kwargs: dict[str, Any] = {"hostname": "fake-upstream", "enable_SMTPUTF8": self.smtputf8}
         if self.starttls and self.tls_context is not None:
             kwargs["tls_context"] = self.tls_context
             kwargs["require_starttls"] = True
