@@ -7,12 +7,13 @@ import asyncio
 import json
 import os
 import sys
+import textwrap
 from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
 
 from relayd import __version__
-from relayd.config import Config, default_config_path, load, render_effective
+from relayd.config import Config, UpstreamConfig, default_config_path, load, render_effective
 from relayd.errors import ConfigError, StoreError
 from relayd.store import open_store
 from relayd.store.base import Store
@@ -37,6 +38,11 @@ def _parser() -> argparse.ArgumentParser:
     )
     sub.add_parser("run", parents=[common], help="run the daemon in the foreground")
     sub.add_parser("check-config", parents=[common], help="validate and print the effective config")
+    test = sub.add_parser(
+        "test-upstream", parents=[common], help="connect, TLS, AUTH: can this upstream send?"
+    )
+    test.add_argument("name", help="the NAME of an [upstreams.NAME] table")
+    test.add_argument("--json", action="store_true", help="machine-readable output")
     queue = sub.add_parser("queue", parents=[common], help="inspect and manage the queue")
     queue.add_argument("action", choices=["list", "show", "retry", "hold", "release", "delete"])
     queue.add_argument("queue_id", nargs="?")
@@ -60,6 +66,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     if args.command == "check-config":
         print(render_effective(config), end="")
         sys.exit(EXIT_OK)
+    if args.command == "test-upstream":
+        sys.exit(_test_upstream(config, args.name, args.json))
     if args.command == "run":
         sys.exit(_run(config))
     try:
@@ -82,6 +90,60 @@ def _run(config: Config) -> int:
     except StoreError as exc:
         print(f"relayd: cannot open the queue: {exc}", file=sys.stderr)
         return EXIT_STARTUP
+
+
+def _test_upstream(config: Config, name: str, as_json: bool) -> int:
+    """Exit 0 only if every check passed: the account can send."""
+    from relayd.probe import can_send, probe_upstream
+
+    upstream = config.upstreams.get(name)
+    if upstream is None:
+        known = ", ".join(config.upstreams)
+        print(f'relayd: no upstream "{name}" in {config.source} (known: {known})', file=sys.stderr)
+        return EXIT_CONFIG
+    steps = asyncio.run(probe_upstream(upstream, config.server.hostname))
+    ok = can_send(steps)
+    if as_json:
+        document = {
+            "upstream": name,
+            "provider": upstream.provider,
+            "host": upstream.host,
+            "port": upstream.port,
+            "security": upstream.security,
+            "auth": upstream.auth,
+            "username": upstream.username,
+            "ok": ok,
+            "steps": [asdict(step) for step in steps],
+        }
+        print(json.dumps(document, indent=2))
+        return EXIT_OK if ok else EXIT_FAILURE
+    print(_upstream_line(upstream))
+    for step in steps:
+        _print_step(step.name, step.ok, step.detail, step.hint)
+    print(f"result: {'ok' if ok else 'FAILED'}: {name} {'can' if ok else 'cannot'} send")
+    return EXIT_OK if ok else EXIT_FAILURE
+
+
+def _upstream_line(upstream: UpstreamConfig) -> str:
+    if upstream.path is not None and upstream.host is None:
+        return f"upstream {upstream.name}: provider {upstream.provider}, directory {upstream.path}"
+    login = f", auth {upstream.auth}" if upstream.auth else ""
+    if upstream.username:
+        login += f" as {upstream.username}"
+    return (
+        f"upstream {upstream.name}: provider {upstream.provider}, {upstream.host} port "
+        f"{upstream.port}, security {upstream.security}{login}"
+    )
+
+
+def _print_step(name: str, ok: bool, detail: str, hint: str | None) -> None:
+    pad = " " * 20
+    lines = detail.splitlines() or [""]
+    print(f"  {'ok' if ok else 'FAILED':8}{name:10}{lines[0]}")
+    for line in lines[1:]:
+        print(pad + line)
+    if hint:
+        print(textwrap.fill(hint, 100, initial_indent=pad + "what to do: ", subsequent_indent=pad))
 
 
 async def _queue(config: Config, args: argparse.Namespace) -> int:

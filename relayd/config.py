@@ -32,6 +32,7 @@ from pydantic import (
     model_validator,
 )
 
+from relayd.config_gates import reject_internal_keys, reject_unbuilt
 from relayd.config_text import KeyedValueError, KeyLocator, config_error, read_toml, render_model
 from relayd.config_types import (
     AddressPattern,
@@ -51,7 +52,7 @@ from relayd.config_types import (
     durations,
     parse_listen,
 )
-from relayd.providers import DEFAULT_PORTS, PRESETS, Preset, default_port
+from relayd.providers import DEFAULT_PORTS, PRESETS, default_port
 
 __all__ = ["Config", "default_config_path", "load", "parse_listen", "render_effective"]
 
@@ -138,6 +139,7 @@ class UpstreamConfig(_Model):
     port: StrictInt | None = Field(default=None, ge=1, le=65535)
     security: Literal["starttls", "tls", "none"] | None = None
     tls_verify: StrictBool = True
+    tls_ca_file: ConfPath | None = None
     username: str | None = None
     auth: Literal["password", "xoauth2", "none"] | None = None
     password_file: ConfPath | None = None
@@ -171,9 +173,7 @@ class UpstreamConfig(_Model):
         preset = PRESETS.get(provider) if isinstance(provider, str) else None
         if preset is None:
             return data  # not a table, or an unknown provider that _known_provider reports
-        filled = {
-            key: value for key, value in _preset_values(preset).items() if data.get(key) is None
-        }
+        filled = {key: value for key, value in preset.defaults().items() if data.get(key) is None}
         marked = set(filled)
         security = data.get("security") or filled.get("security")
         if data.get("port") is None and security in DEFAULT_PORTS:
@@ -196,6 +196,8 @@ class UpstreamConfig(_Model):
             raise KeyedValueError(("host",), f'provider "{self.provider}" has no host; set host')
         if self.port is None:
             raise KeyedValueError(("port",), 'no port; set port or security ("starttls", "tls")')
+        if self.tls_ca_file is not None and not self.tls_ca_file.is_file():
+            raise KeyedValueError(("tls_ca_file",), f"{self.tls_ca_file} is not a file")
         self._check_credentials()
         return self
 
@@ -219,16 +221,6 @@ class UpstreamConfig(_Model):
                 f'auth = "{self.auth}" with security = "none" would send the credentials '
                 'unencrypted; use "starttls" or "tls", or set allow_plaintext_auth = true',
             )
-
-
-def _preset_values(preset: Preset) -> dict[str, Any]:
-    values = {
-        "host": preset.host,
-        "security": preset.security,
-        "auth": preset.auth,
-        "rate_limits": list(preset.rate_limits) or None,
-    }
-    return {key: value for key, value in values.items() if value is not None}
 
 
 class RoutingConfig(_Model):
@@ -329,8 +321,8 @@ def load(path: Path | str, *, environ: Mapping[str, str] | None = None) -> Confi
     """Read, validate and resolve the TOML file at `path` (secrets from files or `environ`)."""
     source = Path(os.path.abspath(path))
     data, locator = read_toml(source)
-    _reject_internal_keys(data, locator)
-    _reject_unbuilt(data, locator)
+    reject_internal_keys(data, locator)
+    reject_unbuilt(data, locator)
     context = {"toml": True, "base_dir": source.parent}
     try:
         config = Config.model_validate({**data, "source": source}, context=context)
@@ -348,59 +340,6 @@ def render_effective(config: Config) -> str:
     }
     header = f"effective configuration from {config.source}" if config.source else ""
     return render_model(config, hidden=hidden, header=header)
-
-
-def _reject_internal_keys(data: dict[str, Any], locator: KeyLocator) -> None:
-    """Keys the models have but a file may not set: filled by the loader, or secrets."""
-    found: list[tuple[str, ...]] = [("source",)] if "source" in data else []
-    upstreams = data.get("upstreams")
-    for name, table in upstreams.items() if isinstance(upstreams, dict) else ():
-        if isinstance(table, dict):
-            found += [
-                ("upstreams", name, key)
-                for key in ("name", "preset_fields", "password")
-                if key in table
-            ]
-    for loc in found:
-        message = "unknown key"
-        if loc[-1] == "password":
-            message = "secrets are not allowed inline; use password_file or password_env"
-        raise locator.error(message, loc)
-
-
-# Keys of the documented contract whose feature is not built yet, with the value that is
-# harmless. Accepting them silently would be worse than refusing: `require_auth = true`
-# that does nothing is an open relay the admin believes is closed.
-_UNBUILT: tuple[tuple[tuple[str, ...], object], ...] = (
-    (("server", "require_auth"), False),
-    (("server", "users"), []),
-    (("server", "tls_cert"), None),
-    (("server", "tls_key"), None),
-    (("server", "workers"), 1),
-    (("log", "transcript_dir"), None),
-    (("admin", "listen"), None),
-)
-_UNBUILT_UPSTREAM: tuple[tuple[str, object], ...] = (
-    ("auth", "xoauth2"),
-    ("from_policy", "rewrite"),
-    ("from_policy", "bare"),
-)
-
-
-def _reject_unbuilt(data: dict[str, Any], locator: KeyLocator) -> None:
-    """Refuse settings this version documents but cannot honour yet (see _UNBUILT)."""
-    for loc, harmless in _UNBUILT:
-        table = data.get(loc[0])
-        if isinstance(table, dict) and loc[1] in table and table[loc[1]] != harmless:
-            raise locator.error("is not available in this version of relayd yet", loc)
-    upstreams = data.get("upstreams")
-    for name, table in upstreams.items() if isinstance(upstreams, dict) else ():
-        for key, value in _UNBUILT_UPSTREAM:
-            if isinstance(table, dict) and table.get(key) == value:
-                raise locator.error(
-                    f'"{value}" is not available in this version of relayd yet',
-                    ("upstreams", name, key),
-                )
 
 
 def _with_secrets(config: Config, locator: KeyLocator, environ: Mapping[str, str]) -> Config:

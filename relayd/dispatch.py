@@ -1,14 +1,25 @@
 """The delivery loop: per-upstream lanes that lease due mail and deliver it within limits.
 
 A lane asks, in order: is the upstream held (throttled, auth failing)? is its send window
-open? is there due mail? may it send now (the store's rate ledger)? Then it delivers and
-records each recipient's outcome. Lanes of different upstreams never wait on each other.
+open? did the rate ledger last say "not before T"? is there due mail? may it send now (the
+store's rate ledger reserves the slot atomically)? Then it delivers and records each
+recipient's outcome. Lanes of different upstreams never wait on each other.
+
+Order is oldest due first (the store leases by due time): fresh mail is due when it arrives,
+a retry when its backoff ends, so neither starves the other -- what became due earlier goes
+first, what arrives later queues behind. A message the ledger turns away keeps its place in
+line; the lane sleeps until the ledger's time instead of leasing the next message.
+
+Why a lane waits ("window closed until ...", "rate limit 200/hour until ...") is logged and
+written to the store when it changes: one row per upstream, which the queue tool shows on
+every waiting message, so a long wait costs one write however long the backlog.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from relayd.clock import Clock
@@ -26,14 +37,48 @@ log = get_logger("dispatch")
 
 IDLE_CLOSE = 30.0  # close an idle upstream connection after this many seconds
 MAX_SLEEP = 60.0  # re-check state at least this often (holds released by the queue tool)
-BATCH = 32
-STORE_BACKOFF = 1.0  # seconds to wait after a store error before trying again  # leases taken at once by an unthrottled lane
+BATCH = 32  # leases taken at once by an unthrottled lane
+STORE_BACKOFF = 1.0  # seconds to wait after a store error before trying again
+SHOW_MIN_WAIT = 1.0  # shorter waits (min_interval spacing) are neither logged nor stored
 
 SessionFactory = Callable[[UpstreamConfig, str], Session]
+Reply = tuple[str, Action, SmtpReply]  # one recipient's reply and what it means
 
 
 def iso(at: float) -> str:
     return datetime.fromtimestamp(at, tz=UTC).isoformat(timespec="seconds")
+
+
+@dataclass(frozen=True)
+class Wait:
+    """Why a lane sends nothing now, until when (None: until further notice), its log event."""
+
+    until: float | None
+    reason: str
+    event: str
+
+    def seconds(self, now: float) -> float:
+        return MAX_SLEEP if self.until is None else self.until - now
+
+
+_UNKNOWN = Wait(None, "", "")  # what the store says before a lane has said anything
+
+
+def hold_wait(hold: UpstreamHold) -> Wait:
+    if hold.until is None:
+        return Wait(None, f"upstream paused: {hold.reason}", "upstream_paused")
+    return Wait(hold.until, f"upstream throttled until {iso(hold.until)}", "upstream_paused")
+
+
+def window_wait(window: SendWindow, now: float) -> Wait | None:
+    """The wait for a closed window (its next opening in its own time zone), None if open."""
+    if is_open(window, now):
+        return None
+    opens = next_open(window, now)
+    if opens is None:
+        return Wait(None, "window closed (it opens on no day within a year)", "window_closed")
+    local = datetime.fromtimestamp(opens, window.zone).isoformat(timespec="minutes")
+    return Wait(opens, f"window closed until {local}", "window_closed")
 
 
 class Dispatcher:
@@ -53,6 +98,8 @@ class Dispatcher:
         ]
 
     async def run(self) -> None:
+        for lane in self.lanes:
+            await lane.start()
         async with asyncio.TaskGroup() as group:
             for lane in self.lanes:
                 for index in range(lane.upstream.max_connections):
@@ -86,14 +133,25 @@ class Lane:
         self.clock = clock
         self.worker = worker
         self.session_factory = session_factory
-        self.window: SendWindow | None = None
-        if upstream.window is not None:
-            w = upstream.window
-            self.window = parse_window(w.timezone, w.days, w.hours, w.closed_dates)
+        w = upstream.window
+        self.window = parse_window(w.timezone, w.days, w.hours, w.closed_dates) if w else None
         self.stopping = False
         self._stopped = asyncio.Event()
         self.in_flight = 0
         self.throttled = False  # a hold was set by this lane and not yet cleared
+        self.ledger_wait: Wait | None = None  # the rate ledger's last "not before"
+        self._shown: Wait | None = _UNKNOWN  # the wait this lane last wrote to the store
+
+    async def start(self) -> None:
+        """Lift an account hold left by an earlier run: a restart (after a configuration
+        change) tries the account again; a throttle hold stays, the provider still counts."""
+        try:
+            hold = await self.store.upstream_hold(self.name)
+            if hold is not None and hold.until is None:
+                await self.store.release_upstream(self.name)
+                log.info("upstream_released", upstream=self.name, reason=hold.reason, why="start")
+        except StoreError as exc:
+            log.error("store_error", upstream=self.name, error=str(exc))
 
     def stop(self) -> None:
         """Stop leasing; a worker sleeping for work wakes up and ends."""
@@ -112,14 +170,19 @@ class Lane:
                     # Locked or full disk: keep the lane alive; leases expire if need be.
                     log.error("store_error", upstream=self.name, error=str(exc))
                     await self._sleep(STORE_BACKOFF, session)
+                except Exception:  # a bug must not stop every upstream's mail
+                    log.exception("lane_error", upstream=self.name)
+                    await session.close()
+                    await self._sleep(STORE_BACKOFF, session)
         finally:
             await session.close()
 
     async def _step(self, session: Session) -> None:
         now = self.clock.now()
-        gate = await self._gate(now)
-        if gate is not None:
-            await self._sleep(gate - now, session)
+        wait = await self._gate(now)
+        await self._show(wait, now)
+        if wait is not None:
+            await self._sleep(wait.seconds(now), session)
             return
         limit = 1 if self.upstream.rate_limits or self.upstream.min_interval else BATCH
         leases = await self.store.lease_due(
@@ -131,25 +194,39 @@ class Lane:
             return
         for index, lease in enumerate(leases):
             if self.stopping:
-                await self._release_all(leases[index:], self.clock.now(), "daemon stopping")
+                await self._put_back(leases[index:], "daemon stopping")
                 return
-            wait_until = await self._attempt(session, lease)
-            if wait_until is not None:
-                await self._release_all(leases[index + 1 :], wait_until, "rate limit")
+            wait = await self._attempt(session, lease)
+            if wait is not None:  # held or refused: the rest of the batch waits too
+                await self._put_back(leases[index + 1 :], wait.reason)
                 return
 
-    async def _gate(self, now: float) -> float | None:
-        """When the upstream may send again if it may not send now (hold or closed window)."""
+    async def _gate(self, now: float) -> Wait | None:
+        """Why the upstream may not send now (hold, closed window, ledger), or None."""
         hold = await self.store.upstream_hold(self.name)
         if hold is not None:
             self.throttled = True  # a later success clears it, so the next backoff restarts
             if hold.until is None or hold.until > now:
-                return hold.until if hold.until is not None else now + MAX_SLEEP
-        if self.window is not None and not is_open(self.window, now):
-            opens = next_open(self.window, now)
-            log.info("window_closed", upstream=self.name, until=iso(opens) if opens else None)
-            return opens if opens is not None else now + MAX_SLEEP
-        return None
+                return hold_wait(hold)
+        if self.window is not None and (closed := window_wait(self.window, now)) is not None:
+            return closed
+        wait = self.ledger_wait
+        return wait if wait is not None and wait.seconds(now) > 0 else None
+
+    async def _show(self, wait: Wait | None, now: float) -> None:
+        """Log and store why the upstream waits, when that changes (one row, not one per
+        message); short waits such as min_interval spacing count as not waiting."""
+        if wait is not None and wait.seconds(now) < SHOW_MIN_WAIT:
+            wait = None
+        if wait == self._shown:
+            return
+        if wait is None:
+            await self.store.set_upstream_wait(self.name, None, None)
+        else:
+            await self.store.set_upstream_wait(self.name, wait.reason, wait.until)
+            until = iso(wait.until) if wait.until is not None else None
+            log.info(wait.event, upstream=self.name, reason=wait.reason, until=until)
+        self._shown = wait
 
     async def _sleep(self, seconds: float, session: Session) -> None:
         """Wait for new mail or `seconds`; close the upstream connection when idle."""
@@ -158,52 +235,52 @@ class Lane:
             await session.close()
         if seconds <= 0:
             return
-        work = asyncio.ensure_future(self.store.wait_for_work(seconds))
-        stop = asyncio.ensure_future(self._stopped.wait())
+        waiters = {
+            asyncio.ensure_future(self.clock.sleep(seconds)),
+            asyncio.ensure_future(self.store.wait_for_work(seconds)),
+            asyncio.ensure_future(self._stopped.wait()),
+        }
         try:
-            await asyncio.wait({work, stop}, return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
         finally:
-            work.cancel()
-            stop.cancel()
+            for waiter in waiters:
+                waiter.cancel()
 
-    async def _release_all(self, leases: list[Lease], not_before: float, reason: str) -> None:
+    async def _put_back(self, leases: list[Lease], reason: str) -> None:
+        """End leases unattempted; release() only delays, so each message keeps its place."""
         for lease in leases:
             try:
-                await self.store.release(lease, not_before, f"{reason} until {iso(not_before)}")
+                await self.store.release(lease, lease.received_at, reason)
             except LeaseLost:
                 log.warning("lease_lost", queue_id=lease.queue_id, upstream=self.name)
 
     # -- one attempt ----------------------------------------------------------------------
 
-    async def _attempt(self, session: Session, lease: Lease) -> float | None:
-        """Deliver one leased message; returns a time to wait until if the ledger said no."""
+    async def _attempt(self, session: Session, lease: Lease) -> Wait | None:
+        """Deliver one leased message (or put it back if the ledger says "not yet"); returns
+        the wait that the ledger or a throttle reply imposed on the upstream, if any."""
         now = self.clock.now()
         if is_expired(lease.received_at, now, self.config.queue.max_lifetime):
-            reply = SmtpReply(0, "4.4.7 expired: undelivered for longer than queue.max_lifetime")
-            outcomes = [
-                RecipientOutcome(r, RecipientState.FAILED, str(reply)) for r in lease.recipients
-            ]
+            text = "4.4.7 expired: undelivered for longer than queue.max_lifetime"
+            outcomes = [RecipientOutcome(r, RecipientState.FAILED, text) for r in lease.recipients]
             await self._record(lease, outcomes, now, event="expired")
             return None
         weight = 1 if self.upstream.count == "messages" else len(lease.recipients)
-        reservation, allowed_at = await self.store.reserve_send(
+        slot = await self.store.reserve_send(
             self.name, now, self.upstream.rate_limits, self.upstream.min_interval, weight
         )
-        if reservation is None:
-            reason = "rate limit"
-            log.info(
-                "rate_limited", upstream=self.name, queue_id=lease.queue_id, until=iso(allowed_at)
-            )
-            await self._release_all([lease], allowed_at, reason)
-            return allowed_at
+        if slot.reservation is None:
+            reason = f"{slot.reason or 'rate limit'} until {iso(slot.at)}"
+            self.ledger_wait = Wait(slot.at, reason, "rate_limited")
+            await self._put_back([lease], reason)
+            return self.ledger_wait
         self.in_flight += 1
         try:
-            await self._send(session, lease, reservation)
+            return await self._send(session, lease, slot.reservation)
         finally:
             self.in_flight -= 1
-        return None
 
-    async def _send(self, session: Session, lease: Lease, reservation: int) -> None:
+    async def _send(self, session: Session, lease: Lease, reservation: int) -> Wait | None:
         body = await self.store.load_body(lease.queue_id)
         started = self.clock.monotonic()
         log.info(
@@ -230,70 +307,62 @@ class Lane:
             # The upstream never saw the message: the slot goes back to the ledger.
             await self.store.cancel_send(reservation)
         elapsed = self.clock.monotonic() - started
-        await self._apply(lease, result, elapsed)
+        return await self._apply(lease, result, elapsed)
 
-    async def _apply(self, lease: Lease, result: SendResult, elapsed: float) -> None:
+    async def _apply(self, lease: Lease, result: SendResult, elapsed: float) -> Wait | None:
         now = self.clock.now()
-        outcomes: list[RecipientOutcome] = []
-        hold: tuple[Action, SmtpReply] | None = None
+        replies: list[Reply] = []
         for rcpt in lease.recipients:
             reply = result.replies.get(rcpt, SmtpReply(0, "no reply from the upstream"))
-            action = classify_reply(reply) if reply.code else Action.RETRY
-            if action in (Action.THROTTLED, Action.AUTH_FAILED):
-                hold = hold or (action, reply)
-            outcomes.append(self._outcome(lease, rcpt, action, reply, now))
-        if hold is not None:
-            until = await self._hold(hold[0], hold[1], now)
-            outcomes = [
-                RecipientOutcome(o.recipient, o.state, o.reply, until or o.next_attempt_at)
-                if o.state is RecipientState.DEFERRED
-                else o
-                for o in outcomes
-            ]
-        elif self.throttled and any(o.state is RecipientState.DELIVERED for o in outcomes):
+            replies.append((rcpt, classify_reply(reply) if reply.code else Action.RETRY, reply))
+        held = next(
+            ((a, r) for _, a, r in replies if a in (Action.THROTTLED, Action.AUTH_FAILED)), None
+        )
+        wait = await self._hold(held[0], held[1], now) if held is not None else None
+        outcomes = [self._outcome(lease, item, now, wait) for item in replies]
+        if wait is None and self.throttled and any(a is Action.DELIVERED for _, a, _ in replies):
             self.throttled = False
             await self.store.release_upstream(self.name)
         await self._record(lease, outcomes, now, elapsed=elapsed)
+        return wait
 
     def _outcome(
-        self, lease: Lease, rcpt: str, action: Action, reply: SmtpReply, now: float
+        self, lease: Lease, item: Reply, now: float, held: Wait | None
     ) -> RecipientOutcome:
+        """One recipient's result; a held upstream's wait replaces the retry schedule's."""
+        rcpt, action, reply = item
         text = str(reply)
         if action is Action.DELIVERED:
             return RecipientOutcome(rcpt, RecipientState.DELIVERED, text)
         if action is Action.FAILED:
             return RecipientOutcome(rcpt, RecipientState.FAILED, text)
-        retry_at = next_attempt_at(lease.attempts + 1, now, self.config.queue.retry)
+        retry = lease.attempts + 1  # the attempt just made was attempt `retry`; next: retry N
+        retry_at = next_attempt_at(retry, now, self.config.queue.retry)
+        reason = f"retry {retry} at {iso(retry_at)}"
+        if held is not None:
+            retry_at = held.until if held.until is not None else retry_at
+            reason = held.reason
         if is_expired(lease.received_at, retry_at, self.config.queue.max_lifetime):
             # The next try would fall past max_lifetime: fail now, keeping the last error.
             return RecipientOutcome(rcpt, RecipientState.FAILED, text)
-        return RecipientOutcome(rcpt, RecipientState.DEFERRED, text, retry_at)
+        return RecipientOutcome(rcpt, RecipientState.DEFERRED, text, retry_at, reason)
 
-    async def _hold(self, action: Action, reply: SmtpReply, now: float) -> float | None:
+    async def _hold(self, action: Action, reply: SmtpReply, now: float) -> Wait:
         """Pause the whole upstream: throttles back off, auth problems wait for an operator."""
         previous = await self.store.upstream_hold(self.name)
         level = previous.level + 1 if previous is not None else 0
+        until = None
+        fields = {"upstream": self.name, "smtp_code": reply.code, "smtp_response": reply.message}
         if action is Action.AUTH_FAILED:
-            until = None
-            log.error(
-                "upstream_auth_failed",
-                upstream=self.name,
-                smtp_code=reply.code,
-                smtp_response=reply.message,
-            )
+            log.error("upstream_auth_failed", **fields)
         else:
             until = throttle_until(level, now, self.upstream.throttle_backoff)
-            log.warning(
-                "upstream_throttled",
-                upstream=self.name,
-                smtp_code=reply.code,
-                smtp_response=reply.message,
-                resume_at=iso(until),
-                pause=format_duration(until - now),
-            )
-        await self.store.hold_upstream(UpstreamHold(self.name, until, str(reply), level))
+            pause = format_duration(until - now)
+            log.warning("upstream_throttled", **fields, resume_at=iso(until), pause=pause)
+        hold = UpstreamHold(self.name, until, str(reply), level)
+        await self.store.hold_upstream(hold)
         self.throttled = True
-        return until
+        return hold_wait(hold)
 
     async def _record(
         self,
@@ -326,6 +395,7 @@ class Lane:
                 fields["seconds"] = round(elapsed, 3)
             if outcome.next_attempt_at is not None:
                 fields["next_attempt_at"] = iso(outcome.next_attempt_at)
+                fields["wait_reason"] = outcome.wait_reason
             if outcome.state is RecipientState.DELIVERED:
                 log.info(name, **fields)
             else:

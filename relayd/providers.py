@@ -1,33 +1,152 @@
-"""Provider presets: the defaults a `provider = "..."` line brings to an upstream; pure data.
+"""Provider presets and what to do about a provider's replies; pure data and lookups, no I/O.
 
-Only `generic` and `directory` exist so far; the named providers (gmail, microsoft365, ...)
-with their published limits and reply hints come with the providers work.
+A preset is what `provider = "..."` brings to an `[upstreams.NAME]` table: host, security,
+auth kind, default rate limits (from the provider's published sending limits, the source
+beside each), and which hints apply. Every value can be overridden in the file; config.py
+fills only what the table leaves unset and remembers which values came from here.
+
+The hints (hints.py) turn a reply such as `535 5.7.8` or a transport problem such as
+"connection refused" into the sentence a support engineer would say; `hint_for` is the
+entry point and is re-exported here so callers need one import.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
+
+from relayd.hints import Problem, hint_for
+
+__all__ = [
+    "DEFAULT_PORTS",
+    "PRESETS",
+    "Preset",
+    "Problem",
+    "default_port",
+    "hint_for",
+]
 
 Security = Literal["starttls", "tls", "none"]
 AuthKind = Literal["password", "xoauth2", "none"]
+Count = Literal["messages", "recipients"]
 
 DEFAULT_PORTS: dict[Security, int] = {"starttls": 587, "tls": 465, "none": 25}
 
 
 @dataclass(frozen=True)
 class Preset:
-    """What a provider name fills in; None means "the user must say"."""
+    """What a provider name fills in; None means "the user must say" (or the model default)."""
 
     name: str
     host: str | None = None
     security: Security | None = "starttls"
     auth: AuthKind = "password"
     rate_limits: tuple[str, ...] = ()
+    count: Count | None = None
     delivers_to_directory: bool = False
 
+    def defaults(self) -> dict[str, Any]:
+        """The upstream keys this preset sets, with their values (unset ones are absent)."""
+        values = {
+            "host": self.host,
+            "security": self.security,
+            "auth": self.auth,
+            "rate_limits": list(self.rate_limits) or None,
+            "count": self.count,
+        }
+        return {key: value for key, value in values.items() if value is not None}
 
+
+# Published limits are per rolling 24 hours unless noted. Where a provider counts recipients
+# (one message to 5 people uses 5), the preset sets count = "recipients"; counting recipients
+# also honours a per-message limit, only more strictly. A per-minute ceiling the provider
+# does not publish is marked "smoothing": it keeps a burst from looking like spam, which is
+# what gets accounts blocked (DESIGN.md); business applications commonly use "3 a minute".
 PRESETS: dict[str, Preset] = {
+    # Gmail Help, "Limits for sending & getting mail" (support.google.com/mail/answer/22839):
+    # personal accounts about 500 recipients a day. 3/minute: smoothing. Password auth means a
+    # Google app password (2-Step Verification on), never the account password.
+    "gmail": Preset(
+        name="gmail",
+        host="smtp.gmail.com",
+        rate_limits=("3/minute", "500/day"),
+        count="recipients",
+    ),
+    # Google Workspace Admin Help, "Gmail sending limits in Google Workspace"
+    # (support.google.com/a/answer/166852): 2,000 messages a day (500 for trial accounts),
+    # 10,000 total recipients a day, 100 recipients per message over SMTP. Counted in
+    # messages; the 10,000-recipient cap binds only above 5 recipients per message on
+    # average (set count = "recipients" and "10000/day" if yours do). 3/minute: smoothing.
+    "google-workspace": Preset(
+        name="google-workspace",
+        host="smtp.gmail.com",
+        rate_limits=("3/minute", "2000/day"),
+        count="messages",
+    ),
+    # Microsoft Learn, "Exchange Online limits", sending limits: message rate limit (SMTP
+    # client submission) 30 messages a minute; recipient rate limit 10,000 recipients a day.
+    # Counting recipients honours both. The default auth is OAuth2: Microsoft is retiring
+    # password (basic) AUTH for SMTP client submission (then 550 5.7.30); until relayd has
+    # xoauth2, config.py refuses this default and asks for auth = "password" explicitly.
+    "microsoft365": Preset(
+        name="microsoft365",
+        host="smtp.office365.com",
+        auth="xoauth2",
+        rate_limits=("30/minute", "10000/day"),
+        count="recipients",
+    ),
+    # Outlook.com / Hotmail / Live personal accounts. Microsoft Support, "Sending limits in
+    # Outlook.com": limits depend on the account's age and standing and are not all
+    # published; 300 recipients a day for free accounts is the commonly quoted figure
+    # (UNCERTAIN: new accounts get less, Microsoft 365 subscribers more). 3/minute: smoothing.
+    "outlook": Preset(
+        name="outlook",
+        host="smtp-mail.outlook.com",
+        rate_limits=("3/minute", "300/day"),
+        count="recipients",
+    ),
+    # Yahoo Help SLN17518, "SMTP sending limits" (Yahoo Business Mail): 500 a day, 100
+    # recipients per message, each recipient counts as one (UNCERTAIN for free Yahoo Mail,
+    # which publishes no figure; the same 500 is widely reported). Password = a Yahoo app
+    # password. Implicit TLS on 465 (587 with STARTTLS also works). 3/minute: smoothing.
+    "yahoo": Preset(
+        name="yahoo",
+        host="smtp.mail.yahoo.com",
+        security="tls",
+        rate_limits=("3/minute", "500/day"),
+        count="recipients",
+    ),
+    # IONOS Help, "What are the mass mailing limits?": Mail Basic / Mail Business, per hour
+    # by contract age: 50 (first week), 100 (8-14 days), 400 (15-30 days), then 500
+    # (ionos.co.uk; ionos.com gives 5,000). The German page counts recipients. New accounts
+    # should set ["50/hour"]. The host is per country: smtp.ionos.com (US), smtp.ionos.co.uk
+    # (UK), smtp.ionos.de (Germany), smtp.ionos.fr, smtp.ionos.es, ... -- set host to yours.
+    "ionos": Preset(
+        name="ionos",
+        host="smtp.ionos.com",
+        rate_limits=("500/hour",),
+        count="recipients",
+    ),
+    # GoDaddy Help, "Managing your email account SMTP relays": Workspace Email allows 250
+    # SMTP relays a day (each recipient is one relay, rolling 24 hours). Implicit TLS on 465.
+    # GoDaddy's "Microsoft 365 from GoDaddy" mailboxes use provider = "microsoft365".
+    "godaddy": Preset(
+        name="godaddy",
+        host="smtpout.secureserver.net",
+        security="tls",
+        rate_limits=("250/day",),
+        count="recipients",
+    ),
+    # NHS Digital, "Applications Guide for NHSmail": SMTP submission to send.nhs.net on 587
+    # with TLS and AUTH (full NHSmail address as username; From must be that address).
+    # NHSmail runs on Exchange Online, whose limits the guide refers to: 30 messages a
+    # minute, 10,000 recipients a day (UNCERTAIN whether NHSmail sets lower ones).
+    "nhsmail": Preset(
+        name="nhsmail",
+        host="send.nhs.net",
+        rate_limits=("30/minute", "10000/day"),
+        count="recipients",
+    ),
     "generic": Preset(name="generic"),
     "directory": Preset(name="directory", security=None, auth="none", delivers_to_directory=True),
 }

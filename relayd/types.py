@@ -108,12 +108,16 @@ class Lease:
 
 @dataclass(frozen=True)
 class RecipientOutcome:
-    """The result of one attempt for one recipient, as the store records it."""
+    """The result of one attempt for one recipient, as the store records it.
+
+    `wait_reason` says why a deferred recipient waits ("retry 3 at ..."); final ones have none.
+    """
 
     recipient: str
     state: RecipientState
     reply: str
     next_attempt_at: float | None = None
+    wait_reason: str | None = None
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,7 @@ Callers see `StoreError` subclasses only, never a driver's exception.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Protocol
 
 from relayd.types import (
@@ -20,6 +21,20 @@ from relayd.types import (
     RecipientState,
     UpstreamHold,
 )
+
+
+@dataclass(frozen=True)
+class SendSlot:
+    """reserve_send's answer: a reservation, or when the limits allow the send and why not now.
+
+    Reserved: `reservation` is the ledger row (for cancel_send), `at` is now, `reason` None.
+    Refused: `reservation` is None, `at` is the earliest permitted time, and `reason` names the
+    binding constraint as limits.describe_wait does ("rate limit 200/hour", "min_interval 20s").
+    """
+
+    reservation: int | None
+    at: float
+    reason: str | None = None
 
 
 class Store(Protocol):
@@ -58,7 +73,11 @@ class Store(Protocol):
         """
 
     async def release(self, lease: Lease, not_before: float, reason: str) -> None:
-        """End a lease without an attempt: the recipients wait until `not_before` for `reason`."""
+        """End a lease without an attempt: the recipients wait until `not_before` for `reason`.
+
+        Release only ever delays: a recipient due later than `not_before` keeps its due time,
+        so a `not_before` at or before the message's arrival puts it back in its place in line.
+        """
 
     async def next_due(self, upstream: str, now: float) -> float | None:
         """When the earliest pending recipient of `upstream` is due (an unexpired lease counts
@@ -71,12 +90,12 @@ class Store(Protocol):
         ceilings: Sequence[Ceiling],
         min_interval: float,
         weight: int,
-    ) -> tuple[int | None, float]:
+    ) -> SendSlot:
         """Atomically take `weight` slots in the upstream's send ledger if the limits allow.
 
-        Returns (reservation_id, now) when reserved, or (None, earliest_time) when the
-        ceilings or `min_interval` make the send wait until `earliest_time`. The ledger is
-        pruned to the longest ceiling's period.
+        Returns SendSlot(reservation_id, now) when reserved, or SendSlot(None, earliest_time,
+        reason) when the ceilings or `min_interval` make the send wait until `earliest_time`.
+        The ledger is pruned to the longest ceiling's period.
         """
 
     async def cancel_send(self, reservation_id: int) -> None:
@@ -90,6 +109,17 @@ class Store(Protocol):
 
     async def upstream_hold(self, upstream: str) -> UpstreamHold | None:
         """The upstream's current hold, or None."""
+
+    async def set_upstream_wait(
+        self, upstream: str, reason: str | None, until: float | None
+    ) -> None:
+        """Say why `upstream` sends nothing now ("window closed until ...") and until when
+        (None: until further notice); reason None clears it.
+
+        list_messages and show report it as the wait reason of each pending recipient of the
+        upstream that is due before `until` (the wait is what holds it back); a recipient due
+        later, or not pending, keeps its own reason. It changes no due time.
+        """
 
     async def wait_for_work(self, timeout: float) -> None:
         """Return when new mail was enqueued (in this process or, for shared backends, any

@@ -15,6 +15,7 @@ from pathlib import Path
 from types import TracebackType
 
 from relayd.store import sqlite_ops as ops
+from relayd.store.base import SendSlot
 from relayd.store.sqlite_db import Database
 from relayd.types import (
     Ceiling,
@@ -118,7 +119,7 @@ class SqliteStore:
         ceilings: Sequence[Ceiling],
         min_interval: float,
         weight: int,
-    ) -> tuple[int | None, float]:
+    ) -> SendSlot:
         return await self._db.write(
             lambda conn: ops.reserve_send(conn, upstream, now, ceilings, min_interval, weight)
         )
@@ -138,6 +139,11 @@ class SqliteStore:
     async def upstream_hold(self, upstream: str) -> UpstreamHold | None:
         """The stored hold, even if `until` has passed: the caller compares it with now."""
         return await self._db.read(lambda conn: ops.upstream_hold(conn, upstream))
+
+    async def set_upstream_wait(
+        self, upstream: str, reason: str | None, until: float | None
+    ) -> None:
+        await self._db.write(lambda conn: ops.set_upstream_wait(conn, upstream, reason, until))
 
     # --- the queue tool -------------------------------------------------------------
 

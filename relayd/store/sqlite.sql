@@ -86,6 +86,17 @@ CREATE TABLE IF NOT EXISTS upstream_holds (
     level    INTEGER NOT NULL DEFAULT 0
 );
 
+-- Why an upstream sends nothing now (window closed, rate limit, throttled, paused) and until
+-- when (NULL: until further notice), as its dispatcher lane last said. One row per upstream,
+-- written when the reason changes, so a wait costs one write however long the backlog is;
+-- recipients_of shows it on the upstream's pending recipients. Added within version 1: the
+-- schema's CREATE ... IF NOT EXISTS statements run on every open, so older databases gain it.
+CREATE TABLE IF NOT EXISTS upstream_waits (
+    upstream TEXT PRIMARY KEY,
+    reason   TEXT NOT NULL,
+    until    REAL
+);
+
 -- name: journal_mode
 PRAGMA journal_mode;
 
@@ -153,14 +164,15 @@ SET state = :state,
     attempts = attempts + 1,
     last_reply = :reply,
     next_attempt_at = :next_attempt_at,
-    wait_reason = NULL,
+    wait_reason = :wait_reason,
     updated_at = :now
 WHERE queue_id = :queue_id
   AND address = :address
   AND state NOT IN ('delivered', 'failed', 'bounced');
 
 -- name: delay_recipient
--- release(): wait until at least :not_before for :reason; attempts unchanged.
+-- release(): wait until at least :not_before for :reason; attempts unchanged. A due time
+-- later than :not_before is kept (release only ever delays).
 UPDATE recipients
 SET next_attempt_at = max(coalesce(next_attempt_at, :not_before), :not_before),
     wait_reason = :reason
@@ -233,6 +245,15 @@ DELETE FROM upstream_holds WHERE upstream = :upstream;
 -- name: select_hold
 SELECT upstream, until, reason, level FROM upstream_holds WHERE upstream = :upstream;
 
+-- name: upsert_wait
+INSERT INTO upstream_waits (upstream, reason, until)
+VALUES (:upstream, :reason, :until)
+ON CONFLICT (upstream) DO UPDATE
+SET reason = excluded.reason, until = excluded.until;
+
+-- name: delete_wait
+DELETE FROM upstream_waits WHERE upstream = :upstream;
+
 -- name: list_messages
 -- The queue tool's list: optional filters by recipient state and upstream, oldest first.
 SELECT id, upstream, mail_from, message_id, received_at, size
@@ -251,11 +272,22 @@ FROM messages
 WHERE id = :queue_id;
 
 -- name: recipients_of
--- Recipients of the messages whose ids are in the JSON array :ids.
-SELECT queue_id, address, state, attempts, next_attempt_at, last_reply, wait_reason
-FROM recipients
-WHERE queue_id IN (SELECT value FROM json_each(:ids))
-ORDER BY queue_id, idx;
+-- Recipients of the messages whose ids are in the JSON array :ids. A pending recipient due
+-- before its upstream's wait ends is held back by that wait, so it shows the upstream's
+-- reason; any other shows its own (retry N at ..., held by operator).
+SELECT r.queue_id, r.address, r.state, r.attempts, r.next_attempt_at, r.last_reply,
+       CASE
+           WHEN r.state IN ('queued', 'deferred')
+                AND w.reason IS NOT NULL
+                AND (w.until IS NULL OR r.next_attempt_at < w.until)
+           THEN w.reason
+           ELSE r.wait_reason
+       END
+FROM recipients AS r
+JOIN messages AS m ON m.id = r.queue_id
+LEFT JOIN upstream_waits AS w ON w.upstream = m.upstream
+WHERE r.queue_id IN (SELECT value FROM json_each(:ids))
+ORDER BY r.queue_id, r.idx;
 
 -- name: counts
 SELECT state, count(*) FROM recipients GROUP BY state;

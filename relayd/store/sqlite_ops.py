@@ -17,6 +17,7 @@ from typing import Any
 from relayd import limits
 from relayd.errors import LeaseLost, StoreError
 from relayd.store import sqlfile
+from relayd.store.base import SendSlot
 from relayd.types import (
     Ceiling,
     Lease,
@@ -165,9 +166,10 @@ def record_outcome(
         if outcome.recipient not in lease.recipients:
             raise StoreError(f"outcome for {outcome.recipient!r}, which the lease does not cover")
         if outcome.state.is_final:
-            next_attempt_at = None
+            next_attempt_at, wait_reason = None, None
         else:
             next_attempt_at = now if outcome.next_attempt_at is None else outcome.next_attempt_at
+            wait_reason = outcome.wait_reason
         conn.execute(
             Q["record_recipient"],
             {
@@ -176,6 +178,7 @@ def record_outcome(
                 "state": outcome.state.value,
                 "reply": outcome.reply,
                 "next_attempt_at": next_attempt_at,
+                "wait_reason": wait_reason,
                 "now": now,
             },
         )
@@ -209,7 +212,7 @@ def reserve_send(
     ceilings: Sequence[Ceiling],
     min_interval: float,
     weight: int,
-) -> tuple[int | None, float]:
+) -> SendSlot:
     horizon = limits.ledger_horizon(ceilings, min_interval)
     conn.execute(Q["prune_ledger"], {"upstream": upstream, "before": now - horizon})
     sends = [
@@ -218,11 +221,12 @@ def reserve_send(
     ]
     earliest = limits.next_permitted(sends, now, ceilings, min_interval, weight)
     if earliest > now:
-        return None, earliest
+        reason = limits.describe_wait(sends, now, ceilings, min_interval, weight)
+        return SendSlot(None, earliest, reason)
     cursor = conn.execute(
         Q["insert_ledger"], {"upstream": upstream, "sent_at": now, "weight": weight}
     )
-    return cursor.lastrowid, now
+    return SendSlot(cursor.lastrowid, now)
 
 
 def cancel_send(conn: sqlite3.Connection, reservation_id: int) -> None:
@@ -243,6 +247,15 @@ def hold_upstream(conn: sqlite3.Connection, hold: UpstreamHold) -> None:
 
 def release_upstream(conn: sqlite3.Connection, upstream: str) -> None:
     conn.execute(Q["delete_hold"], {"upstream": upstream})
+
+
+def set_upstream_wait(
+    conn: sqlite3.Connection, upstream: str, reason: str | None, until: float | None
+) -> None:
+    if reason is None:
+        conn.execute(Q["delete_wait"], {"upstream": upstream})
+    else:
+        conn.execute(Q["upsert_wait"], {"upstream": upstream, "reason": reason, "until": until})
 
 
 def retry_now(conn: sqlite3.Connection, queue_id: QueueId | None, now: float) -> int:

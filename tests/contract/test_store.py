@@ -385,59 +385,74 @@ async def test_reserve_send_honours_ceilings_across_reopen(store_factory: StoreF
     ceilings = [Ceiling(3, 60.0)]
     first = await store_factory.open()
     for i in range(3):
-        reservation, at = await first.reserve_send("practice", T0 + i, ceilings, 0.0, 1)
-        assert reservation is not None
-        assert at == T0 + i
-    refused, wait_until = await first.reserve_send("practice", T0 + 3, ceilings, 0.0, 1)
-    assert refused is None
-    assert wait_until == pytest.approx(T0 + 60)
+        slot = await first.reserve_send("practice", T0 + i, ceilings, 0.0, 1)
+        assert slot.reservation is not None
+        assert (slot.at, slot.reason) == (T0 + i, None)
+    refused = await first.reserve_send("practice", T0 + 3, ceilings, 0.0, 1)
+    assert refused.reservation is None
+    assert refused.at == pytest.approx(T0 + 60)
+    assert refused.reason == "rate limit 3/minute"
     await first.close()
 
     second = await store_factory.open()
-    refused, wait_until = await second.reserve_send("practice", T0 + 30, ceilings, 0.0, 1)
-    assert refused is None
-    assert wait_until == pytest.approx(T0 + 60)
+    refused = await second.reserve_send("practice", T0 + 30, ceilings, 0.0, 1)
+    assert refused.reservation is None
+    assert refused.at == pytest.approx(T0 + 60)
     # Another upstream has its own ledger.
-    assert (await second.reserve_send("other", T0 + 30, ceilings, 0.0, 1))[0] is not None
-    reservation, at = await second.reserve_send("practice", wait_until, ceilings, 0.0, 1)
-    assert reservation is not None
-    assert at == wait_until
+    assert (await second.reserve_send("other", T0 + 30, ceilings, 0.0, 1)).reservation is not None
+    slot = await second.reserve_send("practice", refused.at, ceilings, 0.0, 1)
+    assert slot.reservation is not None
+    assert slot.at == refused.at
 
 
 async def test_reserve_send_counts_weight_and_min_interval(store: ContractStore) -> None:
     ceilings = [Ceiling(5, 60.0)]
-    assert (await store.reserve_send("practice", T0, ceilings, 20.0, 4))[0] is not None
-    assert await store.reserve_send("practice", T0 + 5, ceilings, 20.0, 1) == (None, T0 + 20)
-    refused, wait_until = await store.reserve_send("practice", T0 + 20, ceilings, 20.0, 2)
-    assert refused is None  # 4 + 2 > 5 within the minute
-    assert wait_until == pytest.approx(T0 + 60)
-    assert (await store.reserve_send("practice", T0 + 20, ceilings, 20.0, 1))[0] is not None
+    assert (await store.reserve_send("practice", T0, ceilings, 20.0, 4)).reservation is not None
+    spaced = await store.reserve_send("practice", T0 + 5, ceilings, 20.0, 1)
+    assert (spaced.reservation, spaced.at, spaced.reason) == (None, T0 + 20, "min_interval 20s")
+    refused = await store.reserve_send("practice", T0 + 20, ceilings, 20.0, 2)
+    assert refused.reservation is None  # 4 + 2 > 5 within the minute
+    assert refused.at == pytest.approx(T0 + 60)
+    assert refused.reason == "rate limit 5/minute"
+    assert (
+        await store.reserve_send("practice", T0 + 20, ceilings, 20.0, 1)
+    ).reservation is not None
+
+
+async def test_reserve_send_names_the_binding_ceiling(store: ContractStore) -> None:
+    ceilings = [Ceiling(3, 60.0), Ceiling(4, 3600.0)]
+    for at in (T0, T0 + 1, T0 + 2, T0 + 61):
+        assert (await store.reserve_send("practice", at, ceilings, 0.0, 1)).reservation is not None
+    refused = await store.reserve_send("practice", T0 + 62, ceilings, 0.0, 1)
+    assert refused.reservation is None
+    assert refused.at == pytest.approx(T0 + 3600)
+    assert refused.reason == "rate limit 4/hour"
 
 
 async def test_cancel_send_gives_the_slot_back(store: ContractStore) -> None:
     ceilings = [Ceiling(1, 3600.0)]
-    reservation, _ = await store.reserve_send("practice", T0, ceilings, 0.0, 1)
-    assert reservation is not None
-    assert (await store.reserve_send("practice", T0 + 1, ceilings, 0.0, 1))[0] is None
+    slot = await store.reserve_send("practice", T0, ceilings, 0.0, 1)
+    assert slot.reservation is not None
+    assert (await store.reserve_send("practice", T0 + 1, ceilings, 0.0, 1)).reservation is None
 
-    await store.cancel_send(reservation)
-    again, at = await store.reserve_send("practice", T0 + 1, ceilings, 0.0, 1)
-    assert again is not None
-    assert at == T0 + 1
+    await store.cancel_send(slot.reservation)
+    again = await store.reserve_send("practice", T0 + 1, ceilings, 0.0, 1)
+    assert again.reservation is not None
+    assert again.at == T0 + 1
 
 
 async def test_pruning_keeps_the_ledger_bounded(store: ContractStore, backend: Backend) -> None:
     long_ceiling = [Ceiling(1, 3600.0)]
-    assert (await store.reserve_send("slow", T0, long_ceiling, 0.0, 1))[0] is not None
+    assert (await store.reserve_send("slow", T0, long_ceiling, 0.0, 1)).reservation is not None
 
     short_ceiling = [Ceiling(1000, 10.0)]
     for i in range(100):
-        reservation, _ = await store.reserve_send("fast", T0 + i, short_ceiling, 0.0, 1)
-        assert reservation is not None
+        slot = await store.reserve_send("fast", T0 + i, short_ceiling, 0.0, 1)
+        assert slot.reservation is not None
     assert backend.ledger_rows("fast") <= 11
     # Pruning one upstream never forgets another's sends.
     assert backend.ledger_rows("slow") == 1
-    assert (await store.reserve_send("slow", T0 + 100, long_ceiling, 0.0, 1))[0] is None
+    assert (await store.reserve_send("slow", T0 + 100, long_ceiling, 0.0, 1)).reservation is None
 
 
 # --- upstream holds ---------------------------------------------------------------------
@@ -456,6 +471,67 @@ async def test_holds_set_get_replace_and_release(store: ContractStore) -> None:
 
     await store.release_upstream("practice")
     assert await store.upstream_hold("practice") is None
+
+
+async def test_an_upstream_wait_is_the_reason_of_its_pending_recipients_due_before_it_ends(
+    store: ContractStore,
+) -> None:
+    waiting = await store.enqueue(message("alice@example.com", "bob@example.com", at=T0))
+    lease = await lease_one(store, T0)
+    await store.record_outcome(
+        lease,
+        [
+            outcome("alice@example.com", State.DELIVERED),
+            outcome("bob@example.com", State.DEFERRED, T0 + 30),
+        ],
+        T0,
+    )
+    await store.enqueue(message("carol@example.com", at=T0 + 10))
+    lease = await lease_one(store, T0 + 10)
+    await store.record_outcome(
+        lease,
+        [RecipientOutcome("carol@example.com", State.DEFERRED, "451", T0 + 7200, "retry 1 at X")],
+        T0 + 10,
+    )
+    frozen = await store.enqueue(message("dave@example.com", at=T0 + 20))
+    await store.hold_message(frozen)
+    await store.enqueue(message("erin@example.com", at=T0 + 20, upstream="other"))
+
+    async def reasons() -> dict[str, str | None]:
+        views = await store.list_messages()
+        return {r.address: r.wait_reason for view in views for r in view.recipients}
+
+    await store.set_upstream_wait("practice", "window closed until 08:00", T0 + 3600)
+    assert await reasons() == {
+        "alice@example.com": None,  # delivered: not waiting
+        "bob@example.com": "window closed until 08:00",
+        "carol@example.com": "retry 1 at X",  # due after the window opens
+        "dave@example.com": "held by operator",
+        "erin@example.com": None,  # another upstream
+    }
+    view = await store.show(waiting)
+    assert view is not None
+    assert view.recipients[1].wait_reason == "window closed until 08:00"
+    # No due time moved: the wait is the dispatcher's, not the queue's.
+    assert await store.next_due("practice", T0 + 10) == T0 + 30
+
+    await store.set_upstream_wait("practice", "upstream paused: 535 5.7.8", None)
+    assert (await reasons())["carol@example.com"] == "upstream paused: 535 5.7.8"
+
+    await store.set_upstream_wait("practice", None, None)
+    assert (await reasons())["bob@example.com"] is None
+    assert (await reasons())["carol@example.com"] == "retry 1 at X"
+
+
+async def test_release_before_the_due_time_keeps_the_place_in_line(store: ContractStore) -> None:
+    first = await store.enqueue(message(at=T0))
+    second = await store.enqueue(message(at=T0 + 1))
+    leases = await store.lease_due("practice", T0 + 5, 1, LEASE, "w")
+    assert [lease.queue_id for lease in leases] == [first]
+    await store.release(leases[0], leases[0].received_at, "rate limit 3/minute until X")
+
+    again = await store.lease_due("practice", T0 + 6, 2, LEASE, "w")
+    assert [lease.queue_id for lease in again] == [first, second]
 
 
 # --- wait_for_work ----------------------------------------------------------------------

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from pydantic import BaseModel
 
-from relayd import config as config_module
+from relayd import config_gates as config_module
 from relayd import providers
 from relayd.config import (
     AdminConfig,
