@@ -5,14 +5,13 @@ open? did the rate ledger last say "not before T"? is there due mail? may it sen
 store's rate ledger reserves the slot atomically)? Then it delivers and records each
 recipient's outcome. Lanes of different upstreams never wait on each other.
 
-Order is oldest due first (the store leases by due time): fresh mail is due when it arrives,
-a retry when its backoff ends, so neither starves the other -- what became due earlier goes
-first, what arrives later queues behind. A message the ledger turns away keeps its place in
-line; the lane sleeps until the ledger's time instead of leasing the next message.
+Oldest due first (the store leases by due time): fresh mail is due when it arrives, a retry
+when its backoff ends, so neither starves the other. A message the ledger turns away keeps
+its place; the lane sleeps until the ledger's time instead of leasing the next message.
 
 Why a lane waits ("window closed until ...", "rate limit 200/hour until ...") is logged and
-written to the store when it changes: one row per upstream, which the queue tool shows on
-every waiting message, so a long wait costs one write however long the backlog.
+stored when it changes: one row per upstream, shown by the queue tool on every waiting
+message, so a long wait costs one write however long the backlog.
 """
 
 from __future__ import annotations
