@@ -165,13 +165,11 @@ class Lane:
             while not self.stopping:
                 try:
                     await self._step(session)
-                except StoreError as exc:
-                    # Locked or full disk: keep the lane alive; leases expire if need be.
-                    log.error("store_error", upstream=self.name, error=str(exc))
-                    await self._sleep(STORE_BACKOFF, session)
-                except Exception:  # a bug must not stop every upstream's mail
-                    log.exception("lane_error", upstream=self.name)
-                    await session.close()
+                except Exception as exc:
+                    # A locked or full store, or a bug, must not stop every upstream's mail:
+                    # log it and go on; leases expire if need be.
+                    event = "store_error" if isinstance(exc, StoreError) else "lane_error"
+                    log.exception(event, upstream=self.name)
                     await self._sleep(STORE_BACKOFF, session)
         finally:
             await session.close()
