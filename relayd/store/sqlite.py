@@ -10,6 +10,7 @@ and which are reads, and the in-process "new work" event for wait_for_work().
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
@@ -29,6 +30,11 @@ from relayd.types import (
 )
 
 DEFAULT_BUSY_TIMEOUT = 5.0
+EXTERNAL_POLL = 1.0  # seconds between checks for commits made by other processes
+
+
+def _data_version(conn: sqlite3.Connection) -> int:
+    return int(conn.execute("PRAGMA data_version").fetchone()[0])
 
 
 class SqliteStore:
@@ -102,13 +108,25 @@ class SqliteStore:
 
     async def wait_for_work(self, timeout: float) -> None:
         """Return at once if work arrived since the last waiter returned, else wait for it
-        (enqueue, retry_now, release_message, release_upstream) or `timeout` seconds."""
-        try:
-            async with asyncio.timeout(timeout):
-                await self._work.wait()
-        except TimeoutError:
+        (enqueue, retry_now, release_message, release_upstream) or `timeout` seconds.
+
+        Another process's commit (`relayd queue retry`, a sendmail fallback) wakes the
+        waiter too, within EXTERNAL_POLL seconds: SQLite's data_version changes only
+        for commits made through other connections.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        version = await self._db.read(_data_version)
+        while (remaining := deadline - loop.time()) > 0:
+            try:
+                async with asyncio.timeout(min(remaining, EXTERNAL_POLL)):
+                    await self._work.wait()
+            except TimeoutError:
+                if await self._db.read(_data_version) != version:
+                    return
+                continue
+            self._work.clear()
             return
-        self._work.clear()
 
     # --- the send ledger ------------------------------------------------------------
 

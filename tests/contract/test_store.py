@@ -706,3 +706,17 @@ async def test_open_fails_with_store_unavailable_when_the_path_cannot_be_created
         await store.open()
     with pytest.raises(StoreError):
         await store.enqueue(message())
+
+
+async def test_a_commit_from_another_store_wakes_the_waiter(store_factory: StoreFactory) -> None:
+    """`relayd queue retry` or a sendmail fallback in another process must wake the daemon's
+    dispatcher promptly, not after its longest sleep."""
+    daemon_side = await store_factory.open()
+    other_process = await store_factory.open()
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    waiter = asyncio.create_task(daemon_side.wait_for_work(30))
+    await asyncio.sleep(0.1)
+    await other_process.enqueue(message())
+    await asyncio.wait_for(waiter, 5)
+    assert loop.time() - started < 3
