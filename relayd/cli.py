@@ -46,7 +46,9 @@ def _parser() -> argparse.ArgumentParser:
     queue = sub.add_parser("queue", parents=[common], help="inspect and manage the queue")
     queue.add_argument("action", choices=["list", "show", "retry", "hold", "release", "delete"])
     queue.add_argument("queue_id", nargs="?")
-    queue.add_argument("--all", action="store_true", help="retry: every pending message")
+    queue.add_argument(
+        "--all", action="store_true", help="retry: every pending message, and end upstream pauses"
+    )
     queue.add_argument("--state", choices=[s.value for s in RecipientState])
     queue.add_argument("--upstream")
     queue.add_argument("--json", action="store_true", help="machine-readable output")
@@ -153,6 +155,10 @@ async def _queue(config: Config, args: argparse.Namespace) -> int:
     store = open_store(config.queue.backend, config.queue.path)
     await store.open()
     try:
+        if args.action == "retry" and args.all:
+            # An operator's retry also ends upstream pauses (auth failed, throttled).
+            for name in config.upstreams:
+                await store.release_upstream(name)
         return await _queue_action(store, args, now)
     finally:
         await store.close()
