@@ -1,9 +1,9 @@
 """The delivery loop: per-upstream lanes that lease due mail and deliver it within limits.
 
-A lane asks, in order: is the upstream held (throttled, auth failing)? is its send window
-open? did the rate ledger last say "not before T"? is there due mail? may it send now (the
-store's rate ledger reserves the slot atomically)? Then it delivers and records each
-recipient's outcome. Lanes of different upstreams never wait on each other.
+A lane asks, in order: is the upstream held (throttled, auth failing)? is its send window open? did
+the rate ledger last say "not before T"? is there due mail? may it send now (the store's rate
+ledger reserves the slot atomically)? Then it delivers and records each recipient's outcome. Lanes
+of different upstreams never wait on each other.
 
 Oldest due first (the store leases by due time): fresh mail is due when it arrives, a retry
 when its backoff ends, so neither starves the other. A message the ledger turns away keeps
@@ -18,8 +18,6 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from dataclasses import dataclass
-from datetime import UTC, datetime
 
 from relayd.clock import Clock
 from relayd.config import Config, UpstreamConfig
@@ -27,57 +25,22 @@ from relayd.delivery import SendResult, Session, open_session
 from relayd.errors import LeaseLost, StoreError, UpstreamUnavailable
 from relayd.logs import get_logger
 from relayd.outcome import Action, classify_reply, is_expired, next_attempt_at, throttle_until
+from relayd.providers import hint_for
 from relayd.store.base import Store
 from relayd.types import Lease, RecipientOutcome, RecipientState, SmtpReply, UpstreamHold
 from relayd.units import format_duration
-from relayd.windows import SendWindow, is_open, next_open, parse_window
+from relayd.waits import MAX_SLEEP, UNKNOWN, Wait, hold_wait, iso, window_wait
+from relayd.windows import parse_window
 
 log = get_logger("dispatch")
 
 IDLE_CLOSE = 30.0  # close an idle upstream connection after this many seconds
-MAX_SLEEP = 60.0  # re-check state at least this often (holds released by the queue tool)
 BATCH = 32  # leases taken at once by an unthrottled lane
 STORE_BACKOFF = 1.0  # seconds to wait after a store error before trying again
 SHOW_MIN_WAIT = 1.0  # shorter waits (min_interval spacing) are neither logged nor stored
 
 SessionFactory = Callable[[UpstreamConfig, str], Session]
 Reply = tuple[str, Action, SmtpReply]  # one recipient's reply and what it means
-
-
-def iso(at: float) -> str:
-    return datetime.fromtimestamp(at, tz=UTC).isoformat(timespec="seconds")
-
-
-@dataclass(frozen=True)
-class Wait:
-    """Why a lane sends nothing now, until when (None: until further notice), its log event."""
-
-    until: float | None
-    reason: str
-    event: str
-
-    def seconds(self, now: float) -> float:
-        return MAX_SLEEP if self.until is None else self.until - now
-
-
-_UNKNOWN = Wait(None, "", "")  # what the store says before a lane has said anything
-
-
-def hold_wait(hold: UpstreamHold) -> Wait:
-    if hold.until is None:
-        return Wait(None, f"upstream paused: {hold.reason}", "upstream_paused")
-    return Wait(hold.until, f"upstream throttled until {iso(hold.until)}", "upstream_paused")
-
-
-def window_wait(window: SendWindow, now: float) -> Wait | None:
-    """The wait for a closed window (its next opening in its own time zone), None if open."""
-    if is_open(window, now):
-        return None
-    opens = next_open(window, now)
-    if opens is None:
-        return Wait(None, "window closed (it opens on no day within a year)", "window_closed")
-    local = datetime.fromtimestamp(opens, window.zone).isoformat(timespec="minutes")
-    return Wait(opens, f"window closed until {local}", "window_closed")
 
 
 class Dispatcher:
@@ -139,7 +102,7 @@ class Lane:
         self.in_flight = 0
         self.throttled = False  # a hold was set by this lane and not yet cleared
         self.ledger_wait: Wait | None = None  # the rate ledger's last "not before"
-        self._shown: Wait | None = _UNKNOWN  # the wait this lane last wrote to the store
+        self._shown: Wait | None = UNKNOWN  # the wait this lane last wrote to the store
 
     async def start(self) -> None:
         """Lift an account hold left by an earlier run: a restart (after a configuration
@@ -156,8 +119,6 @@ class Lane:
         """Stop leasing; a worker sleeping for work wakes up and ends."""
         self.stopping = True
         self._stopped.set()
-
-    # -- the loop -------------------------------------------------------------------------
 
     async def run_worker(self) -> None:
         session = self.session_factory(self.upstream, self.config.server.hostname)
@@ -226,22 +187,27 @@ class Lane:
         self._shown = wait
 
     async def _sleep(self, seconds: float, session: Session) -> None:
-        """Wait for new mail or `seconds`; close the upstream connection when idle."""
+        """Wait for new mail or `seconds`; close the upstream connection after IDLE_CLOSE."""
         seconds = min(max(seconds, 0.0), MAX_SLEEP)
         if seconds > IDLE_CLOSE:
+            if await self._wait(IDLE_CLOSE):
+                return
             await session.close()
-        if seconds <= 0:
-            return
-        waiters = {
-            asyncio.ensure_future(self.clock.sleep(seconds)),
-            asyncio.ensure_future(self.store.wait_for_work(seconds)),
-            asyncio.ensure_future(self._stopped.wait()),
-        }
+            seconds -= IDLE_CLOSE
+        if seconds > 0:
+            await self._wait(seconds)
+
+    async def _wait(self, seconds: float) -> bool:
+        """Sleep up to `seconds`; True when new work or stop() cut it short."""
+        started = self.clock.monotonic()
+        waiters = [self.clock.sleep(seconds), self.store.wait_for_work(seconds)]
+        tasks = {asyncio.ensure_future(w) for w in [*waiters, self._stopped.wait()]}
         try:
-            await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
         finally:
-            for waiter in waiters:
-                waiter.cancel()
+            for task in tasks:
+                task.cancel()
+        return self.clock.monotonic() - started < seconds * 0.99
 
     async def _put_back(self, leases: list[Lease], reason: str) -> None:
         """End leases unattempted; release() only delays, so each message keeps its place."""
@@ -251,33 +217,34 @@ class Lane:
             except LeaseLost:
                 log.warning("lease_lost", queue_id=lease.queue_id, upstream=self.name)
 
-    # -- one attempt ----------------------------------------------------------------------
-
     async def _attempt(self, session: Session, lease: Lease) -> Wait | None:
-        """Deliver one leased message (or put it back if the ledger says "not yet"); returns
-        the wait that the ledger or a throttle reply imposed on the upstream, if any."""
+        """Deliver one leased message (or put it back: the ledger says "not yet"); returns
+        the wait the ledger or a throttle reply imposed on the upstream, if any."""
         now = self.clock.now()
         if is_expired(lease.received_at, now, self.config.queue.max_lifetime):
             text = "4.4.7 expired: undelivered for longer than queue.max_lifetime"
             outcomes = [RecipientOutcome(r, RecipientState.FAILED, text) for r in lease.recipients]
             await self._record(lease, outcomes, now, event="expired")
             return None
-        weight = 1 if self.upstream.count == "messages" else len(lease.recipients)
-        slot = await self.store.reserve_send(
-            self.name, now, self.upstream.rate_limits, self.upstream.min_interval, weight
-        )
-        if slot.reservation is None:
-            reason = f"{slot.reason or 'rate limit'} until {iso(slot.at)}"
-            self.ledger_wait = Wait(slot.at, reason, "rate_limited")
-            await self._put_back([lease], reason)
-            return self.ledger_wait
+        reservation: int | None = None  # no limits: no ledger row, no store write
+        if self.upstream.rate_limits or self.upstream.min_interval:
+            weight = 1 if self.upstream.count == "messages" else len(lease.recipients)
+            slot = await self.store.reserve_send(
+                self.name, now, self.upstream.rate_limits, self.upstream.min_interval, weight
+            )
+            if slot.reservation is None:
+                reason = f"{slot.reason or 'rate limit'} until {iso(slot.at)}"
+                self.ledger_wait = Wait(slot.at, reason, "rate_limited")
+                await self._put_back([lease], reason)
+                return self.ledger_wait
+            reservation = slot.reservation
         self.in_flight += 1
         try:
-            return await self._send(session, lease, slot.reservation)
+            return await self._send(session, lease, reservation)
         finally:
             self.in_flight -= 1
 
-    async def _send(self, session: Session, lease: Lease, reservation: int) -> Wait | None:
+    async def _send(self, session: Session, lease: Lease, reservation: int | None) -> Wait | None:
         body = await self.store.load_body(lease.queue_id)
         started = self.clock.monotonic()
         log.info(
@@ -300,7 +267,7 @@ class Lane:
             result = SendResult(reached_data=exc.reached_data)
             reply = SmtpReply(0, str(exc))
             result.replies = {rcpt: reply for rcpt in lease.recipients}
-        if not result.reached_data:
+        if not result.reached_data and reservation is not None:
             # The upstream never saw the message: the slot goes back to the ledger.
             await self.store.cancel_send(reservation)
         elapsed = self.clock.monotonic() - started
@@ -350,6 +317,7 @@ class Lane:
         level = previous.level + 1 if previous is not None else 0
         until = None
         fields = {"upstream": self.name, "smtp_code": reply.code, "smtp_response": reply.message}
+        fields["hint"] = hint_for(self.upstream.provider, reply, None) or ""  # what to do
         if action is Action.AUTH_FAILED:
             log.error("upstream_auth_failed", **fields)
         else:
@@ -393,7 +361,5 @@ class Lane:
             if outcome.next_attempt_at is not None:
                 fields["next_attempt_at"] = iso(outcome.next_attempt_at)
                 fields["wait_reason"] = outcome.wait_reason
-            if outcome.state is RecipientState.DELIVERED:
-                log.info(name, **fields)
-            else:
-                log.warning(name, **fields)
+            emit = log.info if outcome.state is RecipientState.DELIVERED else log.warning
+            emit(name, **fields)

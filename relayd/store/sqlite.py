@@ -18,6 +18,7 @@ from types import TracebackType
 from relayd.store import sqlite_ops as ops
 from relayd.store.base import SendSlot
 from relayd.store.sqlite_db import Database
+from relayd.store.wakeup import Wakeup
 from relayd.types import (
     Ceiling,
     Lease,
@@ -48,6 +49,7 @@ class SqliteStore:
     def __init__(self, path: Path, *, busy_timeout: float = DEFAULT_BUSY_TIMEOUT) -> None:
         self._db = Database(path, busy_timeout)
         self._work = asyncio.Event()
+        self._wakeup = Wakeup(path)
 
     @property
     def path(self) -> Path:
@@ -64,6 +66,7 @@ class SqliteStore:
 
     async def close(self) -> None:
         """Commit every write already submitted, then close the connection on its thread."""
+        self._wakeup.close()
         await self._db.close()
 
     async def __aenter__(self) -> SqliteStore:
@@ -78,18 +81,23 @@ class SqliteStore:
     ) -> None:
         await self.close()
 
+    def _new_work(self) -> None:
+        """Wake a waiter in this process and, through the wake-up socket, in any other."""
+        self._work.set()
+        self._wakeup.poke()
+
     # --- the queue ------------------------------------------------------------------
 
     async def enqueue(self, message: NewMessage) -> QueueId:
         queue_id = await self._db.write(lambda conn: ops.enqueue(conn, message))
-        self._work.set()
+        self._new_work()
         return queue_id
 
     async def lease_due(
         self, upstream: str, now: float, limit: int, lease_for: float, worker: str
     ) -> list[Lease]:
         return await self._db.write(
-            lambda conn: ops.lease_due(conn, upstream, now, limit, lease_for, worker)
+            lambda conn: ops.lease_due(conn, upstream, now, limit, lease_for, worker), durable=False
         )
 
     async def load_body(self, queue_id: QueueId) -> bytes:
@@ -98,10 +106,14 @@ class SqliteStore:
     async def record_outcome(
         self, lease: Lease, outcomes: Sequence[RecipientOutcome], now: float
     ) -> None:
-        await self._db.write(lambda conn: ops.record_outcome(conn, lease, outcomes, now))
+        await self._db.write(
+            lambda conn: ops.record_outcome(conn, lease, outcomes, now), durable=False
+        )
 
     async def release(self, lease: Lease, not_before: float, reason: str) -> None:
-        await self._db.write(lambda conn: ops.release(conn, lease, not_before, reason))
+        await self._db.write(
+            lambda conn: ops.release(conn, lease, not_before, reason), durable=False
+        )
 
     async def next_due(self, upstream: str, now: float) -> float | None:
         return await self._db.read(lambda conn: ops.next_due(conn, upstream, now))
@@ -110,10 +122,12 @@ class SqliteStore:
         """Return at once if work arrived since the last waiter returned, else wait for it
         (enqueue, retry_now, release_message, release_upstream) or `timeout` seconds.
 
-        Another process's commit (`relayd queue retry`, a sendmail fallback) wakes the
-        waiter too, within EXTERNAL_POLL seconds: SQLite's data_version changes only
-        for commits made through other connections.
+        Another process's commit (`relayd queue retry`, a sendmail fallback, intake in
+        another process) wakes the waiter too: at once through the wake-up socket, or
+        within EXTERNAL_POLL seconds by SQLite's data_version, which changes only for
+        commits made through other connections.
         """
+        self._wakeup.listen(self._work)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         version = await self._db.read(_data_version)
@@ -139,11 +153,12 @@ class SqliteStore:
         weight: int,
     ) -> SendSlot:
         return await self._db.write(
-            lambda conn: ops.reserve_send(conn, upstream, now, ceilings, min_interval, weight)
+            lambda conn: ops.reserve_send(conn, upstream, now, ceilings, min_interval, weight),
+            durable=False,
         )
 
     async def cancel_send(self, reservation_id: int) -> None:
-        await self._db.write(lambda conn: ops.cancel_send(conn, reservation_id))
+        await self._db.write(lambda conn: ops.cancel_send(conn, reservation_id), durable=False)
 
     # --- upstream holds -------------------------------------------------------------
 
@@ -152,7 +167,7 @@ class SqliteStore:
 
     async def release_upstream(self, upstream: str) -> None:
         await self._db.write(lambda conn: ops.release_upstream(conn, upstream))
-        self._work.set()
+        self._new_work()
 
     async def upstream_hold(self, upstream: str) -> UpstreamHold | None:
         """The stored hold, even if `until` has passed: the caller compares it with now."""
@@ -161,7 +176,9 @@ class SqliteStore:
     async def set_upstream_wait(
         self, upstream: str, reason: str | None, until: float | None
     ) -> None:
-        await self._db.write(lambda conn: ops.set_upstream_wait(conn, upstream, reason, until))
+        await self._db.write(
+            lambda conn: ops.set_upstream_wait(conn, upstream, reason, until), durable=False
+        )
 
     # --- the queue tool -------------------------------------------------------------
 
@@ -179,7 +196,7 @@ class SqliteStore:
 
     async def retry_now(self, queue_id: QueueId | None, now: float) -> int:
         changed = await self._db.write(lambda conn: ops.retry_now(conn, queue_id, now))
-        self._work.set()
+        self._new_work()
         return changed
 
     async def hold_message(self, queue_id: QueueId) -> int:
@@ -187,7 +204,7 @@ class SqliteStore:
 
     async def release_message(self, queue_id: QueueId, now: float) -> int:
         changed = await self._db.write(lambda conn: ops.release_message(conn, queue_id, now))
-        self._work.set()
+        self._new_work()
         return changed
 
     async def delete_message(self, queue_id: QueueId) -> bool:

@@ -55,10 +55,15 @@ def _wrap(exc: Exception) -> Exception:
     return translate(exc) if isinstance(exc, sqlite3.Error) else exc
 
 
+_SYNC_FULL = "PRAGMA synchronous = FULL"
+_SYNC_NORMAL = "PRAGMA synchronous = NORMAL"
+
+
 @dataclass
 class _Request:
     op: Op
     future: asyncio.Future[Any]
+    durable: bool = True
 
 
 @dataclass
@@ -82,6 +87,7 @@ class Database:
         self.path = path
         self.busy_timeout = busy_timeout
         self.commits = 0  # committed write transactions (group commit makes this < writes)
+        self._synchronous_full = True  # the schema's pragmas start with synchronous=FULL
         self._conn: sqlite3.Connection | None = None
         self._executor: ThreadPoolExecutor | None = None
         self._queue: asyncio.Queue[_Request | None] = asyncio.Queue()
@@ -153,11 +159,18 @@ class Database:
         self._check_open()
         return await self._on_thread(lambda: op(self._connection()))
 
-    async def write(self, op: Callable[[sqlite3.Connection], T]) -> T:
-        """Run `op` in the writer's next batch; returns once that batch has committed."""
+    async def write(self, op: Callable[[sqlite3.Connection], T], *, durable: bool = True) -> T:
+        """Run `op` in the writer's next batch; returns once that batch has committed.
+
+        durable=False is for bookkeeping that may be lost to a power cut, never to a crash
+        (leases, attempt outcomes: at worst a message is delivered twice): a batch of only
+        such writes commits with synchronous=NORMAL, skipping the fsync. A batch with any
+        durable write (an accepted message) fsyncs, and so makes everything before it
+        durable too.
+        """
         self._check_open()
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._queue.put_nowait(_Request(op, future))
+        self._queue.put_nowait(_Request(op, future, durable))
         return cast(T, await future)
 
     async def _write_loop(self) -> None:
@@ -167,7 +180,9 @@ class Database:
             if not batch:
                 continue
             try:
-                results = await self._on_thread(partial(self._run_batch, [r.op for r in batch]))
+                durable = any(r.durable for r in batch)
+                run = partial(self._run_batch, [r.op for r in batch], durable=durable)
+                results = await self._on_thread(run)
             except Exception as exc:  # the writer must outlive any one batch
                 results = [_Result(error=StoreError(f"write batch failed: {exc}")) for _ in batch]
             for request, result in zip(batch, results, strict=True):
@@ -191,9 +206,12 @@ class Database:
             batch.append(request)
         return batch, False
 
-    def _run_batch(self, ops: list[Op]) -> list[_Result]:
+    def _run_batch(self, ops: list[Op], *, durable: bool = True) -> list[_Result]:
         """On the thread: one transaction, one SAVEPOINT per op, one COMMIT."""
         conn = self._connection()
+        if durable != self._synchronous_full:
+            conn.execute(_SYNC_FULL if durable else _SYNC_NORMAL)
+            self._synchronous_full = durable
         try:
             conn.execute("BEGIN IMMEDIATE")
             results = [self._run_one(conn, op) for op in ops]

@@ -717,6 +717,9 @@ async def test_a_commit_from_another_store_wakes_the_waiter(store_factory: Store
     started = loop.time()
     waiter = asyncio.create_task(daemon_side.wait_for_work(30))
     await asyncio.sleep(0.1)
+    enqueued = loop.time()
     await other_process.enqueue(message())
     await asyncio.wait_for(waiter, 5)
-    assert loop.time() - started < 3
+    # Promptly: well under the one-second data_version poll that is only the fallback.
+    assert loop.time() - enqueued < 0.5
+    assert enqueued - started < 1
