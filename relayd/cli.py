@@ -15,14 +15,17 @@ from pathlib import Path
 from relayd import __version__
 from relayd.config import Config, UpstreamConfig, default_config_path, load, render_effective
 from relayd.errors import ConfigError, StoreError
-from relayd.store import open_store
+from relayd.queuetool import CHANGES
+from relayd.store import migrate_store, store_for
 from relayd.store.base import Store
-from relayd.types import MessageView, QueueId, RecipientState
+from relayd.types import QueueId, RecipientState
+from relayd.units import parse_duration
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
 EXIT_CONFIG = 2
 EXIT_STARTUP = 3
+SENDMAIL_NAMES = ("sendmail", "relayd-sendmail")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -37,26 +40,57 @@ def _parser() -> argparse.ArgumentParser:
         help="config file (default: $RELAYD_CONFIG, then /etc/relayd/relayd.toml)",
     )
     sub.add_parser("run", parents=[common], help="run the daemon in the foreground")
+    sub.add_parser(
+        "migrate", parents=[common], help="create or upgrade the queue schema, then exit"
+    )
     sub.add_parser("check-config", parents=[common], help="validate and print the effective config")
     test = sub.add_parser(
         "test-upstream", parents=[common], help="connect, TLS, AUTH: can this upstream send?"
     )
     test.add_argument("name", help="the NAME of an [upstreams.NAME] table")
     test.add_argument("--json", action="store_true", help="machine-readable output")
-    queue = sub.add_parser("queue", parents=[common], help="inspect and manage the queue")
-    queue.add_argument("action", choices=["list", "show", "retry", "hold", "release", "delete"])
+    sub.add_parser(
+        "hash-password",
+        parents=[common],
+        help="make a password_hash for [[server.users]] (prompts, or reads one line of stdin)",
+    )
+    send_test = sub.add_parser(
+        "send-test", parents=[common], help="queue a test message and wait for its outcome"
+    )
+    send_test.add_argument("--to", help="recipient (default: the notification mailbox)")
+    send_test.add_argument("--from", dest="sender", help="envelope sender (chooses the route)")
+    send_test.add_argument("--upstream", help="send through this upstream (default: routed)")
+    send_test.add_argument("--timeout", default="2m", help='how long to wait (default "2m")')
+    _queue_parser(sub.add_parser("queue", parents=[common], help="inspect and manage the queue"))
+    sub.add_parser(
+        "sendmail",
+        parents=[common],
+        help="sendmail-compatible submission: relayd sendmail [-t] [-i] [-f FROM] [RCPT...]",
+        add_help=False,
+    )
+    return parser
+
+
+def _queue_parser(queue: argparse.ArgumentParser) -> None:
+    queue.add_argument("action", choices=["list", "show", "summary", *CHANGES])
     queue.add_argument("queue_id", nargs="?")
     queue.add_argument(
         "--all", action="store_true", help="retry: every pending message, and end upstream pauses"
     )
-    queue.add_argument("--state", choices=[s.value for s in RecipientState])
-    queue.add_argument("--upstream")
+    queue.add_argument("--state", choices=[s.value for s in RecipientState], help="list filter")
+    queue.add_argument("--upstream", help="list filter: routed through this upstream")
+    queue.add_argument("--sender", help='list filter: envelope sender, a glob ("*@example.org")')
+    queue.add_argument("--older-than", metavar="DURATION", help='list filter, e.g. "1h"')
+    queue.add_argument("--limit", type=int, default=1000, help="list at most this many")
+    queue.add_argument("--dsn", action="store_true", help="delete: send a bounce report")
     queue.add_argument("--json", action="store_true", help="machine-readable output")
-    return parser
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    args = _parser().parse_args(argv)
+    _exit_if_sendmail(argv)
+    args = _parse(argv)
+    if args.command == "hash-password":
+        sys.exit(_hash_password())
     try:
         config = load(args.config or default_config_path(dict(os.environ)))
     except ConfigError as exc:
@@ -72,6 +106,10 @@ def main(argv: Sequence[str] | None = None) -> None:
         sys.exit(_test_upstream(config, args.name, args.json))
     if args.command == "run":
         sys.exit(_run(config))
+    if args.command == "migrate":
+        sys.exit(_migrate(config))
+    if args.command == "send-test":
+        sys.exit(_send_test(config, args))
     try:
         sys.exit(asyncio.run(_queue(config, args)))
     except StoreError as exc:
@@ -92,6 +130,21 @@ def _run(config: Config) -> int:
     except StoreError as exc:
         print(f"relayd: cannot open the queue: {exc}", file=sys.stderr)
         return EXIT_STARTUP
+
+
+def _migrate(config: Config) -> int:
+    """Bring the queue schema up to this version (nodes do it on start too, one at a time)."""
+    queue = config.queue
+    try:
+        before, after = asyncio.run(migrate_store(queue.backend, queue.path, dsn=queue.dsn_text))
+    except StoreError as exc:
+        print(f"relayd: cannot migrate the queue: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    if before is None or before == after:
+        print(f"{queue.backend} queue schema is at version {after}")
+    else:
+        print(f"{queue.backend} queue schema migrated from version {before} to {after}")
+    return EXIT_OK
 
 
 def _test_upstream(config: Config, name: str, as_json: bool) -> int:
@@ -126,6 +179,45 @@ def _test_upstream(config: Config, name: str, as_json: bool) -> int:
     return EXIT_OK if ok else EXIT_FAILURE
 
 
+def _hash_password() -> int:
+    """Prompt twice on a terminal; otherwise read the password from one line of stdin."""
+    import getpass
+
+    from relayd.localauth import hash_password
+
+    if sys.stdin.isatty():
+        password = getpass.getpass("password: ")
+        if getpass.getpass("again: ") != password:
+            print("relayd: the two passwords differ", file=sys.stderr)
+            return EXIT_FAILURE
+    else:
+        password = sys.stdin.readline().rstrip("\r\n")
+    if not password:
+        print("relayd: the password is empty", file=sys.stderr)
+        return EXIT_FAILURE
+    print(hash_password(password))
+    return EXIT_OK
+
+
+def _send_test(config: Config, args: argparse.Namespace) -> int:
+    """Exit 0 only when the test message was delivered."""
+    from relayd.sendtest import SendTestError, plan_send_test, send_test
+
+    try:
+        plan = plan_send_test(config, args.to, args.sender, args.upstream, args.timeout)
+    except SendTestError as exc:
+        print(f"relayd: send-test: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    print(f"queueing a test message from <{plan.sender}> to <{plan.recipient}> via {plan.upstream}")
+    try:
+        result = asyncio.run(send_test(config, plan))
+    except StoreError as exc:
+        print(f"relayd: queue store error: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    print(result.text)
+    return EXIT_OK if result.delivered else EXIT_FAILURE
+
+
 def _upstream_line(upstream: UpstreamConfig) -> str:
     if upstream.path is not None and upstream.host is None:
         return f"upstream {upstream.name}: provider {upstream.provider}, directory {upstream.path}"
@@ -148,64 +240,114 @@ def _print_step(name: str, ok: bool, detail: str, hint: str | None) -> None:
         print(textwrap.fill(hint, 100, initial_indent=pad + "what to do: ", subsequent_indent=pad))
 
 
+def _queue_usage(args: argparse.Namespace) -> str | None:
+    """Why the queue command line cannot be run (exit 2), or None."""
+    action = args.action
+    if action in ("show", "hold", "release", "delete") and not args.queue_id:
+        return f"queue {action} needs a queue ID"
+    if action == "retry" and not args.queue_id and not args.all:
+        return "queue retry needs a queue ID, or --all"
+    if args.dsn and action != "delete":
+        return "--dsn goes with queue delete"
+    if args.dsn:
+        # DSN generation belongs to the bounces feature; pretending would lose the report.
+        return (
+            "queue delete --dsn: bounce reports (DSNs) are not available in this version of "
+            "relayd yet; nothing was deleted (queue delete ID removes it without a report)"
+        )
+    if args.older_than is not None:
+        try:
+            parse_duration(args.older_than)
+        except ValueError as exc:
+            return f"--older-than: {exc}"
+    return None
+
+
 async def _queue(config: Config, args: argparse.Namespace) -> int:
     from relayd.clock import SystemClock
 
-    now = SystemClock().now()
-    store = open_store(config.queue.backend, config.queue.path)
+    problem = _queue_usage(args)
+    if problem is not None:
+        print(f"relayd: {problem}", file=sys.stderr)
+        return EXIT_CONFIG
+    store = store_for(config.queue)
     await store.open()
     try:
-        if args.action == "retry" and args.all:
-            # An operator's retry also ends upstream pauses (auth failed, throttled).
-            for name in config.upstreams:
-                await store.release_upstream(name)
-        return await _queue_action(store, args, now)
+        text = await _queue_action(store, config, args, SystemClock().now())
     finally:
         await store.close()
-
-
-async def _queue_action(store: Store, args: argparse.Namespace, now: float) -> int:
-    action, qid = args.action, QueueId(args.queue_id) if args.queue_id else None
-    if action == "list":
-        state = RecipientState(args.state) if args.state else None
-        views = await store.list_messages(state=state, upstream=args.upstream)
-        _print_views(views, args.json)
-        return EXIT_OK
-    if qid is None and not (action == "retry" and args.all):
-        print(f"relayd: queue {action} needs a queue ID", file=sys.stderr)
-        return EXIT_CONFIG
-    if action == "show":
-        view = await store.show(qid) if qid else None
-        if view is None:
-            print(f"relayd: no message {qid}", file=sys.stderr)
-            return EXIT_FAILURE
-        _print_views([view], args.json)
-        return EXIT_OK
-    count: int | bool
-    if action == "retry":
-        count = await store.retry_now(qid, now)
-    elif action == "hold" and qid:
-        count = await store.hold_message(qid)
-    elif action == "release" and qid:
-        count = await store.release_message(qid, now)
-    else:
-        count = await store.delete_message(QueueId(str(qid)))
-    print(
-        json.dumps({"action": action, "affected": int(count)})
-        if args.json
-        else f"{action}: {int(count)}"
-    )
+    if text is None:
+        print(f"relayd: no message {args.queue_id}", file=sys.stderr)
+        return EXIT_FAILURE
+    print(text, end="")
     return EXIT_OK
 
 
-def _print_views(views: list[MessageView], as_json: bool) -> None:
-    if as_json:
-        print(json.dumps([asdict(v) for v in views], indent=2, default=str))
-        return
-    for view in views:
-        print(f"{view.queue_id}  {view.upstream}  <{view.mail_from}>  {view.size} bytes", end="")
-        print(f"  {view.message_id}")
-        for rcpt in view.recipients:
-            why = f"  ({rcpt.wait_reason})" if rcpt.wait_reason else ""
-            last = f"  last: {rcpt.last_reply}" if rcpt.last_reply else ""
-            print(f"    {rcpt.state.value:9} {rcpt.address}  attempts={rcpt.attempts}{why}{last}")
+async def _queue_action(
+    store: Store, config: Config, args: argparse.Namespace, now: float
+) -> str | None:
+    """The output of one queue command; None when its message does not exist."""
+    from relayd import queuefmt, queuetool
+
+    qid = QueueId(args.queue_id) if args.queue_id else None
+    if args.action == "list":
+        filters = queuetool.Filters(
+            state=RecipientState(args.state) if args.state else None,
+            upstream=args.upstream,
+            sender=args.sender,
+            older_than=parse_duration(args.older_than) if args.older_than else None,
+        )
+        views = await queuetool.list_views(store, filters, now, args.limit)
+        return queuefmt.list_json(views) if args.json else queuefmt.list_text(views, now)
+    if args.action == "summary":
+        result = await queuetool.summary(store, list(config.upstreams))
+        summary_format = queuefmt.summary_json if args.json else queuefmt.summary_text
+        return summary_format(result, now)
+    if qid is not None and await store.show(qid) is None:
+        return None
+    if args.action == "show":
+        detail = await queuetool.show(store, QueueId(str(qid)))
+        if detail is None:  # deleted between the two reads
+            return None
+        return queuefmt.show_json(detail) if args.json else queuefmt.show_text(detail, now)
+    affected = await queuetool.change(store, args.action, qid, now, list(config.upstreams))
+    format_change = queuefmt.change_json if args.json else queuefmt.change_text
+    return format_change(args.action, affected)
+
+
+def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
+    """parse_args, except that `queue show -c FILE ID` works too: argparse fills an optional
+    positional before the options that follow it, leaving the ID unrecognised."""
+    parser = _parser()
+    args, extra = parser.parse_known_args(argv)
+    lone = extra[0] if len(extra) == 1 and not extra[0].startswith("-") else None
+    if args.command == "queue" and args.queue_id is None and lone is not None:
+        args.queue_id, extra = lone, []
+    if extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    return args
+
+
+def _exit_if_sendmail(argv: Sequence[str] | None) -> None:
+    """`relayd sendmail ...`, or this script installed as `sendmail`: sendmail's own flags
+    (-oi, -FName, ...) are not argparse's, so they are parsed by sendmail.py."""
+    if argv is None:
+        invoked_as_sendmail = Path(sys.argv[0]).name in SENDMAIL_NAMES
+        argv = ["sendmail", *sys.argv[1:]] if invoked_as_sendmail else sys.argv[1:]
+    if list(argv[:1]) == ["sendmail"]:
+        sys.exit(_sendmail(list(argv[1:])))
+
+
+def _sendmail(argv: list[str]) -> int:
+    """`relayd sendmail ...` and the relayd-sendmail script: see sendmail.py."""
+    from relayd.sendmail import submit
+
+    result = submit(argv, sys.stdin.buffer, dict(os.environ))
+    if result.message:
+        print(f"sendmail: {result.message}", file=sys.stderr)
+    return result.code
+
+
+def sendmail_main() -> None:
+    """The `relayd-sendmail` console script (install it as /usr/sbin/sendmail)."""
+    main(["sendmail", *sys.argv[1:]])

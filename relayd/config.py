@@ -32,7 +32,8 @@ from pydantic import (
     model_validator,
 )
 
-from relayd.config_gates import reject_internal_keys, reject_unbuilt
+from relayd.config_account import AccountFields
+from relayd.config_gates import dsn_has_password, read_secret, reject_internal_keys, reject_unbuilt
 from relayd.config_text import KeyedValueError, KeyLocator, config_error, read_toml, render_model
 from relayd.config_types import (
     AddressPattern,
@@ -43,6 +44,7 @@ from relayd.config_types import (
     Hours,
     Listen,
     Network,
+    PasswordHash,
     Rate,
     SenderPattern,
     Size,
@@ -68,7 +70,7 @@ class UserConfig(_Model):
     """One SMTP AUTH account for a local app ([[server.users]])."""
 
     name: str = Field(min_length=1)
-    password_hash: SecretStr
+    password_hash: PasswordHash
     allowed_senders: list[AddressPattern] = Field(default_factory=list)
 
 
@@ -106,19 +108,34 @@ class ServerConfig(_Model):
 class QueueConfig(_Model):
     """The durable queue and the retry schedule."""
 
-    backend: Literal["sqlite"] = "sqlite"
+    backend: Literal["sqlite", "postgres"] = "sqlite"
     path: ConfPath = Path("/var/lib/relayd/queue.db")
+    dsn: SecretStr | None = None  # postgres; with a password only via dsn_file / dsn_env
+    dsn_file: ConfPath | None = None
+    dsn_env: str | None = None
+    pool_size: StrictInt = Field(default=10, ge=1)
+    retention: Duration = 30 * 86400.0  # finished messages kept this long; 0 = for ever
     max_lifetime: Timeout = 5 * 86400.0
     retry: list[Duration] = durations("1m", "5m", "15m", "30m", "1h", "2h", "4h")
     lease_time: Timeout = 300.0
     shutdown_timeout: Duration = 30.0
 
-    @field_validator("backend", mode="before")
-    @classmethod
-    def _no_postgres_yet(cls, value: object) -> object:
-        if value == "postgres":
-            raise ValueError('postgres backend is not available yet; use "sqlite"')
-        return value
+    @model_validator(mode="after")
+    def _check_dsn(self) -> QueueConfig:
+        given = [key for key in ("dsn", "dsn_file", "dsn_env") if getattr(self, key) is not None]
+        if len(given) > 1:
+            raise KeyedValueError((given[1],), "set one of dsn, dsn_file or dsn_env")
+        if self.backend == "postgres" and not given:
+            raise KeyedValueError(("backend",), '"postgres" needs dsn, dsn_file or dsn_env')
+        if self.dsn is not None and dsn_has_password(self.dsn.get_secret_value()):
+            raise KeyedValueError(
+                ("dsn",), "secrets are not allowed inline; put the DSN in dsn_file or dsn_env"
+            )
+        return self
+
+    @property
+    def dsn_text(self) -> str | None:
+        return None if self.dsn is None else self.dsn.get_secret_value()
 
 
 class WindowConfig(_Model):
@@ -130,8 +147,9 @@ class WindowConfig(_Model):
     closed_dates: list[datetime.date] = Field(default_factory=list)
 
 
-class UpstreamConfig(_Model):
-    """One provider account mail is delivered through ([upstreams.NAME])."""
+class UpstreamConfig(AccountFields):
+    """One provider account mail is delivered through ([upstreams.NAME]); the OAuth2 keys
+    (client_id, refresh_token_file, ...) are in config_account.py."""
 
     name: UpstreamName
     provider: str = "generic"
@@ -231,6 +249,8 @@ class LogConfig(_Model):
     format: Literal["json", "console"] = "json"
     level: Literal["debug", "info", "warning", "error"] = "info"
     transcript_dir: ConfPath | None = None
+    transcript_max_size: Size = 10_000_000  # per upstream file, rotated beyond this
+    transcript_files: StrictInt = Field(default=5, ge=1)  # rotated files kept per upstream
 
 
 class AdminConfig(_Model):
@@ -349,7 +369,12 @@ def _with_secrets(config: Config, locator: KeyLocator, environ: Mapping[str, str
         else upstream
         for name, upstream in config.upstreams.items()
     }
-    return config.model_copy(update={"upstreams": upstreams})
+    queue = config.queue
+    if queue.dsn_file is not None or queue.dsn_env is not None:
+        loc = ("queue", "dsn_file" if queue.dsn_file else "dsn_env")
+        dsn = read_secret(queue.dsn_file, queue.dsn_env, loc, locator, environ)
+        queue = queue.model_copy(update={"dsn": dsn})
+    return config.model_copy(update={"upstreams": upstreams, "queue": queue})
 
 
 def _secret(upstream: UpstreamConfig, locator: KeyLocator, environ: Mapping[str, str]) -> SecretStr:

@@ -16,9 +16,10 @@ from pathlib import Path
 from typing import Annotated, Any
 
 from annotated_types import Ge, Gt
-from pydantic import AfterValidator, BeforeValidator, Field, ValidationInfo
+from pydantic import AfterValidator, BeforeValidator, Field, SecretStr, ValidationInfo
 
 from relayd.config_text import SIZE
+from relayd.localauth import parse_hash
 from relayd.types import Ceiling
 from relayd.units import parse_duration, parse_rate, parse_size
 
@@ -150,6 +151,12 @@ def _hours(value: str) -> str:
     return value.strip()
 
 
+def _password_hash(value: SecretStr) -> SecretStr:
+    """Only a hash from `relayd hash-password`: a plain password here would be a leak."""
+    parse_hash(value.get_secret_value())
+    return value
+
+
 Duration = Annotated[float, BeforeValidator(_duration), Ge(0)]
 Timeout = Annotated[float, BeforeValidator(_duration), Gt(0)]
 Size = Annotated[int, BeforeValidator(_size), Gt(0), SIZE]
@@ -164,6 +171,7 @@ UpstreamName = Annotated[str, AfterValidator(_upstream_name)]
 TimeZone = Annotated[str, AfterValidator(_time_zone)]
 Days = Annotated[str, AfterValidator(_days)]
 Hours = Annotated[str, AfterValidator(_hours)]
+PasswordHash = Annotated[SecretStr, AfterValidator(_password_hash)]
 
 
 def durations(*texts: str) -> Any:

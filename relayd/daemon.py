@@ -15,15 +15,23 @@ import socket
 import uuid
 from typing import Any
 
+from relayd import transcripts
+from relayd.admin import AdminServer
 from relayd.clock import Clock, SystemClock
 from relayd.config import Config
-from relayd.delivery import open_session
-from relayd.dispatch import Dispatcher, SessionFactory
+from relayd.delivery import SessionOpener
+from relayd.dispatch import SessionFactory
+from relayd.heartbeat import run_heartbeat
+from relayd.instrumented import instrument
 from relayd.intake import IntakeHandler, make_server_factory
-from relayd.logs import get_logger
+from relayd.lanes import LaneSet
+from relayd.logs import get_logger, set_level
+from relayd.reload import reload_config, serve_reloads
+from relayd.retention import run_retention
 from relayd.sdnotify import notify
-from relayd.store import open_store
+from relayd.store import store_for
 from relayd.store.base import Store
+from relayd.types import NoticeHook
 
 log = get_logger("daemon")
 
@@ -46,12 +54,15 @@ class Relayd:
         *,
         clock: Clock | None = None,
         handle_signals: bool = True,
-        session_factory: SessionFactory = open_session,
+        session_factory: SessionFactory | None = None,
+        notices: NoticeHook | None = None,
     ) -> None:
         self.config = config
         self.clock = clock or SystemClock()
         self.handle_signals = handle_signals
-        self.session_factory = session_factory
+        # notices: the operator-notice hook (notify.py's, when it exists); OAuth2 calls it.
+        self.opener = SessionOpener(list(config.upstreams.values()), self.clock, notices)
+        self.session_factory = session_factory or self.opener
         self.worker = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self.stop_event = asyncio.Event()
         self.started = asyncio.Event()
@@ -61,6 +72,10 @@ class Relayd:
         self.addresses: list[tuple[str, int]] = []
         self._force = False
         self.failure: BaseException | None = None
+        self.reload_requested = asyncio.Event()  # set by SIGHUP (or a test)
+        self.lanes: LaneSet | None = None
+        self.admin: AdminServer | None = None
+        self._side_tasks: dict[str, asyncio.Task[None]] = {}
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -68,14 +83,21 @@ class Relayd:
         for name, upstream in self.config.upstreams.items():
             if upstream.provider != "directory" and not upstream.tls_verify:
                 log.warning("tls_verify_disabled", upstream=name)
-        self.store = open_store(self.config.queue.backend, self.config.queue.path)
+        self.store = store_for(self.config.queue)
         await self.store.open()
-        dispatcher = Dispatcher(
-            self.config, self.store, self.clock, self.worker, self.session_factory
+        store = instrument(self.store)  # metrics at the verbs (instrumented.py)
+        log_config = self.config.log
+        transcripts.configure(
+            log_config.transcript_dir, log_config.transcript_max_size, log_config.transcript_files
+        )
+        dispatcher = self.lanes = LaneSet(
+            self.config, store, self.clock, self.worker, self.session_factory
         )
         delivery = asyncio.create_task(dispatcher.run(), name="dispatcher")
         try:
-            await self._start_intake(self.store)
+            await self._start_intake(store)
+            await self._start_admin(store)
+            self._start_side_tasks(store)
             self._install_signals()
             notify("READY=1")
             self.started.set()
@@ -100,19 +122,77 @@ class Relayd:
             for sock in server.sockets:
                 self.addresses.append(sock.getsockname()[:2])
 
-    async def _run(self, delivery: asyncio.Task[None]) -> None:
-        stop = asyncio.create_task(self.stop_event.wait(), name="stop-event")
-        done, _ = await asyncio.wait({stop, delivery}, return_when=asyncio.FIRST_COMPLETED)
-        stop.cancel()
-        if delivery in done:
-            # The dispatcher never ends by itself: whatever ended it is a failure, and the
-            # exit code must say so (systemd's Restart=on-failure).
-            self.failure = delivery.exception() or RuntimeError("the dispatcher stopped")
-            log.error("service_failed", service="dispatcher", error=repr(self.failure))
+    async def _start_admin(self, store: Store) -> None:
+        if self.config.admin.listen is None:
+            return
+        self.admin = AdminServer(
+            store, self.clock, lambda: list(self.config.upstreams), self.listening
+        )
+        await self.admin.start(*split_listen(self.config.admin.listen))
 
-    async def _shutdown(self, dispatcher: Dispatcher, delivery: asyncio.Task[None]) -> None:
+    def _start_side_tasks(self, store: Store) -> None:
+        self._side_tasks = {
+            "heartbeat": asyncio.create_task(run_heartbeat(store, self.clock), name="heartbeat"),
+            "reload": asyncio.create_task(
+                serve_reloads(self.reload_requested, self.reload), name="reload"
+            ),
+            "retention": asyncio.create_task(
+                run_retention(store, self.clock, self.config.queue.retention), name="retention"
+            ),
+            "oauth-watch": asyncio.create_task(self.opener.tokens.watch(), name="oauth-watch"),
+        }
+
+    def listening(self) -> list[str]:
+        """The intake addresses that accept connections now."""
+        return [
+            f"{sock.getsockname()[0]}:{sock.getsockname()[1]}"
+            for server in self.servers
+            if server.is_serving()
+            for sock in server.sockets
+        ]
+
+    async def reload(self) -> None:
+        """Re-read the configuration file and swap in what can change (reload.py)."""
+        assert self.lanes is not None
+        notify("RELOADING=1")
+        self.config = await reload_config(self.config, self.lanes, self._swap_config)
+        notify("READY=1")
+
+    def _swap_config(self, config: Config) -> None:
+        if self.handler is not None:
+            self.handler.reconfigure(config)
+        set_level(config.log.level)
+        log_config = config.log
+        try:
+            transcripts.configure(
+                log_config.transcript_dir,
+                log_config.transcript_max_size,
+                log_config.transcript_files,
+            )
+        except OSError as exc:
+            log.error("transcripts_unavailable", error=str(exc))
+
+    async def _run(self, delivery: asyncio.Task[None]) -> None:
+        services = {"dispatcher": delivery, **self._side_tasks}
+        stop = asyncio.create_task(self.stop_event.wait(), name="stop-event")
+        done, _ = await asyncio.wait(
+            {stop, *services.values()}, return_when=asyncio.FIRST_COMPLETED
+        )
+        stop.cancel()
+        for name, task in services.items():
+            if task in done and self.failure is None:
+                # No service ends by itself: whatever ended it is a failure, and the exit
+                # code must say so (systemd's Restart=on-failure).
+                self.failure = task.exception() or RuntimeError(f"the {name} stopped")
+                log.error("service_failed", service=name, error=repr(self.failure))
+
+    async def _shutdown(self, dispatcher: LaneSet, delivery: asyncio.Task[None]) -> None:
         notify("STOPPING=1")
         log.info("stopping")
+        for task in self._side_tasks.values():
+            task.cancel()
+        if self._side_tasks:
+            await asyncio.wait(self._side_tasks.values(), timeout=CANCEL_GRACE)
         for server in self.servers:
             server.close()
         if self.handler is not None:
@@ -124,6 +204,8 @@ class Relayd:
             delivery.cancel()
             # Bounded too: a cancelled send drops its connection rather than waiting on it.
             await asyncio.wait({delivery}, timeout=CANCEL_GRACE)
+        if self.admin is not None:
+            await self.admin.close()
         if self.store is not None:
             await self.store.close()
         self._restore_signals()
@@ -137,12 +219,13 @@ class Relayd:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.handle_exit, sig)
+        loop.add_signal_handler(signal.SIGHUP, self.reload_requested.set)  # only sets a flag
 
     def _restore_signals(self) -> None:
         if not self.handle_signals:
             return
         loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             loop.remove_signal_handler(sig)
 
     def handle_exit(self, sig: int, *_: Any) -> None:

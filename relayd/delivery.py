@@ -15,9 +15,14 @@ from typing import Protocol
 
 import aiosmtplib
 
+from relayd.clock import Clock, SystemClock
 from relayd.config import UpstreamConfig
-from relayd.errors import UpstreamUnavailable
-from relayd.types import SmtpReply
+from relayd.errors import UpstreamAuthError, UpstreamUnavailable
+from relayd.from_policy import apply_from_policy, envelope_sender
+from relayd.oauth import TokenSource, TokenSources
+from relayd.providers import PRESETS
+from relayd.transcripts import scrub_password, smtp_client
+from relayd.types import NoticeHook, SmtpReply
 
 # Replies relayd synthesises for the directory capture upstream.
 CAPTURED = SmtpReply(250, "2.0.0 Ok: written to the capture directory")
@@ -52,12 +57,73 @@ class Session(Protocol):
         """Close the connection (QUIT when possible)."""
 
 
-def open_session(upstream: UpstreamConfig, local_hostname: str) -> Session:
-    """The session kind the upstream's provider calls for."""
+def open_session(
+    upstream: UpstreamConfig, local_hostname: str, tokens: TokenSource | None = None
+) -> Session:
+    """The session kind the upstream's provider calls for, with its from_policy.
+
+    An xoauth2 upstream takes its access tokens from `tokens` (SessionOpener shares one
+    source among an upstream's connections); without, the session gets a source of its own.
+    """
+    session: Session
     if upstream.provider == "directory":
         assert upstream.path is not None
-        return DirectorySession(upstream.path)
-    return SmtpSession(upstream, local_hostname)
+        session = DirectorySession(upstream.path)
+    else:
+        if tokens is None and upstream.auth == "xoauth2":
+            tokens = TokenSource(upstream, SystemClock())
+        session = SmtpSession(upstream, local_hostname, tokens)
+    return PolicySession(session, upstream) if PolicySession.applies(upstream) else session
+
+
+class SessionOpener:
+    """A session factory whose xoauth2 upstreams share one TokenSource each; `tokens.watch()`
+    is the expiry watch, `notices` gets refused grants and expiring tokens."""
+
+    def __init__(
+        self, upstreams: list[UpstreamConfig], clock: Clock, notices: NoticeHook | None = None
+    ) -> None:
+        self.tokens = TokenSources(upstreams, clock, notices)
+
+    def __call__(self, upstream: UpstreamConfig, local_hostname: str) -> Session:
+        return open_session(upstream, local_hostname, self.tokens.get(upstream))
+
+
+class PolicySession:
+    """The upstream's from_policy (from_policy.py) and envelope-sender rule around a session."""
+
+    def __init__(self, inner: Session, upstream: UpstreamConfig) -> None:
+        self.inner = inner
+        self.policy = upstream.from_policy
+        username = upstream.username or ""
+        self.account = username if "@" in username else None
+        preset = PRESETS[upstream.provider]
+        self.use_account = preset.envelope_from_account or self.policy == "rewrite"
+
+    @staticmethod
+    def applies(upstream: UpstreamConfig) -> bool:
+        preset = PRESETS[upstream.provider]
+        return upstream.from_policy != "keep" or preset.envelope_from_account
+
+    async def send(
+        self,
+        mail_from: str,
+        recipients: tuple[str, ...],
+        body: bytes,
+        *,
+        name: str,
+        mail_options: tuple[str, ...] = (),
+    ) -> SendResult:
+        return await self.inner.send(
+            envelope_sender(mail_from, self.account, self.use_account),
+            recipients,
+            apply_from_policy(body, self.policy, self.account),
+            name=name,
+            mail_options=mail_options,
+        )
+
+    async def close(self) -> None:
+        await self.inner.close()
 
 
 class DirectorySession:
@@ -105,9 +171,12 @@ class DirectorySession:
 class SmtpSession:
     """An aiosmtplib connection to one upstream account, reused across messages."""
 
-    def __init__(self, upstream: UpstreamConfig, local_hostname: str) -> None:
+    def __init__(
+        self, upstream: UpstreamConfig, local_hostname: str, tokens: TokenSource | None = None
+    ) -> None:
         self.upstream = upstream
         self.local_hostname = local_hostname
+        self.tokens = tokens
         self._smtp: aiosmtplib.SMTP | None = None
         self._in_transaction = False
 
@@ -118,7 +187,9 @@ class SmtpSession:
         if not up.tls_verify:
             context.check_hostname = False
             context.verify_mode = ssl.CERT_NONE
-        return aiosmtplib.SMTP(
+        # smtp_client: aiosmtplib.SMTP, writing a transcript when [log] transcript_dir is set.
+        return smtp_client(
+            up,
             hostname=up.host,
             port=up.port,
             local_hostname=self.local_hostname,
@@ -138,10 +209,30 @@ class SmtpSession:
             await asyncio.wait_for(smtp.connect(), up.connect_timeout)
             if up.auth == "password" and up.username and up.password is not None:
                 await smtp.login(up.username, up.password.get_secret_value())
+            elif up.auth == "xoauth2" and up.username and self.tokens is not None:
+                await self._xoauth2(smtp, up.username, self.tokens)
         except BaseException:
             smtp.close()
             raise
         return smtp
+
+    @staticmethod
+    async def _xoauth2(smtp: aiosmtplib.SMTP, username: str, tokens: TokenSource) -> None:
+        """AUTH XOAUTH2 (SASL `user=...^Aauth=Bearer ...^A^A`, aiosmtplib builds it). A cached
+        token the server refuses (revoked, clock skew) is replaced by a fresh one, once."""
+        if smtp.is_ehlo_or_helo_needed:  # after STARTTLS the extensions are asked again
+            await smtp.ehlo()
+        if "xoauth2" not in smtp.server_auth_methods:
+            raise aiosmtplib.SMTPException("the server does not offer AUTH XOAUTH2")
+        asked_at = tokens.clock.now()
+        token = await tokens.token()
+        try:
+            await smtp.auth_xoauth2(username, token.value)
+        except aiosmtplib.SMTPAuthenticationError:
+            tokens.invalidate()
+            if token.obtained_at >= asked_at:
+                raise
+            await smtp.auth_xoauth2(username, (await tokens.token()).value)
 
     async def send(
         self,
@@ -196,9 +287,16 @@ class SmtpSession:
             try:
                 self._smtp = await self._connect()
             except aiosmtplib.SMTPResponseException as exc:
-                # Greeting or AUTH refused: every recipient gets the server's answer.
+                # Greeting or AUTH refused: every recipient gets the server's answer, minus
+                # the password if a careless server echoes it (it is logged and stored).
                 await self.close()
-                reply = SmtpReply(exc.code, exc.message)
+                reply = SmtpReply(exc.code, scrub_password(self.upstream, exc.message))
+                return SendResult({rcpt: reply for rcpt in recipients})
+            except UpstreamAuthError as exc:
+                # No credentials to log in with (an OAuth2 grant refused): as a refused AUTH,
+                # RFC 4954's 535 5.7.8, so the dispatcher holds the upstream; mail stays queued.
+                await self.close()
+                reply = SmtpReply(535, f"5.7.8 {exc}")
                 return SendResult({rcpt: reply for rcpt in recipients})
         smtp = self._smtp
         options = self._mail_options(smtp, mail_options, len(body))

@@ -41,6 +41,10 @@ class Problem(enum.StrEnum):
     STARTTLS_NOT_OFFERED = "starttls_not_offered"
     AUTH_NOT_OFFERED = "auth_not_offered"  # no AUTH in EHLO, or no mechanism in common
     DIRECTORY = "directory"  # the capture directory is not writable
+    OAUTH_GRANT = "oauth_grant"  # the token endpoint refused the refresh token (invalid_grant)
+    OAUTH_CLIENT = "oauth_client"  # ... refused the client (invalid_client, unauthorized_client)
+    OAUTH_REFUSED = "oauth_refused"  # ... any other refusal (invalid_scope, a file unreadable)
+    OAUTH_ENDPOINT = "oauth_endpoint"  # the token endpoint could not be reached
 
 
 @dataclass(frozen=True)
@@ -89,7 +93,7 @@ def _problem(problem: Problem, text: str) -> Hint:
     return Hint(text, problem=problem)
 
 
-_OAUTH_LATER = 'OAuth2 (auth = "xoauth2"), which this version of relayd does not have yet'
+_OAUTH = 'OAuth2 (auth = "xoauth2"; README, "Microsoft 365 with OAuth2")'
 _GOOGLE_2SV = (
     "Google wants an app password for SMTP, not the account's normal password: turn on "
     "2-Step Verification for the account, create an app password at "
@@ -104,7 +108,29 @@ _MICROSOFT_SMTP_AUTH = (
     "Set-TransportConfig -SmtpClientAuthenticationDisabled $false). Changes can take an hour."
 )
 
+_OAUTH_GRANT = (
+    "The OAuth2 refresh token was refused: it expired (Microsoft: 90 days unused; Google: 7 "
+    "days for an OAuth app still in 'Testing' status), was revoked, or the account's "
+    "password changed. Make a new one (README, OAuth2), write it to refresh_token_file "
+    "and run `relayd queue retry --all`; the mail waits queued until then."
+)
+_OAUTH_CLIENT = (
+    "The token endpoint refused the OAuth2 client: check client_id, the secret in "
+    "client_secret_file (Microsoft Entra client secrets expire; make a new one under the "
+    "app registration's Certificates & secrets) and tenant_id."
+)
+
 REPLY_HINTS: tuple[Hint, ...] = (
+    # -- relayd's own 535 when the OAuth2 token endpoint refuses (oauth.py) -----------------
+    _reply(_OAUTH_GRANT, (535,), "5.7.8", ": invalid_grant"),
+    _reply(_OAUTH_CLIENT, (535,), "5.7.8", "OAuth2 token request refused"),
+    _reply(
+        "relayd cannot use its OAuth2 files: client_secret_file and refresh_token_file must "
+        "exist, be readable by the user relayd runs as, and not be empty.",
+        (535,),
+        "5.7.8",
+        "OAuth2: ",
+    ),
     # -- Google -------------------------------------------------------------------------------
     _reply(_GOOGLE_2SV, (535,), "5.7.8", providers=GOOGLE),
     _reply(_GOOGLE_2SV, (534,), "5.7.9", providers=GOOGLE),
@@ -135,7 +161,7 @@ REPLY_HINTS: tuple[Hint, ...] = (
         "Microsoft Entra security defaults block SMTP AUTH for this tenant: an administrator "
         "must turn security defaults off (Entra admin center > Identity > Overview > "
         "Properties > Manage security defaults) or allow it with Conditional Access; or use "
-        f"{_OAUTH_LATER}.",
+        f"{_OAUTH}.",
         (535,),
         "5.7.139",
         "security defaults",
@@ -143,7 +169,7 @@ REPLY_HINTS: tuple[Hint, ...] = (
     _reply(_MICROSOFT_SMTP_AUTH, (535,), "5.7.139"),
     _reply(
         "Microsoft no longer accepts a password (basic authentication) for SMTP on this "
-        f"account. The fix is {_OAUTH_LATER}; until then send through another upstream, e.g. "
+        f"account. The fix is {_OAUTH}; or send through another upstream, e.g. "
         'an Exchange Online connector (your tenant\'s MX host on port 25, auth = "none", '
         "allowed by IP address).",
         (550,),
@@ -153,7 +179,7 @@ REPLY_HINTS: tuple[Hint, ...] = (
         "Outlook.com refused the sign-in: use the full address as username and an app "
         "password (turn on two-step verification, then account.microsoft.com > Security > "
         "Advanced security options > App passwords). If Microsoft has turned passwords off "
-        f"for the account, it needs {_OAUTH_LATER}.",
+        f"for the account, it needs {_OAUTH}.",
         (535,),
         providers=("outlook",),
     ),
@@ -314,6 +340,20 @@ PROBLEM_HINTS: tuple[Hint, ...] = (
         Problem.DISCONNECTED,
         "The server closed the connection: it may refuse this machine's IP address, or the "
         f"port and encryption do not match ({_PORTS}).",
+    ),
+    _problem(Problem.OAUTH_GRANT, _OAUTH_GRANT),
+    _problem(Problem.OAUTH_CLIENT, _OAUTH_CLIENT),
+    _problem(
+        Problem.OAUTH_REFUSED,
+        "The OAuth2 token request was refused: check the app registration's API permissions "
+        "(Microsoft: SMTP.Send, or SMTP.SendAsApp with admin consent for client credentials; "
+        "Google: the https://mail.google.com/ scope) and the files relayd reads.",
+    ),
+    _problem(
+        Problem.OAUTH_ENDPOINT,
+        "relayd could not get an answer from the OAuth2 token endpoint: check this machine "
+        "reaches it over HTTPS (a proxy needs HTTPS_PROXY in relayd's environment); relayd "
+        "retries.",
     ),
     _problem(
         Problem.DIRECTORY,

@@ -12,13 +12,14 @@ import ipaddress
 from collections.abc import Callable
 from typing import Any
 
-from aiosmtpd.smtp import SMTP, Envelope, Session
+from aiosmtpd.smtp import Envelope, Session
 
 from relayd.addresses import AddressError, check_address, split_path
 from relayd.clock import Clock
 from relayd.config import Config
 from relayd.errors import StoreError
 from relayd.headers import prepare, received_header
+from relayd.intake_auth import AuthSMTP, LocalAuth
 from relayd.logs import get_logger
 from relayd.store.base import Store
 from relayd.types import NewMessage, new_queue_id
@@ -95,8 +96,9 @@ async def read_data(reader: asyncio.StreamReader, max_size: int) -> bytes:
     return bytes(data.replace(b"\r\n.", b"\r\n"))
 
 
-class RelaydSMTP(SMTP):
-    """aiosmtpd's protocol with relayd's own MAIL/RCPT/DATA and network check."""
+class RelaydSMTP(AuthSMTP):
+    """aiosmtpd's protocol with relayd's own MAIL/RCPT/DATA and network check (AUTH:
+    intake_auth.py)."""
 
     # The StreamReader's buffer limit, not a line limit: aiosmtpd pauses the socket each
     # time the buffer exceeds twice this, which made large DATA crawl. Line lengths are
@@ -147,7 +149,8 @@ class RelaydSMTP(SMTP):
         except AddressError as exc:
             await self.push(R553_BAD_SENDER.format(reason=exc))
             return
-        await self.push(self.relayd.accept_mail(self.env(), address, params))
+        refusal = self.sender_refusal(address)
+        await self.push(refusal or self.relayd.accept_mail(self.env(), address, params))
 
     async def smtp_RCPT(self, arg: str | None) -> None:
         if await self.check_helo_needed() or await self.check_auth_needed("RCPT"):
@@ -211,6 +214,12 @@ class IntakeHandler:
         self.store = store
         self.clock = clock
         self.connections: set[RelaydSMTP] = set()
+        self.local_auth = LocalAuth(config.server, clock)
+
+    def reconfigure(self, config: Config) -> None:
+        """A reload (SIGHUP): new connections and transactions use `config` and its users."""
+        self.config = config
+        self.local_auth = self.local_auth.reconfigured(config.server)
 
     async def close_sessions(self, timeout: float) -> None:
         """At shutdown: let transactions in DATA finish (bounded), then say 421 and close."""
@@ -283,7 +292,8 @@ class IntakeHandler:
             hostname=self.config.server.hostname,
             at=now,
         )
-        upstream = self.config.route(mail_from, None)
+        auth_user = server.local_user()
+        upstream = self.config.route(mail_from, auth_user)
         log.info(
             "received",
             queue_id=queue_id,
@@ -291,6 +301,7 @@ class IntakeHandler:
             recipients=len(recipients),
             size=len(content),
             client=client,
+            user=auth_user,
         )
         message = NewMessage(
             mail_from=mail_from,
@@ -301,6 +312,7 @@ class IntakeHandler:
             received_at=now,
             client=client,
             mail_options=tuple(envelope.mail_options),
+            auth_user=auth_user,
             queue_id=queue_id,
         )
         try:
@@ -319,6 +331,12 @@ class IntakeHandler:
             client=client,
         )
         return R250_QUEUED.format(queue_id=queue_id)
+
+    async def handle_EHLO(
+        self, server: RelaydSMTP, session: Session, envelope: Envelope, name: str, lines: list[str]
+    ) -> list[str]:
+        session.host_name = name  # aiosmtpd leaves this to an EHLO hook
+        return self.local_auth.ehlo_lines(lines)
 
     async def handle_exception(self, error: Exception) -> str:
         """aiosmtpd's default would send `500 Error: (ExcType) text` to the client."""
@@ -340,14 +358,15 @@ def _protocol_name(session: Session, server: RelaydSMTP) -> str:
 
 def make_server_factory(handler: IntakeHandler) -> Callable[[], RelaydSMTP]:
     """The protocol factory for loop.create_server (one RelaydSMTP per connection)."""
-    server = handler.config.server
 
     def factory() -> RelaydSMTP:
+        server = handler.config.server  # read per connection: a reload swaps handler.config
         return RelaydSMTP(
             handler,
             hostname=server.hostname,
             ident="relayd",
             data_size_limit=server.max_message_size,
+            local_auth=handler.local_auth,
             enable_SMTPUTF8=True,
             decode_data=False,
             timeout=server.idle_timeout,

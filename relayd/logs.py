@@ -15,6 +15,7 @@ import structlog
 
 _SECRET_WORDS = ("password", "secret", "token", "auth_data", "credential", "authorization")
 MASK = "********"
+_configured = False  # configure() ran: set_level() may change the level (a SIGHUP reload)
 
 
 def redact_secrets(
@@ -32,6 +33,8 @@ def configure(
     fmt: Literal["json", "console"] = "json", level: str = "info", stream: Any = None
 ) -> None:
     """Configure structlog once for the process (stderr by default, as systemd expects)."""
+    global _configured
+    _configured = True
     renderer: Any = (
         structlog.processors.JSONRenderer()
         if fmt == "json"
@@ -52,6 +55,13 @@ def configure(
         logger_factory=structlog.PrintLoggerFactory(stream or sys.stderr),
         cache_logger_on_first_use=False,
     )
+
+
+def set_level(level: str) -> None:
+    """Change the level of a process configure() set up; a no-op otherwise (in-process tests)."""
+    if _configured:
+        level_number = logging.getLevelNamesMapping()[level.upper()]
+        structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(level_number))
 
 
 def get_logger(name: str) -> Any:

@@ -96,6 +96,9 @@ RULES: tuple[Rule, ...] = (
     _rule(_A, (550, 554), "5.1.8"),
     _rule(_A, (550, 554), "5.7.705"),
     _rule(_A, (550, 554), "5.7.750"),
+    # Microsoft: 550 5.7.708 "Access denied, traffic not accepted from this IP" (a new or
+    # suspicious tenant, blocked as a whole until Microsoft support releases it).
+    _rule(_A, (550,), "5.7.708"),
     # -- Throttles: the account must wait; hold the whole upstream with backoff. -----------
     # Gmail: 421 4.7.0 "Try again later, closing connection" (and "unusual rate of
     # unsolicited mail"); Yahoo: 421 4.7.0 [TSS04] "temporarily deferred due to unexpected

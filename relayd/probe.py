@@ -27,7 +27,10 @@ from typing import Any
 
 import aiosmtplib
 
+from relayd.clock import SystemClock
 from relayd.config import UpstreamConfig
+from relayd.errors import UpstreamAuthError, UpstreamUnavailable
+from relayd.oauth import TokenSource, problem_of, xoauth2_b64
 from relayd.providers import PRESETS, Problem, hint_for
 from relayd.types import SmtpReply
 from relayd.units import format_duration
@@ -241,8 +244,11 @@ class _Probe:
 
     async def _auth(self, smtp: aiosmtplib.SMTP) -> None:
         up = self.up
+        if up.auth == "xoauth2":
+            await self._xoauth2(smtp)
+            return
         if up.auth != "password":
-            return  # auth = "none": nothing to check (config refuses "xoauth2" for now)
+            return  # auth = "none": nothing to check
         assert up.username is not None
         assert up.password is not None
         if not smtp.supports_extension("auth"):
@@ -263,6 +269,30 @@ class _Probe:
             self._fail("auth", exc)
             return
         self._add("auth", True, f"{_text(response)} (logged in as {up.username})")
+
+    async def _xoauth2(self, smtp: aiosmtplib.SMTP) -> None:
+        """token (refresh or client credentials at the token endpoint), then AUTH XOAUTH2."""
+        up = self.up
+        assert up.username is not None
+        try:
+            token = await TokenSource(up, SystemClock(), quiet=True).token()
+        except (UpstreamAuthError, UpstreamUnavailable) as exc:
+            self._add("token", False, str(exc), problem=problem_of(exc))
+            return
+        self._secrets = (token.value, xoauth2_b64(up.username, token.value), *self._secrets)
+        valid = format_duration(token.expires_at - token.obtained_at)
+        self._add("token", True, f"access token from {up.token_url}, valid for {valid}")
+        if "xoauth2" not in smtp.server_auth_methods:
+            offered = " ".join(smtp.server_auth_methods).upper() or "none"
+            detail = f"the server does not offer AUTH XOAUTH2 (it offers: {offered})"
+            self._add("auth", False, detail, problem=Problem.AUTH_NOT_OFFERED)
+            return
+        try:
+            response = await smtp.auth_xoauth2(up.username, token.value)
+        except (aiosmtplib.SMTPException, OSError) as exc:
+            self._fail("auth", exc)
+            return
+        self._add("auth", True, f"{_text(response)} (XOAUTH2 as {up.username})")
 
 
 def _tls_context(upstream: UpstreamConfig) -> ssl.SSLContext:

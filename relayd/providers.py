@@ -12,6 +12,7 @@ entry point and is re-exported here so callers need one import.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -24,6 +25,7 @@ __all__ = [
     "Problem",
     "default_port",
     "hint_for",
+    "token_url_for",
 ]
 
 Security = Literal["starttls", "tls", "none"]
@@ -44,6 +46,16 @@ class Preset:
     rate_limits: tuple[str, ...] = ()
     count: Count | None = None
     delivers_to_directory: bool = False
+    # OAuth2 (auth = "xoauth2"): the token endpoint ("{tenant}" is filled from tenant_id),
+    # the scope a refresh-token grant asks for, the scope of Microsoft's client-credentials
+    # grant, and how long a refresh token may go unused before the provider expires it.
+    token_url: str | None = None
+    oauth_scope: str | None = None
+    app_scope: str | None = None
+    refresh_token_idle_days: int | None = None
+    # The provider refuses (or rewrites) an envelope sender other than the account: relayd
+    # sends MAIL FROM:<username> itself, so bounces reach the account, not a 5xx.
+    envelope_from_account: bool = False
 
     def defaults(self) -> dict[str, Any]:
         """The upstream keys this preset sets, with their values (unset ones are absent)."""
@@ -56,6 +68,23 @@ class Preset:
         }
         return {key: value for key, value in values.items() if value is not None}
 
+
+# Google's OAuth2 token endpoint (developers.google.com/identity/protocols/oauth2/web-server,
+# "Refreshing an access token"); SMTP needs the https://mail.google.com/ scope, granted when
+# the refresh token was made, so a refresh asks for none. Google does not rotate refresh
+# tokens; one of an OAuth app in "Testing" status expires after 7 days (publish the app).
+_GOOGLE_ENDPOINT = "https://oauth2.googleapis.com/token"
+# Microsoft identity platform (learn.microsoft.com, "Authenticate an IMAP, POP or SMTP
+# connection using OAuth"): v2.0 token endpoint per tenant ("common" for any work account,
+# "consumers" for Outlook.com); delegated scope SMTP.Send (+ offline_access for a refresh
+# token); client credentials use the .default scope of outlook.office365.com. Refresh tokens
+# rotate and expire after 90 days unused ("Refresh tokens in the Microsoft identity platform").
+_MICROSOFT_OAUTH: dict[str, Any] = {
+    "oauth_scope": "https://outlook.office.com/SMTP.Send offline_access",
+    "app_scope": "https://outlook.office365.com/.default",
+    "refresh_token_idle_days": 90,
+}
+_MICROSOFT_ENDPOINT = "https://login.microsoftonline.com/{tenant:%s}/oauth2/v2.0/token"
 
 # Published limits are per rolling 24 hours unless noted. Where a provider counts recipients
 # (one message to 5 people uses 5), the preset sets count = "recipients"; counting recipients
@@ -71,6 +100,8 @@ PRESETS: dict[str, Preset] = {
         host="smtp.gmail.com",
         rate_limits=("3/minute", "500/day"),
         count="recipients",
+        envelope_from_account=True,  # Gmail rewrites MAIL FROM to the account anyway
+        token_url=_GOOGLE_ENDPOINT,
     ),
     # Google Workspace Admin Help, "Gmail sending limits in Google Workspace"
     # (support.google.com/a/answer/166852): 2,000 messages a day (500 for trial accounts),
@@ -82,18 +113,23 @@ PRESETS: dict[str, Preset] = {
         host="smtp.gmail.com",
         rate_limits=("3/minute", "2000/day"),
         count="messages",
+        envelope_from_account=True,
+        token_url=_GOOGLE_ENDPOINT,
     ),
     # Microsoft Learn, "Exchange Online limits", sending limits: message rate limit (SMTP
     # client submission) 30 messages a minute; recipient rate limit 10,000 recipients a day.
     # Counting recipients honours both. The default auth is OAuth2: Microsoft is retiring
-    # password (basic) AUTH for SMTP client submission (then 550 5.7.30); until relayd has
-    # xoauth2, config.py refuses this default and asks for auth = "password" explicitly.
+    # password (basic) AUTH for SMTP client submission (then 550 5.7.30). Exchange Online
+    # refuses a MAIL FROM the mailbox may not send as (554 5.2.0 SendAsDenied).
     "microsoft365": Preset(
         name="microsoft365",
         host="smtp.office365.com",
         auth="xoauth2",
         rate_limits=("30/minute", "10000/day"),
         count="recipients",
+        envelope_from_account=True,
+        token_url=_MICROSOFT_ENDPOINT % "common",
+        **_MICROSOFT_OAUTH,
     ),
     # Outlook.com / Hotmail / Live personal accounts. Microsoft Support, "Sending limits in
     # Outlook.com": limits depend on the account's age and standing and are not all
@@ -104,6 +140,9 @@ PRESETS: dict[str, Preset] = {
         host="smtp-mail.outlook.com",
         rate_limits=("3/minute", "300/day"),
         count="recipients",
+        envelope_from_account=True,
+        token_url=_MICROSOFT_ENDPOINT % "consumers",
+        **_MICROSOFT_OAUTH,
     ),
     # Yahoo Help SLN17518, "SMTP sending limits" (Yahoo Business Mail): 500 a day, 100
     # recipients per message, each recipient counts as one (UNCERTAIN for free Yahoo Mail,
@@ -146,10 +185,19 @@ PRESETS: dict[str, Preset] = {
         host="send.nhs.net",
         rate_limits=("30/minute", "10000/day"),
         count="recipients",
+        envelope_from_account=True,
     ),
     "generic": Preset(name="generic"),
     "directory": Preset(name="directory", security=None, auth="none", delivers_to_directory=True),
 }
+
+
+_TENANT = re.compile(r"\{tenant(?::([A-Za-z0-9.-]*))?\}")
+
+
+def token_url_for(template: str, tenant_id: str | None) -> str:
+    """A preset's token URL for a tenant: "{tenant:common}" becomes tenant_id, or "common"."""
+    return _TENANT.sub(lambda match: tenant_id or match.group(1) or "common", template)
 
 
 def default_port(security: Security) -> int:

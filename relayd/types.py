@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import enum
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import NewType
 
@@ -151,6 +152,23 @@ class MessageView:
     received_at: float
     size: int
     recipients: tuple[RecipientView, ...] = field(default_factory=tuple)
+
+
+@dataclass(frozen=True)
+class Notice:
+    """Something only an operator can fix (a refused OAuth2 grant, a token about to expire).
+
+    Producers call a NoticeHook with it; notify.py will turn notices into mail to the
+    notification mailbox, with de-duplication. `kind` is the log event's name.
+    """
+
+    kind: str
+    upstream: str
+    summary: str
+    action: str = ""  # what to do about it
+
+
+NoticeHook = Callable[[Notice], None]
 
 
 _ID_ALPHABET = "0123456789BCDFGHJKLMNPQRSTVWXYZ"  # no vowels: ids never spell words

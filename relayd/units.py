@@ -40,6 +40,18 @@ def format_duration(seconds: float) -> str:
     return f"{round(seconds * 1000)}ms" if seconds < 1 else f"{seconds:g}s"
 
 
+def format_age(seconds: float) -> str:
+    """A rounded, readable span for people: 45 -> "45s", 3725 -> "1h2m", 97200 -> "1d3h"."""
+    whole = max(0, round(seconds))
+    for big, small in (("d", "h"), ("h", "m"), ("m", "s")):
+        big_size, small_size = int(_DURATION_SECONDS[big]), int(_DURATION_SECONDS[small])
+        if whole >= big_size:
+            count, rest = divmod(whole, big_size)
+            rest //= small_size
+            return f"{count}{big}{rest}{small}" if rest else f"{count}{big}"
+    return f"{whole}s"
+
+
 def parse_size(text: str) -> int:
     """Bytes in a size string ("25MB" = 25,000,000; "25MiB" = 26,214,400)."""
     match = _SIZE.match(text)

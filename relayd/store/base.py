@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from relayd.types import (
     Ceiling,
@@ -147,3 +147,25 @@ class Store(Protocol):
 
     async def delete_message(self, queue_id: QueueId) -> bool:
         """Remove a message entirely; returns whether it existed."""
+
+    async def purge_finished(self, before: float) -> int:
+        """Delete messages whose recipients were all final (delivered, failed, bounced) and
+        last updated before `before` (queue.retention); returns how many."""
+
+
+@runtime_checkable
+class Leadership(Protocol):
+    """Optional: leader election among the nodes sharing a store (PostgreSQL has it).
+
+    For jobs that must run on exactly one node at a time (the IMAP bounce poller, notice
+    digests). Before each run the job asks `try_lead(name)` and runs only on True; the lead
+    holds while the node's session with the store lives, so a node that dies loses it and
+    the next node that asks takes over. A backend without this protocol serves one node
+    only: its caller simply leads (`isinstance(store, Leadership)` tells which).
+    """
+
+    async def try_lead(self, name: str) -> bool:
+        """Whether this node leads `name` now, taking the lead if nobody holds it."""
+
+    async def resign(self, name: str) -> None:
+        """Give up the lead of `name` (on a graceful stop, so another node takes over)."""

@@ -112,11 +112,17 @@ auth = "none"
 
 
 def run_cli(
-    *args: str, cwd: Path | None = None, env: dict[str, str] | None = None, timeout: float = 30.0
+    *args: str,
+    cwd: Path | None = None,
+    env: dict[str, str] | None = None,
+    timeout: float = 30.0,
+    input_text: str | None = None,
 ) -> subprocess.CompletedProcess[str]:
-    """Run a short relayd command (check-config, queue ...) to completion."""
+    """Run a short relayd command (check-config, queue ...) to completion; `input_text` is
+    its standard input (sendmail)."""
     return subprocess.run(
         [*relayd_command(), *args],
+        input=input_text,
         capture_output=True,
         text=True,
         timeout=timeout,

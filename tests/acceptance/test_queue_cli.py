@@ -78,8 +78,9 @@ async def test_queue_tool_on_a_stopped_daemons_store(
     assert all(qid in text for qid in (a, b, c)) and "deferred" in text and REFUSAL in text
 
     # show: one message.
-    (shown,) = await tool.json("show", a)
-    assert shown == views[a]
+    shown = await tool.json("show", a)
+    assert {key: shown[key] for key in views[a]} == views[a]
+    assert ["X-Marker", "q0"] in shown["headers"]
     assert a in await tool.run("show", a)
 
     # hold / release.
@@ -124,3 +125,5 @@ async def test_queue_tool_usage_errors(tmp_path: Path, upstream: FakeUpstream, p
     assert "needs a queue ID" in await tool.run("show", expect=2)
     assert "needs a queue ID" in await tool.run("hold", expect=2)
     assert "no message" in await tool.run("show", "NOSUCHID", expect=1)
+    assert "no message" in await tool.run("hold", "NOSUCHID", expect=1)
+    assert "needs a queue ID, or --all" in await tool.run("retry", expect=2)

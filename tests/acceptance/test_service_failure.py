@@ -12,7 +12,8 @@ from tests.support.fake_upstream import FakeUpstream
 
 pytestmark = pytest.mark.slow
 
-# Fault injection: the real CLI, with the dispatcher replaced by one that fails at once.
+# Fault injection: the real CLI, with a lane worker replaced by one that fails at once (the
+# lane supervisor, lanes.LaneSet, must take the daemon down).
 BROKEN_DISPATCHER = """\
 from relayd import dispatch
 from relayd.cli import main
@@ -22,7 +23,7 @@ async def broken(self):
     raise RuntimeError("injected dispatcher failure")
 
 
-dispatch.Dispatcher.run = broken
+dispatch.Lane.run_worker = broken
 main()
 """
 

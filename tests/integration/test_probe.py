@@ -194,7 +194,7 @@ AUTH_ERRORS = [
     (
         "microsoft365",
         "550 5.7.30 Basic authentication is not supported for Client Submission.",
-        'OAuth2 (auth = "xoauth2")',
+        'OAuth2 (auth = "xoauth2";',
     ),
     (
         "microsoft365",
@@ -406,7 +406,7 @@ async def test_a_config_error_exits_2(tmp_path: Path) -> None:
     path = write_config(tmp_path, 'provider = "microsoft365"\nusername = "a@b.example"')
     code, _, err = await cli(path)
     assert code == 2
-    assert 'set auth = "password"' in err
+    assert 'upstreams.practice.client_id: auth = "xoauth2" needs client_id' in err
 
 
 # -- the directory upstream ---------------------------------------------------------------

@@ -198,7 +198,7 @@ async def test_a_closed_window_keeps_mail_queued_and_says_until_when(
     assert upstream.received == []
     assert waiting.upstream == "main"
     assert waiting.recipients[0].state is RecipientState.QUEUED
-    assert f"({why})" in shown
+    assert f"waiting for    {why}" in shown  # queue show's text (queuefmt.show_text)
     assert any(e["event"] == "window_closed" and e["reason"] == why for e in logs)
 
 

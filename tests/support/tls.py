@@ -32,3 +32,18 @@ class PrivateCA:
         context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         self.ca.issue_cert(*(names or LOOPBACK_NAMES)).configure_cert(context)
         return context
+
+    def save_server_files(self, directory: Path, *names: str) -> tuple[Path, Path]:
+        """A certificate (with chain) and its key for `names` as PEM files: (cert, key)."""
+        directory.mkdir(parents=True, exist_ok=True)
+        issued = self.ca.issue_cert(*(names or LOOPBACK_NAMES))
+        cert, key = directory / "server-cert.pem", directory / "server-key.pem"
+        cert.write_bytes(b"".join(blob.bytes() for blob in issued.cert_chain_pems))
+        issued.private_key_pem.write_to_path(str(key))
+        return cert, key
+
+    def client_context(self) -> ssl.SSLContext:
+        """A client context that trusts this CA (and only it)."""
+        context = ssl.create_default_context()
+        self.ca.configure_trust(context)
+        return context

@@ -66,6 +66,7 @@ REPLIES = [
     (550, "5.1.8 Access denied, bad outbound sender", A),
     (550, "5.7.705 Access denied, tenant has exceeded threshold", A),
     (550, "5.7.750 Service unavailable. Client blocked from sending from unregistered domains", A),
+    (550, "5.7.708 Service unavailable. Access denied, traffic not accepted from this IP.", A),
     # transient, per message or per recipient
     (421, "4.3.2 Service shutting down, closing transmission channel", R),
     (421, "4.4.5 Server busy, try again later.", R),

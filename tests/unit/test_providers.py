@@ -61,13 +61,12 @@ def test_microsoft365_resolves_once_auth_password_is_explicit(tmp_path: Path) ->
     assert "auth" not in upstream.preset_fields
 
 
-def test_microsoft365_default_oauth2_is_refused_with_what_to_do(tmp_path: Path) -> None:
+def test_microsoft365_defaults_to_oauth2_and_says_what_it_needs(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as caught:
-        load_upstream(tmp_path, f'provider = "microsoft365"\n{ACCOUNT}')
+        load_upstream(tmp_path, 'provider = "microsoft365"\nusername = "someone@example.com"')
     error = caught.value
-    assert (error.key, error.line) == ("upstreams.u.provider", 2)
-    assert 'defaults to auth = "xoauth2"' in str(error)
-    assert 'set auth = "password"' in str(error)
+    assert error.key == "upstreams.u.client_id"
+    assert 'auth = "xoauth2" needs client_id' in str(error)
 
 
 def test_generic_and_directory_bring_no_server_or_limits() -> None:

@@ -1,0 +1,231 @@
+"""One IMAP session (aioimaplib) in the few verbs the bounce poller needs; no decisions.
+
+The only module that imports aioimaplib. Every failure (refused, reset, TLS, timeout, a NO
+or BAD reply) becomes ImapError with the command named and the server's text, never the
+password. Messages are read with BODY.PEEK, so reading sets no \\Seen flag.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import ssl
+from collections.abc import Awaitable
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any, Literal
+
+import aioimaplib  # type: ignore[import-untyped]
+
+from relayd.errors import RelaydError
+
+_UIDVALIDITY = re.compile(rb"\[UIDVALIDITY (\d+)\]", re.IGNORECASE)
+_EXISTS = re.compile(rb"^(\d+) EXISTS", re.IGNORECASE)
+_SEARCH = re.compile(rb"^[\d ]*$")
+# `(\HasNoChildren) "/" relayd/bounces` (RFC 3501 7.2.2); the delimiter may be NIL.
+_LIST = re.compile(rb'^\(([^)]*)\) (?:"((?:[^"\\]|\\.)*)"|NIL) ')
+_ATOM = re.compile(r"^[A-Za-z0-9_./&+-]+$")
+_ERRORS = (aioimaplib.AioImapException, TimeoutError, OSError, ValueError)
+
+MoveHow = Literal["moved", "expunged", "flagged"]
+
+
+class ImapError(RelaydError):
+    """The IMAP server could not be reached, refused a command, or the session broke."""
+
+
+class ImapAuthError(ImapError):
+    """The IMAP server refused the login: the credentials need an operator."""
+
+
+@dataclass(frozen=True)
+class Mailbox:
+    """A selected mailbox: its name on the server, UIDVALIDITY and message count."""
+
+    name: str
+    uidvalidity: int
+    exists: int
+
+
+def mailbox_arg(name: str) -> str:
+    """A mailbox name as an IMAP astring: an atom as is, else quoted (RFC 3501 9).
+
+    Names are ASCII (modified UTF-7 is not implemented); wildcards are refused because a
+    LIST by name would match other mailboxes.
+    """
+    if not name.isascii() or any(c in name for c in "%*\r\n\0"):
+        raise ValueError(f"unsupported IMAP mailbox name: {name!r}")
+    if _ATOM.match(name) and name.upper() != "NIL":
+        return name
+    return '"' + name.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+class ImapSession:
+    """A logged-in session; `async with await ImapSession.connect(...)` logs out after."""
+
+    def __init__(self, client: Any, timeout: float) -> None:
+        self._client = client
+        self._timeout = timeout
+        self._closed = asyncio.Event()
+        # aioimaplib's only hook for the end of the connection (IMAP4_SSL takes no callback).
+        client.protocol.conn_lost_cb = lambda _exc: self._closed.set()
+
+    @classmethod
+    async def connect(
+        cls,
+        host: str,
+        port: int,
+        *,
+        username: str,
+        password: str,
+        ssl_context: ssl.SSLContext | None,
+        timeout: float = 30.0,
+    ) -> ImapSession:
+        """Connect (implicit TLS when `ssl_context` is given), greet and log in."""
+        # aioimaplib logs every line it sends and receives at DEBUG: message contents, and
+        # a LOGIN whose quoting can defeat its password scrubbing. Never below INFO.
+        logging.getLogger("aioimaplib").setLevel(logging.INFO)
+        if ssl_context is not None:
+            client = aioimaplib.IMAP4_SSL(host, port, timeout=timeout, ssl_context=ssl_context)
+        else:
+            client = aioimaplib.IMAP4(host, port, timeout=timeout)
+        session = cls(client, timeout)
+        try:
+            await session._call(client.wait_hello_from_server(), "connect")
+            response = await session._call(client.login(username, password), "LOGIN")
+            if response.result != "OK":
+                raise ImapAuthError(f"LOGIN refused: {_text(response)}")
+            # The capabilities in the login reply may be partial (or glued to "]"): ask.
+            await session._call(client.protocol.capability(), "CAPABILITY")
+        except BaseException:
+            await session._drop()
+            raise
+        return session
+
+    async def __aenter__(self) -> ImapSession:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    def has(self, capability: str) -> bool:
+        return bool(self._client.has_capability(capability))
+
+    async def select(self, name: str) -> Mailbox:
+        response = await self._ok(self._client.select(mailbox_arg(name)), f"SELECT {name}")
+        uidvalidity = exists = None
+        for line in _lines(response):
+            if match := _UIDVALIDITY.search(line):
+                uidvalidity = int(match.group(1))
+            elif match := _EXISTS.match(line):
+                exists = int(match.group(1))
+        if uidvalidity is None:
+            raise ImapError(f"SELECT {name}: the server sent no UIDVALIDITY")
+        return Mailbox(name, uidvalidity, exists or 0)
+
+    async def uids_after(self, last_uid: int) -> list[int]:
+        """UIDs above `last_uid`, ascending (`n:*` also matches the highest UID, RFC 3501
+        6.4.8, so it is filtered)."""
+        search = self._client.uid_search(f"UID {last_uid + 1}:*", charset=None)
+        response = await self._ok(search, "UID SEARCH")
+        uids: set[int] = set()
+        for line in _lines(response):
+            if _SEARCH.match(line):
+                uids.update(int(word) for word in line.split())
+        return sorted(uid for uid in uids if uid > last_uid)
+
+    async def fetch(self, uid: int, section: str = "") -> bytes | None:
+        """BODY.PEEK[section] of one message ("" = all of it, "HEADER"); None if it is gone."""
+        fetch = self._client.uid("fetch", str(uid), f"(UID BODY.PEEK[{section}])")
+        response = await self._ok(fetch, f"UID FETCH {uid}")
+        for line in response.lines:
+            if isinstance(line, bytearray):  # aioimaplib hands literals over as bytearray
+                return bytes(line)
+        return None
+
+    async def ensure_mailbox(self, path: str) -> str:
+        """The server's name for `path` ("/" separates levels), created when missing."""
+        delimiter = await self._delimiter()
+        name = path.replace("/", delimiter) if delimiter else path
+        listed = await self._ok(self._client.list('""', mailbox_arg(name)), f"LIST {name}")
+        if not any(_LIST.match(line) for line in _lines(listed)):
+            response = await self._call(self._client.create(mailbox_arg(name)), f"CREATE {name}")
+            if response.result != "OK" and b"ALREADYEXISTS" not in b" ".join(_lines(response)):
+                raise ImapError(f"CREATE {name} refused: {_text(response)}")
+        return name
+
+    async def move(self, uid: int, mailbox: str) -> MoveHow:
+        """Move one message: UID MOVE (RFC 6851), else COPY + \\Deleted + UID EXPUNGE of that
+        UID (RFC 4315). Without UIDPLUS the copy stays flagged \\Deleted: a plain EXPUNGE
+        would also remove messages someone else flagged, and this session touches no others.
+        """
+        target = mailbox_arg(mailbox)
+        if self.has("MOVE"):
+            await self._ok(self._client.uid("move", str(uid), target), f"UID MOVE {uid}")
+            return "moved"
+        await self._ok(self._client.uid("copy", str(uid), target), f"UID COPY {uid}")
+        store = self._client.uid("store", str(uid), "+FLAGS.SILENT", r"(\Deleted)")
+        await self._ok(store, f"UID STORE {uid}")
+        if not self.has("UIDPLUS"):
+            return "flagged"
+        await self._ok(self._client.uid("expunge", str(uid)), f"UID EXPUNGE {uid}")
+        return "expunged"
+
+    async def close(self) -> None:
+        """LOGOUT, then drop the connection whatever happened; never raises."""
+        try:
+            await asyncio.wait_for(self._client.logout(), self._timeout)
+        except _ERRORS:
+            pass
+        finally:
+            await self._drop()
+
+    async def _delimiter(self) -> str | None:
+        response = await self._ok(self._client.list('""', '""'), "LIST")
+        for line in _lines(response):
+            match = _LIST.match(line)
+            if match and match.group(2):
+                return re.sub(r"\\(.)", r"\1", match.group(2).decode("ascii", "replace"))
+        return None
+
+    async def _ok(self, call: Awaitable[Any], what: str) -> Any:
+        response = await self._call(call, what)
+        if response.result != "OK":
+            raise ImapError(f"{what} refused: {_text(response)}")
+        return response
+
+    async def _call(self, call: Awaitable[Any], what: str) -> Any:
+        try:
+            return await call
+        except _ERRORS as exc:
+            raise ImapError(f"{what}: {type(exc).__name__}: {exc}") from exc
+
+    async def _drop(self) -> None:
+        """Close the connection and wait (briefly) until it is gone: a TLS close is a
+        handshake, and a transport left to the garbage collector leaks its socket."""
+        task = getattr(self._client, "_client_task", None)
+        if task is not None and not task.done():
+            task.cancel()
+        transport = getattr(self._client.protocol, "transport", None)
+        if transport is None or self._closed.is_set():
+            return
+        transport.close()
+        try:
+            await asyncio.wait_for(self._closed.wait(), 2.0)
+        except TimeoutError:
+            transport.abort()
+
+
+def _lines(response: Any) -> list[bytes]:
+    return [bytes(line) for line in response.lines if isinstance(line, bytes | bytearray)]
+
+
+def _text(response: Any) -> str:
+    lines = _lines(response)
+    return lines[-1].decode("utf-8", "replace") if lines else str(response.result)

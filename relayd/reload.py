@@ -1,0 +1,93 @@
+"""SIGHUP: read the configuration file again and swap in what can change while running.
+
+The file is validated completely first (config.load), so a reload is all or nothing: on any
+error the running configuration stays, and `config_reload_failed` is logged with the error.
+On success: routing, intake policy (networks, sizes, recipients), the retry schedule and
+lifetimes, the log level and transcripts apply at once; an upstream whose settings changed
+gets a new dispatcher lane (lanes.py) without losing queued mail; what is bound or opened at
+start (listen addresses, the queue backend and path, the admin listener, the log format) is
+kept as it was and `config_reload_restart_needed` names the keys.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+
+from relayd import metrics
+from relayd.config import Config, load
+from relayd.errors import ConfigError
+from relayd.lanes import LaneSet
+from relayd.logs import get_logger
+
+log = get_logger("reload")
+
+# Keys whose value is used once, at start: a change needs a restart.
+RESTART_KEYS = (
+    ("server", "listen"),
+    ("server", "workers"),
+    ("server", "tls_cert"),
+    ("server", "tls_key"),
+    ("queue", "backend"),
+    ("queue", "path"),
+    ("queue", "dsn"),
+    ("admin", "listen"),
+    ("log", "format"),
+)
+
+
+def restart_needed(old: Config, new: Config) -> list[str]:
+    """The dotted keys in RESTART_KEYS whose values differ."""
+    changed = []
+    for section, key in RESTART_KEYS:
+        before = getattr(getattr(old, section), key, None)
+        after = getattr(getattr(new, section), key, None)
+        if before != after:
+            changed.append(f"{section}.{key}")
+    return changed
+
+
+def changed_upstreams(old: Config, new: Config) -> dict[str, list[str]]:
+    """Upstream names added, changed and removed between two configurations."""
+    return {
+        "added": [name for name in new.upstreams if name not in old.upstreams],
+        "changed": [
+            name
+            for name, upstream in new.upstreams.items()
+            if name in old.upstreams and old.upstreams[name] != upstream
+        ],
+        "removed": [name for name in old.upstreams if name not in new.upstreams],
+    }
+
+
+async def reload_config(current: Config, lanes: LaneSet, swap: Callable[[Config], None]) -> Config:
+    """Load `current.source` again; on success `swap` it in, update the lanes, and return it;
+    on failure log why and return `current` unchanged."""
+    path = current.source
+    if path is None:
+        log.error("config_reload_failed", error="the configuration was not read from a file")
+        metrics.reload_result(False)
+        return current
+    try:
+        new = await asyncio.to_thread(load, path)
+    except (ConfigError, OSError) as exc:
+        log.error("config_reload_failed", config=str(path), error=str(exc))
+        metrics.reload_result(False)
+        return current
+    restart = restart_needed(current, new)
+    upstreams = changed_upstreams(current, new)
+    swap(new)
+    await lanes.apply(new, new.queue.shutdown_timeout)
+    log.info("config_reloaded", config=str(path), **upstreams)
+    if restart:
+        log.warning("config_reload_restart_needed", keys=restart)
+    metrics.reload_result(True)
+    return new
+
+
+async def serve_reloads(requested: asyncio.Event, reload: Callable[[], Awaitable[None]]) -> None:
+    """Forever: one reload per request (requests arriving during a reload make one more)."""
+    while True:
+        await requested.wait()
+        requested.clear()
+        await reload()

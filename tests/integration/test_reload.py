@@ -1,0 +1,143 @@
+"""SIGHUP reload of an in-process daemon: what changes at once, what waits for a restart,
+and that a bad file changes nothing."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+from structlog.testing import capture_logs
+
+from relayd.config import Config
+from relayd.daemon import Relayd
+from relayd.types import RecipientState, UpstreamHold
+from tests.conftest import ConfigFactory, running
+from tests.support.client import message, send
+from tests.support.fake_upstream import FakeUpstream
+
+
+def generic(port: int, extra: str = "") -> str:
+    return (
+        f'provider = "generic"\nhost = "127.0.0.1"\nport = {port}\nsecurity = "none"\n'
+        f'auth = "none"\ntimeout = "2s"\nconnect_timeout = "1s"\n{extra}\n'
+    )
+
+
+def source(config: Config) -> Path:
+    assert config.source is not None
+    return config.source
+
+
+async def until(predicate: Callable[[], Awaitable[bool]], timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not await predicate():
+        assert time.monotonic() < deadline, "condition not reached"
+        await asyncio.sleep(0.05)
+
+
+async def reload(daemon: Relayd, logs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Ask for a reload as SIGHUP does (the handler only sets this event); its result event."""
+    seen = len(logs)
+    daemon.reload_requested.set()
+
+    async def done() -> bool:
+        return any(e["event"] in ("config_reloaded", "config_reload_failed") for e in logs[seen:])
+
+    await until(done)
+    return next(e for e in logs[seen:] if e["event"] in ("config_reloaded", "config_reload_failed"))
+
+
+async def test_a_reload_fixes_an_upstream_and_its_queued_mail_goes_out(
+    make_config: ConfigFactory, upstream: FakeUpstream
+) -> None:
+    """Mail deferred against a wrong port is delivered once a reload points at the right one,
+    and a new upstream and its route work at once."""
+    async with FakeUpstream() as other:
+        config = make_config(generic(9))  # port 9: nothing listens, every attempt defers
+        path = source(config)
+        with capture_logs() as logs:
+            async with running(config) as daemon:
+                port = daemon.addresses[0][1]
+                for index in range(3):
+                    await send(port, message(subject=f"m{index}"))
+
+                async def deferred() -> bool:
+                    return sum(e["event"] == "deferred" for e in logs) >= 3
+
+                await until(deferred)
+                text = path.read_text().replace("port = 9\n", f"port = {upstream.port}\n")
+                text += '\n[routing]\ndefault = "main"\n\n[upstreams.second]\n'
+                text += generic(other.port, 'senders = ["*@second.example"]')
+                path.write_text(text)
+                result = await reload(daemon, logs)
+                assert result["event"] == "config_reloaded"
+                assert result["changed"] == ["main"] and result["added"] == ["second"]
+                await upstream.wait_for(3)
+                await send(port, message(subject="routed"), mail_from="app@second.example")
+                (routed,) = await other.wait_for(1)
+                assert daemon.config.upstreams["main"].port == upstream.port
+    assert b"Subject: routed" in routed.data
+    assert sorted(r.data.count(b"Subject: m") for r in upstream.received) == [1, 1, 1]
+    assert any(e["event"] == "lane_stopped" and e["upstream"] == "main" for e in logs)
+
+
+async def test_a_bad_file_is_refused_and_the_old_configuration_keeps_running(
+    make_config: ConfigFactory, upstream: FakeUpstream
+) -> None:
+    config = make_config(generic(upstream.port))
+    path = source(config)
+    good = path.read_text()
+    with capture_logs() as logs:
+        async with running(config) as daemon:
+            for broken in (good + "\n[queue\n", good.replace("timeout = ", "timeout = 5 #")):
+                path.write_text(broken)
+                result = await reload(daemon, logs)
+                assert result["event"] == "config_reload_failed" and result["error"]
+                assert daemon.config is config
+            await send(daemon.addresses[0][1], message(subject="still works"))
+            await upstream.wait_for(1)
+    failures = [e for e in logs if e["event"] == "config_reload_failed"]
+    assert "invalid TOML" in failures[0]["error"]
+    assert "has no unit" in failures[1]["error"]
+    assert failures[0]["log_level"] == "error"
+
+
+async def test_listen_changes_need_a_restart_and_holds_follow_the_settings(
+    make_config: ConfigFactory, upstream: FakeUpstream
+) -> None:
+    """Changed upstream: new lane, its account pause lifted (the operator changed something);
+    unchanged upstream: its pause stays. A new listen address is reported, not bound."""
+    async with FakeUpstream() as other:
+        extra = '[routing]\ndefault = "main"\n[upstreams.other]\n' + generic(other.port)
+        config = make_config(generic(upstream.port), extra=extra)
+        path = source(config)
+        with capture_logs() as logs:
+            async with running(config) as daemon:
+                store = daemon.store
+                assert store is not None
+                for name in ("main", "other"):
+                    await store.hold_upstream(UpstreamHold(name, None, "535 5.7.8 bad login"))
+                text = path.read_text().replace(
+                    'listen = ["127.0.0.1:0"]', 'listen = ["127.0.0.1:1"]'
+                )
+                text = text.replace(
+                    f"port = {upstream.port}\n", f'port = {upstream.port}\nmin_interval = "1s"\n'
+                )
+                path.write_text(text)
+                result = await reload(daemon, logs)
+                assert result["changed"] == ["main"]
+                assert await store.upstream_hold("main") is None
+                assert await store.upstream_hold("other") is not None
+                (restart,) = [e for e in logs if e["event"] == "config_reload_restart_needed"]
+                assert restart["keys"] == ["server.listen"]
+                # The intake kept its socket; the new config's listen is only reported.
+                await send(daemon.addresses[0][1], message(subject="after"))
+                await upstream.wait_for(1)
+
+                async def delivered() -> bool:
+                    return len(await store.list_messages(state=RecipientState.DELIVERED)) == 1
+
+                await until(delivered)
