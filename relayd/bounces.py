@@ -9,6 +9,9 @@ stored message is forwarded to the bounce mailbox and then moved to `move_to`. A
 else (replies, out-of-office notes, bounces about mail relayd did not send) is left exactly
 as it was: read with BODY.PEEK, never flagged, never moved.
 
+The first poll of a folder reads only the last `lookback` of it (an account's years of
+history hold no bounces of relayd's); so does the first after UIDVALIDITY changes.
+
 Order per message, for at-least-once: match, forward, move, then save the UID. A crash
 before the save reads the message again (the store's match is idempotent; at worst the
 report is forwarded twice); nothing is skipped. A store failure stops the poll at that
@@ -29,6 +32,7 @@ from relayd.imap import ImapError, ImapSession, Mailbox, mailbox_arg
 from relayd.logs import get_logger
 
 log = get_logger("bounces")
+_MAX_IDLE = 29 * 60.0  # RFC 2177 3: re-issue IDLE at least every 29 minutes
 
 
 class BounceStore(Protocol):
@@ -64,6 +68,11 @@ class ImapSettings:
     tls_ca_file: str | None = None  # trust this CA instead of the system's (tests)
     poll_interval: float = 300.0
     timeout: float = 30.0
+    # The first poll of a folder (and the first after its UIDVALIDITY changed) reads only
+    # mail from the last `lookback` seconds: years of an account's history are not bounces
+    # of relayd's, and reading them one by one could take hours.
+    lookback: float = 14 * 86400.0
+    idle: bool = True  # run(): wait with IMAP IDLE between polls where the server has it
 
     def __post_init__(self) -> None:
         mailbox_arg(self.folder)  # raise ValueError for names IMAP cannot carry
@@ -116,11 +125,13 @@ class BouncePoller:
                 return await self._poll(session, now)
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Poll every `poll_interval` until `stop` is set; a failed poll is logged and
-        retried at the next interval, it never ends the loop."""
+        """Poll until `stop` is set: where the server has IDLE, one session polls whenever
+        it reports new mail and at least every `poll_interval`; elsewhere a new session
+        polls every `poll_interval`. A failure is logged and retried after the interval;
+        it never ends the loop. (Use this or poll_once from a scheduler, not both.)"""
         while not stop.is_set():
             try:
-                await self.poll_once(self.clock.now())
+                await self._serve(stop)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # the loop outlives any one poll (STYLE: logged, retried)
@@ -130,6 +141,19 @@ class BouncePoller:
                     error=f"{type(exc).__name__}: {exc}",
                 )
             await self._pause(stop)
+
+    async def _serve(self, stop: asyncio.Event) -> None:
+        """One session: poll, then IDLE (bounded by poll_interval, and by the 29 minutes
+        after which servers drop an idle client) and poll again, until stopped; without
+        IDLE a single poll."""
+        async with self._lock:
+            session = await self._connect()
+            async with session:
+                while not stop.is_set():
+                    await self._poll(session, self.clock.now())
+                    if not (self.settings.idle and session.has("IDLE")):
+                        return
+                    await session.idle(min(self.settings.poll_interval, _MAX_IDLE), stop)
 
     async def _connect(self) -> ImapSession:
         s = self.settings
@@ -145,7 +169,7 @@ class BouncePoller:
     async def _poll(self, session: ImapSession, now: float) -> PollResult:
         mailbox = await session.select(self.settings.folder)
         result = PollResult(uidvalidity=mailbox.uidvalidity)
-        result.last_uid = await self._resume_point(mailbox, result)
+        result.last_uid = await self._resume_point(session, mailbox, result, now)
         move_to: str | None = None  # the server's name for it, once it is known to exist
         for uid in await session.uids_after(result.last_uid):
             result.seen += 1
@@ -157,32 +181,47 @@ class BouncePoller:
         level("bounce_poll", account=self.settings.account, **vars(result))
         return result
 
-    async def _resume_point(self, mailbox: Mailbox, result: PollResult) -> int:
+    async def _resume_point(
+        self, session: ImapSession, mailbox: Mailbox, result: PollResult, now: float
+    ) -> int:
         state = await self.store.imap_state(self.settings.account)
+        if state is not None and state[0] == mailbox.uidvalidity:
+            return state[1]
         if state is None:
-            return 0
-        uidvalidity, last_uid = state
-        if uidvalidity == mailbox.uidvalidity:
-            return last_uid
-        # RFC 3501 2.3.1.1: a new UIDVALIDITY means the old UIDs mean nothing; read it all
-        # again (bounces already handled were moved away; the rest is read, not touched).
+            return await self._start_point(session, mailbox, now)
+        # RFC 3501 2.3.1.1: a new UIDVALIDITY means the saved UID means nothing: read the
+        # recent mail again (handled bounces were moved away; the rest is read, not touched).
         log.warning(
             "imap_uidvalidity_changed",
             account=self.settings.account,
-            saved=uidvalidity,
+            saved=state[0],
             server=mailbox.uidvalidity,
         )
         result.reset = True
-        await self.store.save_imap_state(self.settings.account, mailbox.uidvalidity, 0)
-        return 0
+        return await self._start_point(session, mailbox, now)
+
+    async def _start_point(self, session: ImapSession, mailbox: Mailbox, now: float) -> int:
+        """Where a folder without usable state starts: just before the oldest message of
+        the last `lookback`, or after the newest message when none is that recent. Saved at
+        once, so the next poll does not look at the history again."""
+        recent = await session.uids_after(0, since=now - self.settings.lookback)
+        if recent:
+            start = recent[0] - 1
+        else:
+            every = await session.uids_after(0)
+            start = every[-1] if every else 0
+        await self.store.save_imap_state(self.settings.account, mailbox.uidvalidity, start)
+        return start
 
     async def _process(
         self, session: ImapSession, uid: int, now: float, result: PollResult
     ) -> bool:
         """Read one message; True when it is a report about a stored message (forwarded
         now, to be moved). Anything else is counted and left alone."""
-        headers = await session.fetch(uid, "HEADER")
-        if headers is None or not might_be_bounce(headers):
+        headers, flags = await session.fetch_header(uid)
+        if headers is None or "\\Deleted" in flags:
+            return False  # gone, or deleted by its owner (or by a mover without UIDPLUS)
+        if not might_be_bounce(headers):
             return False  # the body of ordinary mail is never downloaded
         raw = await session.fetch(uid)
         if raw is None:

@@ -217,10 +217,20 @@ class Lane:
             except LeaseLost:
                 log.warning("lease_lost", queue_id=lease.queue_id, upstream=self.name)
 
+    def _attempt_budget(self) -> float:
+        """How long one attempt may take (connect, a few commands, DATA), at most half a lease."""
+        attempt = self.upstream.connect_timeout + 3 * self.upstream.timeout
+        return min(attempt, self.config.queue.lease_time / 2)
+
     async def _attempt(self, session: Session, lease: Lease) -> Wait | None:
         """Deliver one leased message (or put it back: the ledger says "not yet"); returns
         the wait the ledger or a throttle reply imposed on the upstream, if any."""
         now = self.clock.now()
+        if lease.lease_until - now < self._attempt_budget():
+            # Fencing: the lease could run out mid-send and another worker take the message;
+            # put it back rather than risk two nodes delivering it at once.
+            await self._put_back([lease], "lease too short to attempt; leased again")
+            return None
         if is_expired(lease.received_at, now, self.config.queue.max_lifetime):
             text = "4.4.7 expired: undelivered for longer than queue.max_lifetime"
             outcomes = [RecipientOutcome(r, RecipientState.FAILED, text) for r in lease.recipients]

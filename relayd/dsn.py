@@ -34,7 +34,8 @@ SUBJECT_FAILED = "Undelivered Mail Returned to Sender"
 SUBJECT_DELAYED = "Delayed Mail (still being retried)"
 SUBJECT_DELIVERED = "Successful Mail Delivery Report"
 # RET=FULL returns the whole message only up to this size; above it, the headers (and the
-# text says so). Postfix's bounce_size_limit is 50 kB; a bounce mailbox is a person's inbox.
+# text says so). Postfix stops at 50 kB (bounce_size_limit) because its bounces go back to
+# strangers; relayd's go to the operator's bounce mailbox, where attachments help.
 FULL_RETURN_LIMIT = 1_000_000
 
 _STATUS = re.compile(r"^([245])\.(\d{1,3})\.(\d{1,3})$")
@@ -72,7 +73,8 @@ def status_for(code: int, enhanced: str | None, *, expired: bool = False) -> str
     """The RFC 3463 status for a reply: its enhanced code, else the class of its basic code.
 
     A message that expired (max_lifetime) without an enhanced code gets 4.4.7, "delivery
-    time expired" (RFC 3463 3.5); relayd made up replies for transport errors with code 0.
+    time expired" (RFC 3463 3.5); code 0 (the reply relayd makes up for a transport error)
+    otherwise gets 4.4.1, "no answer from host".
     """
     if enhanced and _STATUS.match(enhanced):
         return enhanced
@@ -82,7 +84,7 @@ def status_for(code: int, enhanced: str | None, *, expired: bool = False) -> str
         return "2.0.0"
     if 400 <= code < 500:
         return "4.0.0"
-    return "5.0.0" if code >= 500 else "4.4.1"  # no reply at all: no answer from host
+    return "5.0.0" if code >= 500 else "4.4.1"
 
 
 def xtext_decode(value: str) -> str:

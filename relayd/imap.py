@@ -13,6 +13,7 @@ import re
 import ssl
 from collections.abc import Awaitable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from types import TracebackType
 from typing import Any, Literal
 
@@ -21,12 +22,15 @@ import aioimaplib  # type: ignore[import-untyped]
 from relayd.errors import RelaydError
 
 _UIDVALIDITY = re.compile(rb"\[UIDVALIDITY (\d+)\]", re.IGNORECASE)
+_FLAGS = re.compile(rb"FLAGS \(([^)]*)\)", re.IGNORECASE)
 _EXISTS = re.compile(rb"^(\d+) EXISTS", re.IGNORECASE)
 _SEARCH = re.compile(rb"^[\d ]*$")
 # `(\HasNoChildren) "/" relayd/bounces` (RFC 3501 7.2.2); the delimiter may be NIL.
 _LIST = re.compile(rb'^\(([^)]*)\) (?:"((?:[^"\\]|\\.)*)"|NIL) ')
 _ATOM = re.compile(r"^[A-Za-z0-9_./&+-]+$")
 _ERRORS = (aioimaplib.AioImapException, TimeoutError, OSError, ValueError)
+
+_MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
 
 MoveHow = Literal["moved", "expunged", "flagged"]
 
@@ -56,9 +60,13 @@ def mailbox_arg(name: str) -> str:
     """
     if not name.isascii() or any(c in name for c in "%*\r\n\0"):
         raise ValueError(f"unsupported IMAP mailbox name: {name!r}")
-    if _ATOM.match(name) and name.upper() != "NIL":
-        return name
-    return '"' + name.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    return _astring(name)
+
+
+def _astring(value: str) -> str:
+    if _ATOM.match(value) and value.upper() != "NIL":
+        return value
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
 class ImapSession:
@@ -93,7 +101,9 @@ class ImapSession:
         session = cls(client, timeout)
         try:
             await session._call(client.wait_hello_from_server(), "connect")
-            response = await session._call(client.login(username, password), "LOGIN")
+            # aioimaplib quotes the password but sends the user name as it is given.
+            login = client.login(_astring(username), password)
+            response = await session._call(login, "LOGIN")
             if response.result != "OK":
                 raise ImapAuthError(f"LOGIN refused: {_text(response)}")
             # The capabilities in the login reply may be partial (or glued to "]"): ask.
@@ -129,10 +139,13 @@ class ImapSession:
             raise ImapError(f"SELECT {name}: the server sent no UIDVALIDITY")
         return Mailbox(name, uidvalidity, exists or 0)
 
-    async def uids_after(self, last_uid: int) -> list[int]:
-        """UIDs above `last_uid`, ascending (`n:*` also matches the highest UID, RFC 3501
-        6.4.8, so it is filtered)."""
-        search = self._client.uid_search(f"UID {last_uid + 1}:*", charset=None)
+    async def uids_after(self, last_uid: int, since: float | None = None) -> list[int]:
+        """UIDs above `last_uid` (that arrived on or after the day of `since`), ascending.
+        `n:*` also matches the highest UID (RFC 3501 6.4.8), so the result is filtered."""
+        criteria = f"UID {last_uid + 1}:*"
+        if since is not None:
+            criteria += f" SINCE {imap_date(since)}"
+        search = self._client.uid_search(criteria, charset=None)
         response = await self._ok(search, "UID SEARCH")
         uids: set[int] = set()
         for line in _lines(response):
@@ -140,14 +153,21 @@ class ImapSession:
                 uids.update(int(word) for word in line.split())
         return sorted(uid for uid in uids if uid > last_uid)
 
+    async def fetch_header(self, uid: int) -> tuple[bytes | None, frozenset[str]]:
+        """The header block and the flags of one message; (None, {}) if it is gone."""
+        fetch = self._client.uid("fetch", str(uid), "(UID FLAGS BODY.PEEK[HEADER])")
+        response = await self._ok(fetch, f"UID FETCH {uid}")
+        flags: frozenset[str] = frozenset()
+        for line in response.lines:
+            match = _FLAGS.search(line) if type(line) is bytes else None  # not in a literal
+            if match:
+                flags = frozenset(match.group(1).decode("ascii", "replace").split())
+        return _literal(response), flags
+
     async def fetch(self, uid: int, section: str = "") -> bytes | None:
         """BODY.PEEK[section] of one message ("" = all of it, "HEADER"); None if it is gone."""
         fetch = self._client.uid("fetch", str(uid), f"(UID BODY.PEEK[{section}])")
-        response = await self._ok(fetch, f"UID FETCH {uid}")
-        for line in response.lines:
-            if isinstance(line, bytearray):  # aioimaplib hands literals over as bytearray
-                return bytes(line)
-        return None
+        return _literal(await self._ok(fetch, f"UID FETCH {uid}"))
 
     async def ensure_mailbox(self, path: str) -> str:
         """The server's name for `path` ("/" separates levels), created when missing."""
@@ -176,6 +196,42 @@ class ImapSession:
             return "flagged"
         await self._ok(self._client.uid("expunge", str(uid)), f"UID EXPUNGE {uid}")
         return "expunged"
+
+    async def idle(self, timeout: float, stop: asyncio.Event) -> bool:
+        """IDLE (RFC 2177) in the selected mailbox until the server reports new mail (True),
+        or `timeout` passes or `stop` is set (False). Raises ImapError if the session breaks.
+        Servers drop an IDLE after 30 minutes (RFC 2177 3): keep `timeout` below that."""
+        queue = self._client.protocol.idle_queue
+        while not queue.empty():  # pushes left over from an earlier IDLE
+            queue.get_nowait()
+        idle = await self._call(self._client.idle_start(timeout=timeout), "IDLE")
+        try:
+            return await self._wait_push(timeout, stop)
+        finally:
+            if self._closed.is_set():
+                idle.cancel()
+                raise ImapError("IDLE: the server closed the connection")
+            self._client.idle_done()
+            await self._call(asyncio.wait_for(idle, self._timeout), "IDLE DONE")
+
+    async def _wait_push(self, timeout: float, stop: asyncio.Event) -> bool:
+        while self._client.has_pending_idle():
+            push = asyncio.ensure_future(self._client.wait_server_push(timeout + self._timeout))
+            ended = asyncio.ensure_future(stop.wait())
+            closed = asyncio.ensure_future(self._closed.wait())
+            try:
+                await asyncio.wait({push, ended, closed}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for task in (push, ended, closed):
+                    task.cancel()
+            if not push.done() or push.cancelled() or push.exception() is not None:
+                return False  # stopped, closed, or no push in time
+            lines = push.result()
+            if lines == aioimaplib.STOP_WAIT_SERVER_PUSH:
+                return False  # idle_start's timer: the timeout passed
+            if any(_EXISTS.match(bytes(line)) for line in lines):
+                return True
+        return False
 
     async def close(self) -> None:
         """LOGOUT, then drop the connection whatever happened; never raises."""
@@ -220,6 +276,19 @@ class ImapSession:
             await asyncio.wait_for(self._closed.wait(), 2.0)
         except TimeoutError:
             transport.abort()
+
+
+def imap_date(at: float) -> str:
+    """An IMAP search date (RFC 3501 9, date-text: `2-Jan-2024`), in UTC."""
+    day = datetime.fromtimestamp(at, tz=UTC)
+    return f"{day.day}-{_MONTHS[day.month - 1]}-{day.year}"
+
+
+def _literal(response: Any) -> bytes | None:
+    for line in response.lines:
+        if isinstance(line, bytearray):  # aioimaplib hands literals over as bytearray
+            return bytes(line)
+    return None
 
 
 def _lines(response: Any) -> list[bytes]:

@@ -43,7 +43,7 @@ def make_config(tmp_path: Path) -> ConfigFactory:
             [queue]
             path = "{tmp_path / "queue.db"}"
             retry = ["200ms", "400ms"]
-            lease_time = "10s"
+            {"" if "lease_time" in queue else 'lease_time = "10s"'}
             shutdown_timeout = "5s"
             {queue}
 

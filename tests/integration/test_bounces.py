@@ -145,7 +145,8 @@ async def test_no_reprocessing_after_a_restart(dovecot: Dovecot) -> None:
     uids = fill(dovecot)
     store = MemoryBounceStore(known())
     await poller(dovecot, store).poll_once(NOW)
-    assert [uid for _, _, uid in store.saves] == sorted(uids.values())  # after each message
+    # the start point (all of it is recent), then after each message
+    assert [uid for _, _, uid in store.saves] == [0, *sorted(uids.values())]
 
     again = await poller(dovecot, store).poll_once(NOW + 300)  # a new poller: a restart
     assert (again.seen, again.bounces) == (0, 0)
@@ -177,6 +178,36 @@ async def test_a_new_uidvalidity_reads_the_folder_again(dovecot: Dovecot) -> Non
     assert (result.matched, result.last_uid) == (1, late)
     assert store.states[dovecot.settings().account] == (first.uidvalidity + 1000, late)
     assert dovecot.messages() == ordinary  # and still not touched
+
+
+async def test_the_first_poll_reads_only_recent_mail(dovecot: Dovecot) -> None:
+    long_ago = NOW - 60 * 86400  # older than the 14 days of `lookback`
+    old = dovecot.append(sample("postfix_bounce.eml"), date=long_ago)
+    recent = dovecot.append(sample("exim_bounce.eml"), date=NOW - 3600)
+    also_old = dovecot.append(sample("reply.eml"), date=long_ago)  # after, by UID
+    store = MemoryBounceStore(known())
+
+    result = await poller(dovecot, store).poll_once(NOW)
+
+    assert store.saves[0] == (dovecot.settings().account, result.uidvalidity, old)
+    assert (result.seen, result.matched, result.last_uid) == (2, 1, also_old)
+    assert [p.queue_id for p in store.matches] == ["238HJPJKGH2MZP4RB"]
+    assert [m.uid for m in dovecot.messages()] == [old, also_old]
+    assert recent not in [m.uid for m in dovecot.messages()]
+
+
+async def test_a_first_poll_with_only_old_mail_starts_after_it(dovecot: Dovecot) -> None:
+    old = [
+        dovecot.append(sample(n), date=NOW - 90 * 86400) for n in ("gmail_failure.eml", "reply.eml")
+    ]
+    store = MemoryBounceStore(known())
+
+    first = await poller(dovecot, store).poll_once(NOW)
+    assert (first.seen, first.last_uid) == (0, old[-1])
+    new = dovecot.append(sample("postfix_bounce.eml"))
+    second = await poller(dovecot, store).poll_once(NOW + 300)
+    assert (second.seen, second.matched, second.last_uid) == (1, 1, new)
+    assert [p.queue_id for p in store.matches] == ["238HJPJKF9N3CT6V8"]
 
 
 @pytest.mark.parametrize(
@@ -246,6 +277,28 @@ async def test_run_polls_until_stopped(dovecot: Dovecot) -> None:
     finally:
         stop.set()
         await asyncio.wait_for(task, 10)
+
+
+@pytest.mark.parametrize("idle", [True, False])
+async def test_idle_wakes_the_poller_when_mail_arrives(dovecot: Dovecot, idle: bool) -> None:
+    store = MemoryBounceStore(known())
+    runner = poller(dovecot, store, poll_interval=60 if idle else 0.2, idle=idle)
+    stop = asyncio.Event()
+    task = asyncio.create_task(runner.run(stop))
+    try:
+        for _ in range(100):  # the first poll has saved its start point: now idle
+            if store.saves:
+                break
+            await asyncio.sleep(0.05)
+        dovecot.append(sample("gmail_failure.eml"))
+        for _ in range(100):  # 5 s, far less than the 60 s interval
+            if store.forwarded:
+                break
+            await asyncio.sleep(0.05)
+        assert [queue_id for _, queue_id, _ in store.forwarded] == ["238HJPJKCKJLFMR2K"]
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 5)  # a stop ends an IDLE at once
 
 
 def test_settings_are_checked() -> None:

@@ -9,7 +9,8 @@ import pytest
 from structlog.testing import capture_logs
 
 from relayd.daemon import Relayd
-from relayd.types import MessageView, RecipientState
+from relayd.store import open_store
+from relayd.types import MessageView, NewMessage, RecipientState
 from tests.conftest import ConfigFactory, running
 from tests.support.client import message, send
 from tests.support.fake_upstream import FakeUpstream
@@ -286,3 +287,36 @@ async def send_utf8(port: int, rcpt: str) -> None:
     await client.cmd("DATA")
     assert (await client.cmd(b"Subject: x\r\n\r\nhi\r\n.\r\n")).startswith("250")
     await client.close()
+
+
+async def test_a_lease_about_to_expire_is_put_back_not_sent_twice(
+    make_config: ConfigFactory, upstream: FakeUpstream
+) -> None:
+    """Fencing: with two workers, a batch outliving its lease must not be sent by both."""
+    upstream.script.stall = 0.5
+    config = make_config(generic(upstream.port, "max_connections = 2"), queue='lease_time = "2s"')
+    store = open_store(config.queue.backend, config.queue.path)
+    await store.open()
+    for index in range(6):  # all queued before the daemon starts: one worker leases them all
+        await store.enqueue(_new_message(index))
+    await store.close()
+    async with running(config):
+        got = await upstream.wait_for(6, timeout=20)
+        await asyncio.sleep(1.5)  # time for a duplicate to show up, if one were coming
+    subjects = [r.data.split(b"Subject: ", 1)[1].split(b"\r\n", 1)[0] for r in got]
+    assert sorted(subjects) == sorted(set(subjects))
+    assert len(upstream.received) == 6
+
+
+def _new_message(index: int) -> NewMessage:
+    import time
+
+    body = message(subject=f"fence{index}")
+    return NewMessage(
+        mail_from="app@example.org",
+        recipients=("someone@example.net",),
+        body=body,
+        upstream="main",
+        message_id=f"<fence{index}@example.org>",
+        received_at=time.time(),
+    )

@@ -17,6 +17,7 @@ under test, and EXAMINE (read-only) so that looking never changes a flag.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import imaplib
 import os
 import pwd
@@ -104,11 +105,15 @@ class Dovecot:
             with contextlib.suppress(imaplib.IMAP4.error, OSError):
                 imap.logout()
 
-    def append(self, raw: bytes, folder: str = "INBOX", flags: str = "") -> int:
-        """APPEND a message (LF line ends become CRLF); returns its UID."""
+    def append(
+        self, raw: bytes, folder: str = "INBOX", flags: str = "", date: float | None = None
+    ) -> int:
+        """APPEND a message (LF line ends become CRLF) that arrived at `date` (default: now);
+        returns its UID."""
         data = re.sub(rb"(?<!\r)\n", b"\r\n", raw)
+        arrived = imaplib.Time2Internaldate(date) if date is not None else None
         with self.client() as imap:
-            status, answer = imap.append(folder, f"({flags})" if flags else None, None, data)
+            status, answer = imap.append(folder, f"({flags})" if flags else None, arrived, data)
         assert status == "OK", answer
         match = re.search(rb"APPENDUID \d+ (\d+)", answer[0] or b"")
         assert match, answer
@@ -181,6 +186,14 @@ def private_dovecot(capability: str | None = None) -> Iterator[Dovecot]:
         directory.chmod(0o755)
         server = _prepare(directory, capability)
         process = _start(binary, server)
+        for _ in range(2):  # another process took the free port first: try another
+            if process is not None:
+                break
+            server = _new_port(server)
+            process = _start(binary, server)
+        if process is None:
+            stdout = (directory / "stdout.log").read_text(errors="replace")
+            pytest.fail(f"Dovecot did not start (port {server.port}):\n{stdout}\n{server.log()}")
         try:
             yield server
         finally:
@@ -212,7 +225,15 @@ def _prepare(directory: Path, capability: str | None) -> Dovecot:
     return Dovecot("127.0.0.1", port, directory, config, ca_file)
 
 
-def _start(binary: str, server: Dovecot) -> subprocess.Popen[bytes]:
+def _new_port(server: Dovecot) -> Dovecot:
+    port = _free_port()
+    text = server.config.read_text().replace(f"port = {server.port}\n", f"port = {port}\n")
+    server.config.write_text(text)
+    return dataclasses.replace(server, port=port)
+
+
+def _start(binary: str, server: Dovecot) -> subprocess.Popen[bytes] | None:
+    """The running master, or None when it exited (or never listened) within the timeout."""
     output = (server.directory / "stdout.log").open("wb")
     process = subprocess.Popen(
         [binary, "-F", "-c", str(server.config)],
@@ -225,12 +246,24 @@ def _start(binary: str, server: Dovecot) -> subprocess.Popen[bytes]:
     while time.monotonic() < deadline:
         if process.poll() is not None:
             break
-        with contextlib.suppress(OSError), socket.create_connection((server.host, server.port), 1):
+        if _greets(server):
             return process
         time.sleep(0.05)
     _stop(process)
-    output_text = (server.directory / "stdout.log").read_text(errors="replace")
-    pytest.fail(f"Dovecot did not start on port {server.port}:\n{output_text}\n{server.log()}")
+    return None
+
+
+def _greets(server: Dovecot) -> bool:
+    """Whether an IMAP server answers on the port over TLS with our CA (and so is this
+    Dovecot, not whatever else listens there)."""
+    context = ssl.create_default_context(cafile=str(server.ca_file))
+    try:
+        imap = imaplib.IMAP4_SSL(server.host, server.port, ssl_context=context, timeout=1)
+    except (OSError, imaplib.IMAP4.error):
+        return False
+    with contextlib.suppress(OSError, imaplib.IMAP4.error):
+        imap.logout()
+    return True
 
 
 def _stop(process: subprocess.Popen[bytes]) -> None:
