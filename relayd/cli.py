@@ -14,7 +14,7 @@ from pathlib import Path
 
 from relayd import __version__
 from relayd.config import Config, UpstreamConfig, default_config_path, load, render_effective
-from relayd.errors import ConfigError, StoreError
+from relayd.errors import ConfigError, RelaydError, StoreError
 from relayd.queuetool import CHANGES
 from relayd.store import migrate_store, store_for
 from relayd.store.base import Store
@@ -39,7 +39,8 @@ def _parser() -> argparse.ArgumentParser:
         type=Path,
         help="config file (default: $RELAYD_CONFIG, then /etc/relayd/relayd.toml)",
     )
-    sub.add_parser("run", parents=[common], help="run the daemon in the foreground")
+    run = sub.add_parser("run", parents=[common], help="run the daemon in the foreground")
+    run.add_argument("--intake-only", action="store_true", help=argparse.SUPPRESS)
     sub.add_parser(
         "migrate", parents=[common], help="create or upgrade the queue schema, then exit"
     )
@@ -105,7 +106,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     if args.command == "test-upstream":
         sys.exit(_test_upstream(config, args.name, args.json))
     if args.command == "run":
-        sys.exit(_run(config))
+        sys.exit(_run(config, args.intake_only))
     if args.command == "migrate":
         sys.exit(_migrate(config))
     if args.command == "send-test":
@@ -117,18 +118,18 @@ def main(argv: Sequence[str] | None = None) -> None:
         sys.exit(EXIT_FAILURE)
 
 
-def _run(config: Config) -> int:
+def _run(config: Config, intake_only: bool = False) -> int:
     from relayd.daemon import Relayd
     from relayd.logs import configure
 
     configure(config.log.format, config.log.level)
     try:
-        return Relayd(config).run()
-    except OSError as exc:
-        print(f"relayd: cannot start: {exc}", file=sys.stderr)
-        return EXIT_STARTUP
+        return Relayd(config).run(intake_only=intake_only)
     except StoreError as exc:
         print(f"relayd: cannot open the queue: {exc}", file=sys.stderr)
+        return EXIT_STARTUP
+    except (RelaydError, OSError) as exc:
+        print(f"relayd: cannot start: {exc}", file=sys.stderr)
         return EXIT_STARTUP
 
 

@@ -32,8 +32,10 @@ from pydantic import (
     model_validator,
 )
 
+from relayd import config_reports
 from relayd.config_account import AccountFields
-from relayd.config_gates import dsn_has_password, read_secret, reject_internal_keys, reject_unbuilt
+from relayd.config_gates import dsn_has_password, read_secret, reject_internal_keys
+from relayd.config_reports import BouncesConfig, NotificationsConfig
 from relayd.config_text import KeyedValueError, KeyLocator, config_error, read_toml, render_model
 from relayd.config_types import (
     AddressPattern,
@@ -266,6 +268,8 @@ class Config(_Model):
     routing: RoutingConfig = Field(default_factory=RoutingConfig)
     log: LogConfig = Field(default_factory=LogConfig)
     admin: AdminConfig = Field(default_factory=AdminConfig)
+    bounces: BouncesConfig | None = None
+    notifications: NotificationsConfig | None = None
     source: Path | None = None
     _routes: dict[str, str] = PrivateAttr(default_factory=dict)
 
@@ -290,6 +294,9 @@ class Config(_Model):
             raise KeyedValueError(
                 ("routing", "default"), f'"{default}" is not an upstream (have: {names})'
             )
+        via = self.notifications.via if self.notifications else None
+        if via is not None and via not in self.upstreams:
+            raise KeyedValueError(("notifications", "via"), f'"{via}" is not an upstream')
         if default is None and len(self.upstreams) > 1 and "*" not in self._routes:
             raise KeyedValueError(
                 ("routing", "default"),
@@ -342,7 +349,6 @@ def load(path: Path | str, *, environ: Mapping[str, str] | None = None) -> Confi
     source = Path(os.path.abspath(path))
     data, locator = read_toml(source)
     reject_internal_keys(data, locator)
-    reject_unbuilt(data, locator)
     context = {"toml": True, "base_dir": source.parent}
     try:
         config = Config.model_validate({**data, "source": source}, context=context)
@@ -374,26 +380,12 @@ def _with_secrets(config: Config, locator: KeyLocator, environ: Mapping[str, str
         loc = ("queue", "dsn_file" if queue.dsn_file else "dsn_env")
         dsn = read_secret(queue.dsn_file, queue.dsn_env, loc, locator, environ)
         queue = queue.model_copy(update={"dsn": dsn})
-    return config.model_copy(update={"upstreams": upstreams, "queue": queue})
+    bounces = config_reports.with_secrets(config.bounces, locator, environ)
+    return config.model_copy(update={"upstreams": upstreams, "queue": queue, "bounces": bounces})
 
 
 def _secret(upstream: UpstreamConfig, locator: KeyLocator, environ: Mapping[str, str]) -> SecretStr:
     """The password from its file (trailing newline dropped) or environment variable."""
-    loc = (
-        "upstreams",
-        upstream.name,
-        "password_file" if upstream.password_file else "password_env",
-    )
-    if upstream.password_file is not None:
-        try:
-            value = upstream.password_file.read_text(encoding="utf-8").rstrip("\r\n")
-        except (OSError, UnicodeDecodeError) as exc:
-            reason = getattr(exc, "strerror", None) or "not UTF-8 text"
-            raise locator.error(f"cannot read {upstream.password_file}: {reason}", loc) from exc
-    elif upstream.password_env is not None and upstream.password_env in environ:
-        value = environ[upstream.password_env]
-    else:
-        raise locator.error(f"environment variable {upstream.password_env} is not set", loc)
-    if not value:
-        raise locator.error("the secret is empty", loc)
-    return SecretStr(value)
+    key = "password_file" if upstream.password_file else "password_env"
+    loc = ("upstreams", upstream.name, key)
+    return read_secret(upstream.password_file, upstream.password_env, loc, locator, environ)

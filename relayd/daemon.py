@@ -15,6 +15,8 @@ import socket
 import uuid
 from typing import Any
 
+import structlog
+
 from relayd import transcripts
 from relayd.admin import AdminServer
 from relayd.clock import Clock, SystemClock
@@ -27,11 +29,13 @@ from relayd.intake import IntakeHandler, make_server_factory
 from relayd.lanes import LaneSet
 from relayd.logs import get_logger, set_level
 from relayd.reload import reload_config, serve_reloads
+from relayd.report_tasks import make_notifier, run_bounce_poller, run_notices
 from relayd.retention import run_retention
 from relayd.sdnotify import notify
 from relayd.store import store_for
 from relayd.store.base import Store
 from relayd.types import NoticeHook
+from relayd.workers import check_workers, supervise_intake_workers
 
 log = get_logger("daemon")
 
@@ -60,6 +64,8 @@ class Relayd:
         self.config = config
         self.clock = clock or SystemClock()
         self.handle_signals = handle_signals
+        self.notifier, self._notice_sink = make_notifier(config)
+        notices = notices or self.notifier.hook(self.clock)
         # notices: the operator-notice hook (notify.py's, when it exists); OAuth2 calls it.
         self.opener = SessionOpener(list(config.upstreams.values()), self.clock, notices)
         self.session_factory = session_factory or self.opener
@@ -117,7 +123,13 @@ class Relayd:
         factory = make_server_factory(self.handler)
         for listen in self.config.server.listen:
             host, port = split_listen(listen)
-            server = await loop.create_server(factory, host, port, reuse_address=True)
+            server = await loop.create_server(
+                factory,
+                host,
+                port,
+                reuse_address=True,
+                reuse_port=self.config.server.workers > 1,  # shared with intake workers
+            )
             self.servers.append(server)
             for sock in server.sockets:
                 self.addresses.append(sock.getsockname()[:2])
@@ -141,6 +153,17 @@ class Relayd:
             ),
             "oauth-watch": asyncio.create_task(self.opener.tokens.watch(), name="oauth-watch"),
         }
+        self._notice_sink.store = store
+        if self.config.notifications is not None:
+            task = run_notices(self.notifier, store, self.clock)
+            self._side_tasks["notices"] = asyncio.create_task(task, name="notices")
+        if self.config.bounces is not None and self.config.bounces.imap is not None:
+            task = run_bounce_poller(self.config, store, self.clock)
+            self._side_tasks["bounce-poller"] = asyncio.create_task(task, name="bounce-poller")
+        if self.config.server.workers > 1:
+            self._side_tasks["intake-workers"] = asyncio.create_task(
+                supervise_intake_workers(self.config), name="intake-workers"
+            )
 
     def listening(self) -> list[str]:
         """The intake addresses that accept connections now."""
@@ -235,7 +258,25 @@ class Relayd:
             os._exit(1)
         self.stop_event.set()
 
-    def run(self) -> int:
+    async def serve_intake(self) -> None:
+        """An intake-only worker process (workers.py): accept and commit, nothing else."""
+        structlog.contextvars.bind_contextvars(intake_worker=os.getpid())  # on every event
+        self.store = store_for(self.config.queue)
+        await self.store.open()
+        try:
+            await self._start_intake(self.store)
+            self._install_signals()
+            log.info("intake_worker_started", listen=self.listening())
+            await self.stop_event.wait()
+        finally:
+            for server in self.servers:
+                server.close()
+            if self.handler is not None:
+                await self.handler.close_sessions(self.config.queue.shutdown_timeout)
+            await self.store.close()
+            self._restore_signals()
+
+    def run(self, *, intake_only: bool = False) -> int:
         """Run until stopped (the CLI's entry point)."""
         try:
             import uvloop
@@ -243,5 +284,7 @@ class Relayd:
             runner: Any = uvloop.run
         except ImportError:  # pragma: no cover - uvloop is a dependency on Linux
             runner = asyncio.run
-        runner(self.serve())
+        if not intake_only:
+            check_workers(self.config)
+        runner(self.serve_intake() if intake_only else self.serve())
         return SERVICE_FAILURE if self.failure is not None else 0

@@ -11,7 +11,6 @@ from pathlib import Path
 import pytest
 from pydantic import BaseModel
 
-from relayd import config_gates as config_module
 from relayd import providers
 from relayd.config import (
     AdminConfig,
@@ -53,14 +52,6 @@ def error_of(tmp_path: Path, text: str, **env: str) -> ConfigError:
     with pytest.raises(ConfigError) as caught:
         load_text(tmp_path, text, **env)
     return caught.value
-
-
-@pytest.fixture(autouse=True)
-def _all_keys_built(monkeypatch: pytest.MonkeyPatch) -> None:
-    """These tests check the models' validation of every key in the contract, including
-    keys whose feature is not built yet (load() refuses those; tested at the end)."""
-    monkeypatch.setattr(config_module, "_UNBUILT", ())
-    monkeypatch.setattr(config_module, "_UNBUILT_UPSTREAM", ())
 
 
 @pytest.fixture
@@ -711,22 +702,3 @@ def test_locator_handles_quoting_multiline_strings_and_nesting() -> None:
     assert locator.line_of(("arr", 1, "x")) == 11
     assert locator.line_of(("arr", 1, "sub", "y", "z")) == 13
     assert locator.line_of(("nowhere",)) is None
-
-
-# -- features not built yet -----------------------------------------------------------------
-
-
-@pytest.mark.parametrize(
-    ("text", "key", "line"),
-    [
-        (CAPTURE + "[server]\nworkers = 2\n", "server.workers", 5),
-    ],
-)
-def test_unbuilt_features_are_refused_not_ignored(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, text: str, key: str, line: int
-) -> None:
-    monkeypatch.undo()  # the real gate, not the autouse bypass
-    err = error_of(tmp_path, text)
-    assert err.key == key
-    assert err.line == line
-    assert "not available in this version" in str(err)
