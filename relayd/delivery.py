@@ -30,7 +30,7 @@ CAPTURED = SmtpReply(250, "2.0.0 Ok: written to the capture directory")
 NO_SMTPUTF8 = SmtpReply(553, "5.6.7 the upstream does not support SMTPUTF8 (non-ASCII address)")
 
 # MAIL FROM parameters forwarded when the upstream advertises the matching extension.
-_FORWARDED_OPTIONS = {"BODY": "8bitmime", "SMTPUTF8": "smtputf8"}
+_FORWARDED_OPTIONS = {"BODY": "8bitmime", "SMTPUTF8": "smtputf8", "RET": "dsn", "ENVID": "dsn"}
 
 
 @dataclass

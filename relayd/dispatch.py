@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 
+from relayd import bounce_reports
 from relayd.clock import Clock
 from relayd.config import Config, UpstreamConfig
 from relayd.delivery import SendResult, Session, open_session
@@ -349,6 +350,7 @@ class Lane:
         event: str | None = None,
     ) -> None:
         try:
+            await bounce_reports.before_record(self.config, self.store, lease, outcomes, now)
             await self.store.record_outcome(lease, outcomes, now)
         except LeaseLost:
             log.warning("lease_lost", queue_id=lease.queue_id, upstream=self.name)

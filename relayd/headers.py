@@ -64,12 +64,19 @@ def received_header(
 
 
 def prepare(
-    body: bytes, *, received: bytes, queue_id: str, hostname: str, at: float
+    body: bytes,
+    *,
+    received: bytes,
+    queue_id: str,
+    hostname: str,
+    at: float,
+    relayd_id: bool = False,
 ) -> tuple[bytes, str]:
     """Prepend Received (and Message-ID/Date when missing); return the bytes and the Message-ID.
 
     The Message-ID relayd adds is recognisable (`<relayd.QUEUEID@host>`) so a late bounce
-    can be matched back to the queued message.
+    can be matched back to the queued message; when the app set its own, `relayd_id` adds
+    `X-Relayd-ID: QUEUEID` instead (a report returning the headers carries it).
     """
     headers = header_block(body)
     message_id = find_message_id(headers)
@@ -77,6 +84,8 @@ def prepare(
     if message_id is None:
         message_id = f"<relayd.{queue_id}@{hostname}>"
         added.append(f"Message-ID: {message_id}\r\n".encode())
+    elif relayd_id:
+        added.append(f"X-Relayd-ID: {queue_id}\r\n".encode())
     if not has_date(headers):
         added.append(f"Date: {rfc5322_date(at)}\r\n".encode())
     return b"".join(added) + body, message_id

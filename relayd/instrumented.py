@@ -13,7 +13,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from relayd import metrics
-from relayd.store.base import Leadership, SendSlot, Store
+from relayd.dsn_parse import ParsedDsn
+from relayd.store.base import Leadership, ReportInfo, SendSlot, Store
 from relayd.types import (
     Ceiling,
     Lease,
@@ -127,6 +128,21 @@ class InstrumentedStore:
 
     async def purge_finished(self, before: float) -> int:
         return await self.inner.purge_finished(before)
+
+    async def report_info(self, queue_id: QueueId) -> ReportInfo | None:
+        return await self.inner.report_info(queue_id)
+
+    async def mark_delay_warned(self, queue_id: QueueId) -> bool:
+        return await self.inner.mark_delay_warned(queue_id)
+
+    async def match_bounce(self, parsed: ParsedDsn, now: float) -> QueueId | None:
+        return await self.inner.match_bounce(parsed, now)
+
+    async def imap_state(self, account: str) -> tuple[int, int] | None:
+        return await self.inner.imap_state(account)
+
+    async def save_imap_state(self, account: str, uidvalidity: int, last_uid: int) -> None:
+        await self.inner.save_imap_state(account, uidvalidity, last_uid)
 
 
 class InstrumentedLeadingStore(InstrumentedStore):

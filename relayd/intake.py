@@ -10,19 +10,20 @@ import asyncio
 import contextlib
 import ipaddress
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 from aiosmtpd.smtp import Envelope, Session
 
 from relayd.addresses import AddressError, check_address, split_path
 from relayd.clock import Clock
 from relayd.config import Config
+from relayd.dsn_params import DsnParamError, mail_param, rcpt_params
 from relayd.errors import StoreError
 from relayd.headers import prepare, received_header
 from relayd.intake_auth import AuthSMTP, LocalAuth
 from relayd.logs import get_logger
 from relayd.store.base import Store
-from relayd.types import NewMessage, new_queue_id
+from relayd.types import NewMessage, RcptDsn, new_queue_id
 
 # Every reply relayd itself sends, with its enhanced status code (RFC 3463).
 R250_QUEUED = "250 2.0.0 Ok: queued as {queue_id}"
@@ -43,9 +44,10 @@ R552_TOO_BIG = "552 5.3.4 Message too big for this relay (at most {limit} bytes)
 R553_BAD_SENDER = "553 5.1.3 Bad sender address syntax: {reason}"
 R554_ACCESS_DENIED = "554 5.7.1 Access denied: {client} is not in server.allowed_networks"
 R555_UNKNOWN_PARAMETER = "555 5.5.4 Unsupported parameter {param}"
+R501_BAD_DSN_PARAMETER = "501 5.5.4 Bad DSN parameter: {reason}"
 
 MAX_LINE = 1000  # RFC 5321 4.5.3.1.6, including CRLF; +1 for a stuffed dot
-_KNOWN_MAIL_PARAMS = {"SIZE", "BODY", "SMTPUTF8"}
+_KNOWN_MAIL_PARAMS = {"SIZE", "BODY", "SMTPUTF8", "RET", "ENVID"}
 
 log = get_logger("intake")
 
@@ -163,10 +165,11 @@ class RelaydSMTP(AuthSMTP):
             return
         try:
             address, params = split_path(arg[3:])
-            if params:
-                await self.push(R555_UNKNOWN_PARAMETER.format(param=params[0]))
-                return
+            rcpt_dsn = rcpt_params(params)
             check_address(address, utf8=self.env().smtp_utf8)
+        except DsnParamError as exc:
+            await self.push(R501_BAD_DSN_PARAMETER.format(reason=exc))
+            return
         except AddressError as exc:
             await self.push(R501_BAD_RECIPIENT.format(reason=exc))
             return
@@ -176,6 +179,7 @@ class RelaydSMTP(AuthSMTP):
             )
             return
         self.env().rcpt_tos.append(address)
+        cast("list[object]", self.env().rcpt_options).append(rcpt_dsn)  # one per recipient
         await self.push(R250_RCPT_OK)
 
     async def smtp_DATA(self, arg: str | None) -> None:
@@ -257,6 +261,12 @@ class IntakeHandler:
                 continue
             if keyword == "SMTPUTF8":
                 utf8 = True
+            if keyword in ("RET", "ENVID"):
+                try:
+                    options.append(mail_param(keyword, value))
+                except DsnParamError as exc:
+                    return R501_BAD_DSN_PARAMETER.format(reason=exc)
+                continue
             options.append(param.upper() if keyword == "BODY" else keyword)
         if address:  # "<>" is the null sender, allowed
             try:
@@ -291,6 +301,7 @@ class IntakeHandler:
             queue_id=queue_id,
             hostname=self.config.server.hostname,
             at=now,
+            relayd_id=True,
         )
         auth_user = server.local_user()
         upstream = self.config.route(mail_from, auth_user)
@@ -314,6 +325,7 @@ class IntakeHandler:
             mail_options=tuple(envelope.mail_options),
             auth_user=auth_user,
             queue_id=queue_id,
+            rcpt_dsn=_rcpt_dsn(envelope),
         )
         try:
             await self.store.enqueue(message)
@@ -336,7 +348,8 @@ class IntakeHandler:
         self, server: RelaydSMTP, session: Session, envelope: Envelope, name: str, lines: list[str]
     ) -> list[str]:
         session.host_name = name  # aiosmtpd leaves this to an EHLO hook
-        return self.local_auth.ehlo_lines(lines)
+        lines = self.local_auth.ehlo_lines(lines)
+        return [*lines[:-1], "250-DSN", lines[-1]] if lines else lines  # RFC 3461 4
 
     async def handle_exception(self, error: Exception) -> str:
         """aiosmtpd's default would send `500 Error: (ExcType) text` to the client."""
@@ -354,6 +367,14 @@ def _protocol_name(session: Session, server: RelaydSMTP) -> str:
     if session.authenticated:
         name += "A"
     return name
+
+
+def _rcpt_dsn(envelope: Envelope) -> tuple[RcptDsn, ...]:
+    """Each recipient's DSN parameters, or () when no recipient had any."""
+    params = [p for p in envelope.rcpt_options if isinstance(p, RcptDsn)]
+    if len(params) != len(envelope.rcpt_tos) or not any(p != RcptDsn() for p in params):
+        return ()
+    return tuple(params)
 
 
 def make_server_factory(handler: IntakeHandler) -> Callable[[], RelaydSMTP]:

@@ -20,6 +20,7 @@ from relayd.hints import Problem, hint_for
 
 __all__ = [
     "DEFAULT_PORTS",
+    "IMAP_HOSTS",
     "PRESETS",
     "Preset",
     "Problem",
@@ -203,3 +204,16 @@ def token_url_for(template: str, tenant_id: str | None) -> str:
 def default_port(security: Security) -> int:
     """starttls -> 587 (RFC 6409 submission), tls -> 465 (RFC 8314), none -> 25."""
     return DEFAULT_PORTS[security]
+
+
+# [bounces.imap] provider = "...": the provider's IMAP server (TLS, port 993), whose inbox
+# receives the account's late bounces. From each provider's published IMAP settings.
+IMAP_HOSTS: dict[str, str] = {
+    "gmail": "imap.gmail.com",
+    "google-workspace": "imap.gmail.com",
+    "microsoft365": "outlook.office365.com",
+    "outlook": "outlook.office365.com",
+    "yahoo": "imap.mail.yahoo.com",
+    "ionos": "imap.ionos.com",
+    "godaddy": "imap.secureserver.net",
+}

@@ -75,6 +75,22 @@ class Ceiling:
 
 
 @dataclass(frozen=True)
+class RcptDsn:
+    """A recipient's RFC 3461 parameters: NOTIFY (upper case, "NEVER" or a comma list of
+    SUCCESS/FAILURE/DELAY; None when not given) and ORCPT as given ("rfc822;bob+40x.org")."""
+
+    notify: str | None = None
+    orcpt: str | None = None
+
+    def wants(self, event: str) -> bool:
+        """Whether the app asked for a report on `event` ("FAILURE", "DELAY", "SUCCESS");
+        without NOTIFY, failures are reported and delays are at the MTA's discretion."""
+        if self.notify is None:
+            return event in ("FAILURE", "DELAY")
+        return event in self.notify.split(",")
+
+
+@dataclass(frozen=True)
 class NewMessage:
     """What intake hands the store: envelope, route and the raw bytes to deliver."""
 
@@ -88,6 +104,7 @@ class NewMessage:
     auth_user: str | None = None
     mail_options: tuple[str, ...] = ()
     queue_id: QueueId | None = None
+    rcpt_dsn: tuple[RcptDsn, ...] = ()  # per recipient, in order; () when none was given
 
 
 @dataclass(frozen=True)

@@ -11,16 +11,42 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
+from relayd.dsn_parse import ParsedDsn
 from relayd.types import (
     Ceiling,
     Lease,
     MessageView,
     NewMessage,
     QueueId,
+    RcptDsn,
     RecipientOutcome,
     RecipientState,
     UpstreamHold,
 )
+
+
+@dataclass(frozen=True)
+class ReportRecipient:
+    """One recipient as a delivery report needs it: state, last reply, DSN parameters."""
+
+    address: str
+    state: RecipientState
+    reply: str | None
+    dsn: RcptDsn
+
+
+@dataclass(frozen=True)
+class ReportInfo:
+    """What a DSN about a stored message needs (report_info); the body is load_body's."""
+
+    queue_id: QueueId
+    upstream: str
+    mail_from: str
+    message_id: str
+    received_at: float
+    mail_options: tuple[str, ...]
+    delay_warned: bool
+    recipients: tuple[ReportRecipient, ...]
 
 
 @dataclass(frozen=True)
@@ -151,6 +177,26 @@ class Store(Protocol):
     async def purge_finished(self, before: float) -> int:
         """Delete messages whose recipients were all final (delivered, failed, bounced) and
         last updated before `before` (queue.retention); returns how many."""
+
+    # --- delivery reports (bounces.py, bounce_reports.py) -----------------------------
+
+    async def report_info(self, queue_id: QueueId) -> ReportInfo | None:
+        """The message's envelope, recipients and their DSN parameters, or None."""
+
+    async def mark_delay_warned(self, queue_id: QueueId) -> bool:
+        """Set the message's delay-warning flag; True only for the caller that set it."""
+
+    async def match_bounce(self, parsed: ParsedDsn, now: float) -> QueueId | None:
+        """Find the message a report is about (its queue id from X-Relayd-ID or relayd's
+        Message-ID, else its Message-ID); mark the recipients the report says failed
+        `bounced` with the diagnostic; return the queue id, or None when none matches.
+        Idempotent: a recipient already bounced is left as it is."""
+
+    async def imap_state(self, account: str) -> tuple[int, int] | None:
+        """(uidvalidity, last_uid) saved for an IMAP account/folder, or None."""
+
+    async def save_imap_state(self, account: str, uidvalidity: int, last_uid: int) -> None:
+        """Remember that every message of `account` up to `last_uid` has been handled."""
 
 
 @runtime_checkable

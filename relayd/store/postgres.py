@@ -18,8 +18,10 @@ from collections.abc import Awaitable, Callable, Sequence
 from types import TracebackType
 from typing import TypeVar
 
+from relayd.dsn_parse import ParsedDsn
 from relayd.store import postgres_ops as ops
-from relayd.store.base import SendSlot
+from relayd.store import postgres_reports as reports
+from relayd.store.base import ReportInfo, SendSlot
 from relayd.store.postgres_batch import GroupCommit
 from relayd.store.postgres_db import (
     DEFAULT_COMMAND_TIMEOUT,
@@ -243,6 +245,25 @@ class PostgresStore:
     async def purge_finished(self, before: float) -> int:
         """Delete messages whose recipients were all final before `before`; returns how many."""
         return await self._write(lambda conn: ops.purge_finished(conn, before))
+
+    # --- delivery reports -------------------------------------------------------------
+
+    async def report_info(self, queue_id: QueueId) -> ReportInfo | None:
+        return await self._db.run(lambda conn: reports.report_info(conn, queue_id), snapshot=True)
+
+    async def mark_delay_warned(self, queue_id: QueueId) -> bool:
+        return await self._write(lambda conn: reports.mark_delay_warned(conn, queue_id))
+
+    async def match_bounce(self, parsed: ParsedDsn, now: float) -> QueueId | None:
+        return await self._write(lambda conn: reports.match_bounce(conn, parsed, now))
+
+    async def imap_state(self, account: str) -> tuple[int, int] | None:
+        return await self._db.run(lambda conn: reports.imap_state(conn, account))
+
+    async def save_imap_state(self, account: str, uidvalidity: int, last_uid: int) -> None:
+        await self._write(
+            lambda conn: reports.save_imap_state(conn, account, uidvalidity, last_uid)
+        )
 
     # --- leadership (optional contract, see base.Leadership) ----------------------------
 

@@ -112,6 +112,17 @@ CREATE TABLE upstream_waits (
     until    double precision
 );
 
+-- name: migration_2
+-- Delivery reports: RFC 3461 NOTIFY/ORCPT per recipient, the delay-warning flag per
+-- message, and the IMAP bounce poller's place per account and folder.
+ALTER TABLE recipients ADD COLUMN notify text, ADD COLUMN orcpt text;
+ALTER TABLE messages ADD COLUMN delay_warned boolean NOT NULL DEFAULT false;
+CREATE TABLE imap_state (
+    account     text PRIMARY KEY,
+    uidvalidity bigint NOT NULL,
+    last_uid    bigint NOT NULL
+);
+
 -- name: notify_work
 -- Wakes every node's wait_for_work(); delivered at COMMIT, dropped on ROLLBACK.
 SELECT pg_notify(:channel, :payload);
@@ -137,10 +148,14 @@ SELECT queue_id, body FROM unnest(:ids::text[], :bodies::bytea[]) AS t (queue_id
 
 -- name: insert_recipients
 -- A new recipient is queued and due when its message was received.
-INSERT INTO recipients (queue_id, idx, address, state, attempts, next_attempt_at, updated_at)
-SELECT queue_id, idx, address, 'queued', 0, due, due
-FROM unnest(:queue_ids::text[], :idxs::int4[], :addresses::text[], :dues::float8[])
-    AS t (queue_id, idx, address, due);
+INSERT INTO recipients (
+    queue_id, idx, address, state, attempts, next_attempt_at, updated_at, notify, orcpt
+)
+SELECT queue_id, idx, address, 'queued', 0, due, due, notify, orcpt
+FROM unnest(
+    :queue_ids::text[], :idxs::int4[], :addresses::text[], :dues::float8[],
+    :notifies::text[], :orcpts::text[]
+) AS t (queue_id, idx, address, due, notify, orcpt);
 
 -- name: lease_due_messages
 -- Claim the oldest due messages not under an unexpired lease. SKIP LOCKED: a message another
@@ -396,3 +411,48 @@ SELECT pg_advisory_unlock(hashtextextended('relayd.leader/' || current_schema() 
 
 -- name: current_schema
 SELECT current_schema();
+
+-- name: report_message
+SELECT id, upstream, mail_from, message_id, received_at, mail_options, delay_warned
+FROM messages WHERE id = :queue_id;
+
+-- name: report_recipients
+SELECT address, state, last_reply, notify, orcpt
+FROM recipients WHERE queue_id = :queue_id ORDER BY idx;
+
+-- name: mark_delay_warned
+UPDATE messages SET delay_warned = true WHERE id = :queue_id AND NOT delay_warned;
+
+-- name: message_by_id
+SELECT id FROM messages WHERE id = :queue_id;
+
+-- name: message_by_message_id
+-- The newest message with this Message-ID (uses messages_message_id).
+SELECT id FROM messages WHERE message_id = :message_id ORDER BY received_at DESC LIMIT 1;
+
+-- name: lock_message
+SELECT id FROM messages WHERE id = :queue_id FOR UPDATE;
+
+-- name: bounce_recipient
+-- A late bounce: the upstream had accepted the recipient; it is final now. Idempotent.
+UPDATE recipients
+SET state = 'bounced', last_reply = :reply, next_attempt_at = NULL, wait_reason = NULL,
+    updated_at = :now
+WHERE queue_id = :queue_id AND lower(address) = lower(:address) AND state <> 'bounced';
+
+-- name: drop_finished_body
+DELETE FROM bodies
+WHERE queue_id = :queue_id
+  AND NOT EXISTS (
+      SELECT 1 FROM recipients AS r
+      WHERE r.queue_id = :queue_id AND r.state NOT IN ('delivered', 'failed', 'bounced')
+  );
+
+-- name: select_imap_state
+SELECT uidvalidity, last_uid FROM imap_state WHERE account = :account;
+
+-- name: upsert_imap_state
+INSERT INTO imap_state (account, uidvalidity, last_uid)
+VALUES (:account, :uidvalidity, :last_uid)
+ON CONFLICT (account) DO UPDATE
+SET uidvalidity = excluded.uidvalidity, last_uid = excluded.last_uid;

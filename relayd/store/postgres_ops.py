@@ -24,6 +24,7 @@ from relayd.types import (
     MessageView,
     NewMessage,
     QueueId,
+    RcptDsn,
     RecipientOutcome,
     RecipientState,
     RecipientView,
@@ -82,9 +83,11 @@ async def insert_messages(conn: Conn, messages: Sequence[NewMessage]) -> None:
         bodies=[m.body for m in messages],
     )
     rows = [
-        (m.queue_id, i, rcpt, float(m.received_at))
+        (m.queue_id, i, rcpt, float(m.received_at), dsn.notify, dsn.orcpt)
         for m in messages
-        for i, rcpt in enumerate(m.recipients)
+        for i, (rcpt, dsn) in enumerate(
+            zip(m.recipients, m.rcpt_dsn or (RcptDsn(),) * len(m.recipients), strict=True)
+        )
     ]
     await _execute(
         conn,
@@ -93,6 +96,8 @@ async def insert_messages(conn: Conn, messages: Sequence[NewMessage]) -> None:
         idxs=[row[1] for row in rows],
         addresses=[row[2] for row in rows],
         dues=[row[3] for row in rows],
+        notifies=[row[4] for row in rows],
+        orcpts=[row[5] for row in rows],
     )
 
 

@@ -15,8 +15,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
 
+from relayd.dsn_parse import ParsedDsn
 from relayd.store import sqlite_ops as ops
-from relayd.store.base import SendSlot
+from relayd.store import sqlite_reports as reports
+from relayd.store.base import ReportInfo, SendSlot
 from relayd.store.sqlite_db import Database
 from relayd.store.wakeup import Wakeup
 from relayd.types import (
@@ -216,3 +218,22 @@ class SqliteStore:
         Not in the base contract yet: retention is a sqlite-side chore for the scheduler.
         """
         return await self._db.write(lambda conn: ops.purge_finished(conn, before))
+
+    # --- delivery reports -------------------------------------------------------------
+
+    async def report_info(self, queue_id: QueueId) -> ReportInfo | None:
+        return await self._db.read(lambda conn: reports.report_info(conn, queue_id))
+
+    async def mark_delay_warned(self, queue_id: QueueId) -> bool:
+        return await self._db.write(lambda conn: reports.mark_delay_warned(conn, queue_id))
+
+    async def match_bounce(self, parsed: ParsedDsn, now: float) -> QueueId | None:
+        return await self._db.write(lambda conn: reports.match_bounce(conn, parsed, now))
+
+    async def imap_state(self, account: str) -> tuple[int, int] | None:
+        return await self._db.read(lambda conn: reports.imap_state(conn, account))
+
+    async def save_imap_state(self, account: str, uidvalidity: int, last_uid: int) -> None:
+        await self._db.write(
+            lambda conn: reports.save_imap_state(conn, account, uidvalidity, last_uid)
+        )

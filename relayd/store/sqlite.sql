@@ -97,6 +97,20 @@ CREATE TABLE IF NOT EXISTS upstream_waits (
     until    REAL
 );
 
+-- name: migration_2
+-- Version 2 (delivery reports): RFC 3461 NOTIFY/ORCPT per recipient, the delay-warning
+-- flag per message, the IMAP poller's place per account, and an index for matching late
+-- bounces by Message-ID. ALTERs, so an existing version 1 database keeps its queue.
+ALTER TABLE recipients ADD COLUMN notify TEXT;
+ALTER TABLE recipients ADD COLUMN orcpt TEXT;
+ALTER TABLE messages ADD COLUMN delay_warned INTEGER NOT NULL DEFAULT 0;
+CREATE TABLE IF NOT EXISTS imap_state (
+    account     TEXT PRIMARY KEY,
+    uidvalidity INTEGER NOT NULL,
+    last_uid    INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS messages_message_id ON messages (message_id);
+
 -- name: journal_mode
 PRAGMA journal_mode;
 
@@ -121,8 +135,10 @@ INSERT INTO bodies (queue_id, body) VALUES (:queue_id, :body);
 
 -- name: insert_recipient
 -- A new recipient is queued and due when the message was received.
-INSERT INTO recipients (queue_id, idx, address, state, attempts, next_attempt_at, updated_at)
-VALUES (:queue_id, :idx, :address, 'queued', 0, :due, :due);
+INSERT INTO recipients (
+    queue_id, idx, address, state, attempts, next_attempt_at, updated_at, notify, orcpt
+)
+VALUES (:queue_id, :idx, :address, 'queued', 0, :due, :due, :notify, :orcpt);
 
 -- name: select_due_messages
 -- Oldest due first; a message under an unexpired lease is skipped. Uses messages_due.
@@ -323,3 +339,37 @@ WHERE next_attempt_at IS NULL
       WHERE r.queue_id = messages.id
         AND (r.state NOT IN ('delivered', 'failed', 'bounced') OR r.updated_at >= :before)
   );
+
+-- name: report_message
+SELECT id, upstream, mail_from, message_id, received_at, mail_options, delay_warned
+FROM messages WHERE id = :queue_id;
+
+-- name: report_recipients
+SELECT address, state, last_reply, notify, orcpt
+FROM recipients WHERE queue_id = :queue_id ORDER BY idx;
+
+-- name: mark_delay_warned
+UPDATE messages SET delay_warned = 1 WHERE id = :queue_id AND delay_warned = 0;
+
+-- name: message_by_id
+SELECT id FROM messages WHERE id = :queue_id;
+
+-- name: message_by_message_id
+-- The newest message with this Message-ID (a retried app may reuse one).
+SELECT id FROM messages WHERE message_id = :message_id ORDER BY received_at DESC LIMIT 1;
+
+-- name: bounce_recipient
+-- A late bounce: the upstream had accepted the recipient; it is final now. Idempotent.
+UPDATE recipients
+SET state = 'bounced', last_reply = :reply, next_attempt_at = NULL, wait_reason = NULL,
+    updated_at = :now
+WHERE queue_id = :queue_id AND lower(address) = lower(:address) AND state <> 'bounced';
+
+-- name: select_imap_state
+SELECT uidvalidity, last_uid FROM imap_state WHERE account = :account;
+
+-- name: upsert_imap_state
+INSERT INTO imap_state (account, uidvalidity, last_uid)
+VALUES (:account, :uidvalidity, :last_uid)
+ON CONFLICT (account) DO UPDATE
+SET uidvalidity = excluded.uidvalidity, last_uid = excluded.last_uid;

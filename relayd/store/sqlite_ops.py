@@ -24,6 +24,7 @@ from relayd.types import (
     MessageView,
     NewMessage,
     QueueId,
+    RcptDsn,
     RecipientOutcome,
     RecipientState,
     RecipientView,
@@ -31,7 +32,7 @@ from relayd.types import (
 )
 
 Q = sqlfile.load("relayd.store", "sqlite.sql")
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 # Crockford's base32 alphabet is in ASCII order, so ids sort like the numbers they encode.
 _ALPHABET = "0123456789abcdefghjkmnpqrstvwxyz"
@@ -68,14 +69,23 @@ def create_schema(conn: sqlite3.Connection) -> None:
             if statement.strip():
                 conn.execute(statement)
         (version,) = conn.execute(Q["schema_version_get"]).fetchone()
-        if version is None:
-            conn.execute(Q["schema_version_set"], {"version": SCHEMA_VERSION})
-        elif version > SCHEMA_VERSION:
+        if version is not None and version > SCHEMA_VERSION:
             raise StoreError(f"queue database schema {version} is newer than {SCHEMA_VERSION}")
+        _migrate(conn, version)
         conn.execute("COMMIT")
     except BaseException:
         conn.execute("ROLLBACK")
         raise
+
+
+def _migrate(conn: sqlite3.Connection, version: int | None) -> None:
+    """Bring a new (None) or older database to SCHEMA_VERSION: version 2 ALTERs tables."""
+    if version is None or version < 2:
+        for statement in Q["migration_2"].split(";"):
+            if statement.strip():
+                conn.execute(statement)
+    if version != SCHEMA_VERSION:
+        conn.execute(Q["schema_version_set"], {"version": SCHEMA_VERSION})
 
 
 # --- writes (inside the writer's batch transaction) -----------------------------------
@@ -100,11 +110,19 @@ def enqueue(conn: sqlite3.Connection, message: NewMessage) -> QueueId:
         },
     )
     conn.execute(Q["insert_body"], {"queue_id": queue_id, "body": message.body})
+    dsn = message.rcpt_dsn or (RcptDsn(),) * len(message.recipients)
     conn.executemany(
         Q["insert_recipient"],
         (
-            {"queue_id": queue_id, "idx": idx, "address": address, "due": message.received_at}
-            for idx, address in enumerate(message.recipients)
+            {
+                "queue_id": queue_id,
+                "idx": idx,
+                "address": address,
+                "due": message.received_at,
+                "notify": params.notify,
+                "orcpt": params.orcpt,
+            }
+            for idx, (address, params) in enumerate(zip(message.recipients, dsn, strict=True))
         ),
     )
     return queue_id

@@ -27,6 +27,7 @@ import pytest
 
 from relayd.errors import LeaseLost, StoreUnavailable
 from relayd.store.postgres import PostgresStore
+from relayd.store.postgres_sql import SCHEMA_VERSION
 from relayd.types import Ceiling, NewMessage, RecipientOutcome, RecipientState
 from tests.acceptance.process import (
     DaemonProcess,
@@ -197,7 +198,7 @@ async def test_three_nodes_share_one_ceiling_and_deliver_each_message_once(
     config, _ = node_config(tmp_path, 99, dsn, upstream)
     migrated = await arun_cli("migrate", "-c", str(config))
     assert migrated.returncode == 0, migrated.stderr
-    assert "migrated from version 0 to 1" in migrated.stdout
+    assert f"migrated from version 0 to {SCHEMA_VERSION}" in migrated.stdout
     postgres.execute(dsn, LEDGER_AUDIT)
     # Paused while the nodes start and take the load, so the upstream's timestamps are not
     # blurred by intake work; the release NOTIFYs, as `relayd queue retry --all` does, and
@@ -311,7 +312,8 @@ async def open_stores(dsn: str, count: int) -> list[PostgresStore]:
 async def test_nodes_migrate_concurrently_and_claim_disjoint_work(dsn: str) -> None:
     stores = await open_stores(dsn, 4)
     try:
-        assert sorted(store.migrated for store in stores) == [(0, 1), (1, 1), (1, 1), (1, 1)]
+        v = SCHEMA_VERSION
+        assert sorted(store.migrated for store in stores) == [(0, v), (v, v), (v, v), (v, v)]
         await asyncio.gather(*(stores[0].enqueue(new(T0 + i)) for i in range(200)))
         claims = await asyncio.gather(
             *(

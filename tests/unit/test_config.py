@@ -192,7 +192,12 @@ def test_default_config_path_prefers_relayd_config() -> None:
         ("[server]\nlisen = []\n" + CAPTURE, "server.lisen", 2, "unknown key"),
         ('server.lisen = ["x"]\n' + CAPTURE, "server.lisen", 1, "unknown key"),
         ('[server]\n"lisen" = []\n' + CAPTURE, "server.lisen", 2, "unknown key"),
-        ("[bounces]\nmailbox = 'b@x.example'\n" + CAPTURE, "bounces", 1, "unknown key"),
+        (
+            "[bounces]\nmailbox = 'b@x.example'\nmaibox = 'c'\n" + CAPTURE,
+            "bounces.maibox",
+            3,
+            "unknown key",
+        ),
         (
             CAPTURE + '\n[queue]\npath = "q.db"\nmax_lifetime = "5x"\n',
             "queue.max_lifetime",
