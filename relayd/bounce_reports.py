@@ -191,3 +191,25 @@ async def enqueue_report(
             queue_id=make_queue_id(now),
         )
     )
+
+
+DELETED = "5.0.0 deleted from the queue by an operator (relayd queue delete --dsn)"
+
+
+async def deletion_report(config: Config, store: Store, queue_id: QueueId, now: float) -> bool:
+    """`relayd queue delete ID --dsn`: a failure report for the recipients still pending.
+    False when there is no report to make (no [bounces] mailbox, a report itself, none
+    pending); the caller deletes the message either way only after this returned."""
+    bounces = config.bounces
+    info = await store.report_info(queue_id)
+    if bounces is None or info is None or not info.mail_from:
+        return False
+    pending = [
+        ReportRecipient(r.address, RecipientState.FAILED, DELETED, r.dsn)
+        for r in info.recipients
+        if r.state in _PENDING and r.dsn.wants("FAILURE")
+    ]
+    if not pending:
+        return False
+    await _report(config, bounces, store, info, pending, "failed", now)
+    return True

@@ -241,7 +241,7 @@ def _print_step(name: str, ok: bool, detail: str, hint: str | None) -> None:
         print(textwrap.fill(hint, 100, initial_indent=pad + "what to do: ", subsequent_indent=pad))
 
 
-def _queue_usage(args: argparse.Namespace) -> str | None:
+def _queue_usage(args: argparse.Namespace, config_bounces: object) -> str | None:
     """Why the queue command line cannot be run (exit 2), or None."""
     action = args.action
     if action in ("show", "hold", "release", "delete") and not args.queue_id:
@@ -250,11 +250,10 @@ def _queue_usage(args: argparse.Namespace) -> str | None:
         return "queue retry needs a queue ID, or --all"
     if args.dsn and action != "delete":
         return "--dsn goes with queue delete"
-    if args.dsn:
-        # DSN generation belongs to the bounces feature; pretending would lose the report.
+    if args.dsn and config_bounces is None:
         return (
-            "queue delete --dsn: bounce reports (DSNs) are not available in this version of "
-            "relayd yet; nothing was deleted (queue delete ID removes it without a report)"
+            "queue delete --dsn needs a [bounces] mailbox to send the report to; nothing was "
+            "deleted (queue delete ID removes it without a report)"
         )
     if args.older_than is not None:
         try:
@@ -267,7 +266,7 @@ def _queue_usage(args: argparse.Namespace) -> str | None:
 async def _queue(config: Config, args: argparse.Namespace) -> int:
     from relayd.clock import SystemClock
 
-    problem = _queue_usage(args)
+    problem = _queue_usage(args, config.bounces)
     if problem is not None:
         print(f"relayd: {problem}", file=sys.stderr)
         return EXIT_CONFIG
@@ -311,6 +310,10 @@ async def _queue_action(
         if detail is None:  # deleted between the two reads
             return None
         return queuefmt.show_json(detail) if args.json else queuefmt.show_text(detail, now)
+    if args.action == "delete" and args.dsn and qid is not None:
+        from relayd.bounce_reports import deletion_report
+
+        await deletion_report(config, store, qid, now)  # queued before the message goes
     affected = await queuetool.change(store, args.action, qid, now, list(config.upstreams))
     format_change = queuefmt.change_json if args.json else queuefmt.change_text
     return format_change(args.action, affected)

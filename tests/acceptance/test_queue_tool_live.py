@@ -1,5 +1,5 @@
 """The queue tool against the store of a RUNNING daemon: filters, show, summary, changes the
-daemon acts on, and --dsn refused rather than pretended."""
+daemon acts on, and --dsn refused without a bounce mailbox rather than pretended."""
 
 from __future__ import annotations
 
@@ -99,7 +99,7 @@ async def test_queue_tool_while_the_daemon_runs(
     assert "deferred" in table and f"oldest pending message: {old}, 2h" in table
 
     # Changes the running daemon acts on: retry now (a second attempt at once), hold,
-    # release, delete; --dsn is refused and deletes nothing.
+    # release, delete; --dsn without a [bounces] mailbox is refused and deletes nothing.
     assert (await tool_json(config, "retry", one))["affected"] == 1
     await daemon.wait_event("deferred", count=4)
     assert (await tool_json(config, "show", one))["recipients"][0]["attempts"] == 2
@@ -107,7 +107,7 @@ async def test_queue_tool_while_the_daemon_runs(
     assert "held by operator" in await tool(config, "show", one)
     assert (await tool_json(config, "release", one))["affected"] == 1
     refusal = await tool(config, "delete", old, "--dsn", expect=2)
-    assert "not available in this version of relayd yet; nothing was deleted" in refusal
+    assert "needs a [bounces] mailbox" in refusal and "nothing was deleted" in refusal
     assert (await tool_json(config, "delete", old))["affected"] == 1
     assert "no message" in await tool(config, "show", old, expect=1)
     upstream.script.rcpt_replies.clear()

@@ -42,3 +42,68 @@ def test_retry_all_ends_an_upstream_pause(make_config: ConfigFactory) -> None:
     assert exit_info.value.code == 0
 
     assert asyncio.run(current_hold()) is None
+
+
+def test_delete_with_dsn_queues_a_failure_report_first(make_config: ConfigFactory) -> None:
+    """`relayd queue delete ID --dsn`: the sender's report goes to the bounce mailbox."""
+    from email import message_from_bytes
+
+    from relayd.types import NewMessage, QueueId
+
+    config = make_config(
+        'provider = "generic"\nhost = "127.0.0.1"\nport = 9\nsecurity = "none"\nauth = "none"',
+        extra='\n[bounces]\nmailbox = "bounces@example.org"\n',
+    )
+    body = (
+        b"From: app@example.org\r\nSubject: stuck\r\nMessage-ID: <stuck@example.org>\r\n\r\nhi\r\n"
+    )
+
+    async def enqueue() -> QueueId:
+        store = open_store(config.queue.backend, config.queue.path)
+        await store.open()
+        try:
+            return await store.enqueue(
+                NewMessage(
+                    "app@example.org",
+                    ("x@example.net",),
+                    body,
+                    "main",
+                    "<stuck@example.org>",
+                    1_800_000_000.0,
+                )
+            )
+        finally:
+            await store.close()
+
+    async def remaining() -> list[tuple[str, tuple[str, ...], bytes]]:
+        store = open_store(config.queue.backend, config.queue.path)
+        await store.open()
+        try:
+            views = await store.list_messages()
+            return [
+                (
+                    v.mail_from,
+                    tuple(r.address for r in v.recipients),
+                    await store.load_body(v.queue_id),
+                )
+                for v in views
+            ]
+        finally:
+            await store.close()
+
+    queue_id = asyncio.run(enqueue())
+    assert config.source is not None
+    with pytest.raises(SystemExit) as exit_info:
+        main(["queue", "delete", queue_id, "--dsn", "-c", str(config.source)])
+    assert exit_info.value.code == 0
+    ((sender, recipients, report),) = asyncio.run(remaining())  # the original is gone
+    assert sender == ""
+    assert recipients == ("bounces@example.org",)
+    parsed = message_from_bytes(report)
+    assert parsed.get_content_type() == "multipart/report"
+    status = [
+        part for part in parsed.walk() if part.get_content_type() == "message/delivery-status"
+    ]
+    assert status
+    assert b"Final-Recipient: rfc822; x@example.net" in report
+    assert b"Action: failed" in report
