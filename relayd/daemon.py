@@ -35,6 +35,7 @@ from relayd.sdnotify import notify
 from relayd.store import store_for
 from relayd.store.base import Store
 from relayd.types import NoticeHook
+from relayd.upstream_notices import UpstreamNotices
 from relayd.workers import check_workers, supervise_intake_workers
 
 log = get_logger("daemon")
@@ -97,7 +98,12 @@ class Relayd:
             log_config.transcript_dir, log_config.transcript_max_size, log_config.transcript_files
         )
         dispatcher = self.lanes = LaneSet(
-            self.config, store, self.clock, self.worker, self.session_factory
+            self.config,
+            store,
+            self.clock,
+            self.worker,
+            self.session_factory,
+            UpstreamNotices(self.notifier),
         )
         delivery = asyncio.create_task(dispatcher.run(), name="dispatcher")
         try:
@@ -155,7 +161,7 @@ class Relayd:
         }
         self._notice_sink.store = store
         if self.config.notifications is not None:
-            task = run_notices(self.notifier, store, self.clock)
+            task = run_notices(self.notifier, store, self.clock, self.config)
             self._side_tasks["notices"] = asyncio.create_task(task, name="notices")
         if self.config.bounces is not None and self.config.bounces.imap is not None:
             task = run_bounce_poller(self.config, store, self.clock)
@@ -178,7 +184,7 @@ class Relayd:
         """Re-read the configuration file and swap in what can change (reload.py)."""
         assert self.lanes is not None
         notify("RELOADING=1")
-        self.config = await reload_config(self.config, self.lanes, self._swap_config)
+        self.config = await reload_config(self.config, self.lanes, self._swap_config, self.notifier)
         notify("READY=1")
 
     def _swap_config(self, config: Config) -> None:

@@ -30,6 +30,7 @@ from relayd.providers import hint_for
 from relayd.store.base import Store
 from relayd.types import Lease, RecipientOutcome, RecipientState, SmtpReply, UpstreamHold
 from relayd.units import format_duration
+from relayd.upstream_notices import UpstreamNotices
 from relayd.waits import MAX_SLEEP, UNKNOWN, Wait, hold_wait, iso, window_wait
 from relayd.windows import parse_window
 
@@ -88,9 +89,11 @@ class Lane:
         clock: Clock,
         worker: str,
         session_factory: SessionFactory,
+        notices: UpstreamNotices | None = None,
     ) -> None:
         self.config = config
         self.upstream = upstream
+        self.notices = notices or UpstreamNotices()  # operator notices (upstream_notices.py)
         self.name = upstream.name
         self.store = store
         self.clock = clock
@@ -295,6 +298,7 @@ class Lane:
         )
         wait = await self._hold(held[0], held[1], now) if held is not None else None
         outcomes = [self._outcome(lease, item, now, wait) for item in replies]
+        self.notices.observe(self.upstream, replies, now)
         if wait is None and self.throttled and any(a is Action.DELIVERED for _, a, _ in replies):
             self.throttled = False
             await self.store.release_upstream(self.name)

@@ -20,6 +20,7 @@ from relayd.config import Config, UpstreamConfig
 from relayd.dispatch import Lane, SessionFactory
 from relayd.logs import get_logger
 from relayd.store.base import Store
+from relayd.upstream_notices import UpstreamNotices
 
 log = get_logger("lanes")
 
@@ -34,8 +35,10 @@ class LaneSet:
         clock: Clock,
         worker: str,
         session_factory: SessionFactory,
+        notices: UpstreamNotices | None = None,
     ) -> None:
         self.config = config
+        self.notices = notices
         self.store = store
         self.clock = clock
         self.worker = worker
@@ -85,7 +88,13 @@ class LaneSet:
 
     async def _start(self, upstream: UpstreamConfig) -> None:
         lane = Lane(
-            self.config, upstream, self.store, self.clock, self.worker, self.session_factory
+            self.config,
+            upstream,
+            self.store,
+            self.clock,
+            self.worker,
+            self.session_factory,
+            self.notices,
         )
         await lane.start()
         self.lanes[upstream.name] = lane

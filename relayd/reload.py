@@ -19,6 +19,7 @@ from relayd.config import Config, load
 from relayd.errors import ConfigError
 from relayd.lanes import LaneSet
 from relayd.logs import get_logger
+from relayd.notify import NoticeKind, Notifier
 
 log = get_logger("reload")
 
@@ -60,20 +61,31 @@ def changed_upstreams(old: Config, new: Config) -> dict[str, list[str]]:
     }
 
 
-async def reload_config(current: Config, lanes: LaneSet, swap: Callable[[Config], None]) -> Config:
+async def reload_config(
+    current: Config,
+    lanes: LaneSet,
+    swap: Callable[[Config], None],
+    notifier: Notifier | None = None,
+) -> Config:
     """Load `current.source` again; on success `swap` it in, update the lanes, and return it;
-    on failure log why and return `current` unchanged."""
+    on failure log why, raise config_reload_failed with `notifier`, and return `current`."""
     path = current.source
     if path is None:
         log.error("config_reload_failed", error="the configuration was not read from a file")
         metrics.reload_result(False)
         return current
+    key = str(path)
     try:
         new = await asyncio.to_thread(load, path)
     except (ConfigError, OSError) as exc:
-        log.error("config_reload_failed", config=str(path), error=str(exc))
+        log.error("config_reload_failed", config=key, error=str(exc))
         metrics.reload_result(False)
+        if notifier is not None:
+            now = lanes.clock.now()
+            notifier.raise_(NoticeKind.CONFIG_RELOAD_FAILED, key, str(exc), now=now)
         return current
+    if notifier is not None:
+        notifier.clear(NoticeKind.CONFIG_RELOAD_FAILED, key, lanes.clock.now())
     restart = restart_needed(current, new)
     upstreams = changed_upstreams(current, new)
     swap(new)

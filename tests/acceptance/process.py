@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import json
 import os
+import random
 import shutil
 import signal
 import socket
@@ -37,11 +38,21 @@ def relayd_command() -> list[str]:
 
 
 def free_port() -> int:
-    """A port nobody listens on now (bind 0, close): for configs that must survive a restart."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
+    """A port nobody listens on now, for configs that must survive a restart.
+
+    Chosen below the kernel's ephemeral range: a port from bind(0) is ephemeral, and an
+    outgoing connection (the daemon's own, to the fake upstream) may take it before the
+    daemon binds it.
+    """
+    for _ in range(200):
+        port = random.randint(20000, 30000)
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no free port in 20000-30000")
 
 
 def child_env(**extra: str) -> dict[str, str]:

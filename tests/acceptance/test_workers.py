@@ -37,7 +37,7 @@ async def test_two_intake_processes_share_the_port_and_every_message_is_delivere
     subjects = {r.data.split(b"Subject: ", 1)[1].split(b"\r\n", 1)[0] for r in got}
     assert len(subjects) == 40
     # Both processes accepted mail (the worker's events carry its pid).
-    queued = daemon.find("queued")
+    queued = await daemon.wait_event("queued", count=40)  # both processes' logs are flushed
     assert len(queued) == 40
     by_worker = [event for event in queued if event.get("intake_worker") == worker_pid]
     assert 0 < len(by_worker) < 40

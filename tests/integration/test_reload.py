@@ -97,8 +97,14 @@ async def test_a_bad_file_is_refused_and_the_old_configuration_keeps_running(
                 result = await reload(daemon, logs)
                 assert result["event"] == "config_reload_failed" and result["error"]
                 assert daemon.config is config
+            assert [a[:2] for a in daemon.notifier.active()] == [
+                ("config_reload_failed", str(path))
+            ]
             await send(daemon.addresses[0][1], message(subject="still works"))
             await upstream.wait_for(1)
+            path.write_text(good)
+            assert (await reload(daemon, logs))["event"] == "config_reloaded"
+            assert daemon.notifier.active() == []  # cleared: a "resolved" notice follows
     failures = [e for e in logs if e["event"] == "config_reload_failed"]
     assert "invalid TOML" in failures[0]["error"]
     assert "has no unit" in failures[1]["error"]
