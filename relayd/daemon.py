@@ -221,7 +221,12 @@ class Relayd:
         for task in self._side_tasks.values():
             task.cancel()
         if self._side_tasks:
-            await asyncio.wait(self._side_tasks.values(), timeout=CANCEL_GRACE)
+            # Intake workers finish their SMTP transactions like this process does, and are
+            # reaped here: they must not outlive the daemon.
+            grace = CANCEL_GRACE
+            if "intake-workers" in self._side_tasks:
+                grace += self.config.queue.shutdown_timeout + 1
+            await asyncio.wait(self._side_tasks.values(), timeout=grace)
         for server in self.servers:
             server.close()
         if self.handler is not None:

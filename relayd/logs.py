@@ -7,6 +7,7 @@ a secret is masked before rendering, whatever the value.
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from collections.abc import MutableMapping
 from typing import Any, Literal
@@ -27,6 +28,30 @@ def redact_secrets(
         if any(word in lowered for word in _SECRET_WORDS) and event_dict[key] is not None:
             event_dict[key] = MASK
     return event_dict
+
+
+class LineLogger:
+    """Writes each event with ONE os.write: lines from several processes sharing stderr
+    (intake workers, the journal's stream) never interleave mid-line."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+
+    def msg(self, message: str) -> None:
+        data = (message + "\n").encode("utf-8", "replace")
+        while data:
+            data = data[os.write(self.fd, data) :]
+
+    log = debug = info = warn = warning = err = error = critical = exception = fatal = msg
+
+
+def _factory(stream: Any) -> Any:
+    try:
+        fd = stream.fileno()
+    except (AttributeError, OSError, ValueError):  # a StringIO in tests
+        return structlog.PrintLoggerFactory(stream)
+    stream.flush()
+    return lambda *_args: LineLogger(fd)
 
 
 def configure(
@@ -52,7 +77,7 @@ def configure(
         wrapper_class=structlog.make_filtering_bound_logger(
             logging.getLevelNamesMapping()[level.upper()]
         ),
-        logger_factory=structlog.PrintLoggerFactory(stream or sys.stderr),
+        logger_factory=_factory(stream or sys.stderr),
         cache_logger_on_first_use=False,
     )
 
