@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+import os
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -192,9 +193,8 @@ _ID_ALPHABET = "0123456789BCDFGHJKLMNPQRSTVWXYZ"  # no vowels: ids never spell w
 
 
 def new_queue_id(now: float, entropy: bytes | None = None) -> QueueId:
-    """A short unique id that sorts by arrival: milliseconds then 40 random bits."""
-    import os
-
+    """A short unique id that sorts by arrival: milliseconds then 40 random bits (the one
+    generator: intake, the stores and reports all name messages the same way)."""
     millis = int(now * 1000)
     rand = int.from_bytes(entropy if entropy is not None else os.urandom(5), "big")
     out = []

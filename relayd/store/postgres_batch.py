@@ -20,11 +20,10 @@ import asyncpg
 
 from relayd.errors import StoreError, StoreUnavailable
 from relayd.store import postgres_ops as ops
+from relayd.store.batching import next_batch
 from relayd.store.postgres_db import Database, translate
 from relayd.store.postgres_sql import Conn
 from relayd.types import NewMessage, QueueId
-
-MAX_BATCH = 500  # bounds one transaction's size and the latency of its first caller
 
 Notify = Callable[[Conn], Awaitable[None]]
 
@@ -71,7 +70,7 @@ class GroupCommit:
     async def _write_loop(self) -> None:
         stopping = False
         while not stopping:
-            batch, stopping = await self._next_batch()
+            batch, stopping = await next_batch(self._queue)
             if not batch:
                 continue
             try:
@@ -88,19 +87,6 @@ class GroupCommit:
                     request.future.set_result(request.message.queue_id)
                 else:
                     request.future.set_exception(error)
-
-    async def _next_batch(self) -> tuple[list[_Request], bool]:
-        """Every request waiting now (at least one); True once close()'s sentinel is seen."""
-        first = await self._queue.get()
-        if first is None:
-            return [], True
-        batch = [first]
-        while len(batch) < MAX_BATCH and not self._queue.empty():
-            request = self._queue.get_nowait()
-            if request is None:
-                return batch, True
-            batch.append(request)
-        return batch, False
 
     async def _commit(self, batch: list[_Request]) -> list[StoreError | None]:
         """One transaction for the batch; per-message savepoints only if it must."""

@@ -22,6 +22,7 @@ from typing import Any, TypeVar, cast
 
 from relayd.errors import StoreError, StoreUnavailable
 from relayd.store import sqlite_ops
+from relayd.store.batching import next_batch
 
 T = TypeVar("T")
 Op = Callable[[sqlite3.Connection], Any]
@@ -39,7 +40,6 @@ _UNAVAILABLE = frozenset(
         sqlite3.SQLITE_PROTOCOL,
     }
 )
-MAX_BATCH = 500  # bounds one transaction's size and the latency of its first caller
 
 
 def translate(exc: sqlite3.Error) -> StoreError:
@@ -176,7 +176,7 @@ class Database:
     async def _write_loop(self) -> None:
         stopping = False
         while not stopping:
-            batch, stopping = await self._next_batch()
+            batch, stopping = await next_batch(self._queue)
             if not batch:
                 continue
             try:
@@ -192,19 +192,6 @@ class Database:
                     request.future.set_exception(result.error)
                 else:
                     request.future.set_result(result.value)
-
-    async def _next_batch(self) -> tuple[list[_Request], bool]:
-        """Every request waiting now (at least one); True once close()'s sentinel is seen."""
-        first = await self._queue.get()
-        if first is None:
-            return [], True
-        batch = [first]
-        while len(batch) < MAX_BATCH and not self._queue.empty():
-            request = self._queue.get_nowait()
-            if request is None:
-                return batch, True
-            batch.append(request)
-        return batch, False
 
     def _run_batch(self, ops: list[Op], *, durable: bool = True) -> list[_Result]:
         """On the thread: one transaction, one SAVEPOINT per op, one COMMIT."""

@@ -29,30 +29,11 @@ from relayd.types import (
     RecipientState,
     RecipientView,
     UpstreamHold,
+    new_queue_id,
 )
 
 Q = sqlfile.load("relayd.store", "sqlite.sql")
 SCHEMA_VERSION = 2
-
-# Crockford's base32 alphabet is in ASCII order, so ids sort like the numbers they encode.
-_ALPHABET = "0123456789abcdefghjkmnpqrstvwxyz"
-_TIME_CHARS = 10  # 50 bits of milliseconds: good for ~35,000 years
-_RANDOM_CHARS = 8  # 40 random bits: a burst of 1,000 in one millisecond collides ~1e-6
-
-
-def _base32(value: int, width: int) -> str:
-    chars = []
-    for _ in range(width):
-        value, digit = divmod(value, 32)
-        chars.append(_ALPHABET[digit])
-    return "".join(reversed(chars))
-
-
-def new_queue_id(received_at: float) -> QueueId:
-    """A short unique id that sorts by arrival: base32(ms of `received_at`) + random."""
-    millis = max(0, int(received_at * 1000)) % (32**_TIME_CHARS)
-    random_part = secrets.randbits(5 * _RANDOM_CHARS)
-    return QueueId(_base32(millis, _TIME_CHARS) + _base32(random_part, _RANDOM_CHARS))
 
 
 def create_schema(conn: sqlite3.Connection) -> None:
