@@ -23,7 +23,7 @@ import base64
 import logging
 import logging.handlers
 import secrets
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -169,12 +169,20 @@ class TranscribingSMTP(aiosmtplib.SMTP):
         self.transcript = Transcript(self.transcript.upstream, self.transcript.hidden)
         tls = " (implicit TLS)" if self.use_tls else ""
         self.transcript.write("-", f"connect {self.hostname}:{self.port}{tls}")
+        return await self._exchange(super()._create_connection(timeout))
+
+    async def _exchange(
+        self,
+        call: Awaitable[aiosmtplib.SMTPResponse],
+        errors: tuple[type[Exception], ...] = (aiosmtplib.SMTPException,),
+    ) -> aiosmtplib.SMTPResponse:
+        """Await one exchange and write its reply, or the error, to the transcript."""
         try:
-            response = await super()._create_connection(timeout)
+            response = await call
         except aiosmtplib.SMTPResponseException as exc:
             self.transcript.reply(aiosmtplib.SMTPResponse(exc.code, exc.message))
             raise
-        except aiosmtplib.SMTPException as exc:
+        except errors as exc:
             self.transcript.write("-", f"error: {exc}")
             raise
         self.transcript.reply(response)
@@ -198,15 +206,8 @@ class TranscribingSMTP(aiosmtplib.SMTP):
     async def starttls(self, *args: Any, **kwargs: Any) -> aiosmtplib.SMTPResponse:
         await self._ehlo_or_helo_if_needed()  # what aiosmtplib does first, so lines are in order
         self.transcript.write(">", "STARTTLS")
-        try:
-            response = await super().starttls(*args, **kwargs)
-        except aiosmtplib.SMTPResponseException as exc:
-            self.transcript.reply(aiosmtplib.SMTPResponse(exc.code, exc.message))
-            raise
-        except (aiosmtplib.SMTPException, OSError) as exc:
-            self.transcript.write("-", f"error: {exc}")
-            raise
-        self.transcript.reply(response)
+        errors = (aiosmtplib.SMTPException, OSError)
+        response = await self._exchange(super().starttls(*args, **kwargs), errors)
         self.transcript.write("-", f"TLS established: {self.get_transport_info('cipher')}")
         return response
 
@@ -215,16 +216,7 @@ class TranscribingSMTP(aiosmtplib.SMTP):
     ) -> aiosmtplib.SMTPResponse:
         self.transcript.write(">", "DATA")
         self.transcript.write(">", f"(message: {len(message)} bytes)")
-        try:
-            response = await super().data(message, *args, **kwargs)
-        except aiosmtplib.SMTPResponseException as exc:
-            self.transcript.reply(aiosmtplib.SMTPResponse(exc.code, exc.message))
-            raise
-        except aiosmtplib.SMTPException as exc:
-            self.transcript.write("-", f"error: {exc}")
-            raise
-        self.transcript.reply(response)
-        return response
+        return await self._exchange(super().data(message, *args, **kwargs))
 
     def close(self) -> None:
         if self.is_connected:
