@@ -34,6 +34,7 @@ from aiosmtplib.typing import Default
 
 from relayd.clock import SystemClock
 from relayd.config import UpstreamConfig
+from relayd.smtp_data import WireSMTP
 
 MASK = "********"
 DEFAULT_MAX_BYTES = 10_000_000
@@ -157,7 +158,7 @@ def redact_command(args: Sequence[bytes], auth_continuation: bool) -> str:
     return text
 
 
-class TranscribingSMTP(aiosmtplib.SMTP):
+class TranscribingSMTP(WireSMTP):
     """aiosmtplib.SMTP that writes every command and reply to a Transcript."""
 
     def __init__(self, transcript: Transcript, **kwargs: Any) -> None:
@@ -225,7 +226,7 @@ class TranscribingSMTP(aiosmtplib.SMTP):
 
 
 def smtp_client(upstream: UpstreamConfig, **kwargs: Any) -> aiosmtplib.SMTP:
-    """aiosmtplib.SMTP(**kwargs), transcribed when [log] transcript_dir is set."""
+    """WireSMTP(**kwargs) (smtp_data.py), transcribed when [log] transcript_dir is set."""
     if _settings is None:
-        return aiosmtplib.SMTP(**kwargs)
+        return WireSMTP(**kwargs)
     return TranscribingSMTP(Transcript(upstream.name, _password_forms(upstream)), **kwargs)

@@ -1,0 +1,76 @@
+"""WireSMTP's DATA against a real aiosmtpd upstream: the same bytes arrive as through
+aiosmtplib's own DATA, for clean bodies (written as they are) and for the rest."""
+
+from __future__ import annotations
+
+import aiosmtplib
+import pytest
+
+from relayd.smtp_data import WireSMTP, is_wire_clean
+from tests.support.fake_upstream import FakeUpstream
+
+CLEAN = b"Subject: hi\r\n\r\nline one\r\nline. with a dot inside\r\n"
+BODIES = {
+    "clean": (CLEAN, True),
+    "clean, 100 KiB": (b"Subject: big\r\n\r\n" + (b"y" * 76 + b"\r\n") * 1400, True),
+    "a line starting with a dot": (b"Subject: d\r\n\r\n.hidden\r\n..two\r\n", False),
+    "starts with a dot": (b".Subject: d\r\n\r\nbody\r\n", False),
+    "a lone LF": (b"Subject: lf\r\n\r\none\ntwo\r\n", False),
+    "a lone CR": (b"Subject: cr\r\n\r\none\rtwo\r\n", False),
+    "no final CRLF": (b"Subject: end\r\n\r\nno newline", False),
+    "a dot after a lone LF": (b"Subject: lf\r\n\r\none\n.two\r\n", False),
+}
+
+
+@pytest.mark.parametrize("name", list(BODIES))
+def test_is_wire_clean(name: str) -> None:
+    body, clean = BODIES[name]
+    assert is_wire_clean(body) is clean
+
+
+async def _send(smtp: aiosmtplib.SMTP, body: bytes) -> aiosmtplib.SMTPResponse:
+    async with smtp:
+        await smtp.mail("a@example.com")
+        await smtp.rcpt("b@example.com")
+        return await smtp.data(body)
+
+
+@pytest.mark.parametrize("name", list(BODIES))
+async def test_same_bytes_arrive_as_through_aiosmtplib(upstream: FakeUpstream, name: str) -> None:
+    body, _ = BODIES[name]
+    plain = await _send(aiosmtplib.SMTP(hostname="127.0.0.1", port=upstream.port), body)
+    wire = await _send(WireSMTP(hostname="127.0.0.1", port=upstream.port), body)
+    assert (plain.code, wire.code) == (250, 250)
+    first, second = await upstream.wait_for(2)
+    assert second.data == first.data
+    if BODIES[name][1]:
+        assert second.data == body
+
+
+async def test_a_refused_message_raises_data_error(upstream: FakeUpstream) -> None:
+    upstream.script.data_replies.append("554 5.7.1 message refused")
+    with pytest.raises(aiosmtplib.SMTPDataError) as refused:
+        await _send(WireSMTP(hostname="127.0.0.1", port=upstream.port), CLEAN)
+    assert (refused.value.code, refused.value.message) == (554, "5.7.1 message refused")
+
+
+async def test_a_stall_after_the_body_times_out_and_closes(upstream: FakeUpstream) -> None:
+    upstream.script.stall = 2.0
+    smtp = WireSMTP(hostname="127.0.0.1", port=upstream.port, timeout=0.3)
+    await smtp.connect()
+    await smtp.mail("a@example.com")
+    await smtp.rcpt("b@example.com")
+    with pytest.raises(aiosmtplib.SMTPTimeoutError):
+        await smtp.data(CLEAN)
+    assert not smtp.is_connected
+
+
+async def test_a_drop_in_data_raises_disconnected(upstream: FakeUpstream) -> None:
+    upstream.script.drop_in_data = 1
+    smtp = WireSMTP(hostname="127.0.0.1", port=upstream.port, timeout=5)
+    await smtp.connect()
+    await smtp.mail("a@example.com")
+    await smtp.rcpt("b@example.com")
+    with pytest.raises(aiosmtplib.SMTPServerDisconnected):
+        await smtp.data(CLEAN)
+    assert not smtp.is_connected
