@@ -9,13 +9,13 @@ password_file or password_env, read at load by `with_secrets`.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 
 from relayd.config_gates import read_secret
-from relayd.config_text import KeyedValueError, KeyLocator
-from relayd.config_types import ConfPath, Duration, Hostname, Timeout, UpstreamName
+from relayd.config_text import SIZE, KeyedValueError, KeyLocator
+from relayd.config_types import ConfPath, Duration, Hostname, Size, Timeout, UpstreamName
 from relayd.providers import IMAP_HOSTS
 
 
@@ -92,6 +92,9 @@ class NotificationsConfig(_Model):
     backlog_age: Duration = 3600.0  # the oldest pending message is older than this
     backlog_depth: int = Field(default=10_000, ge=1)  # or more recipients than this wait
     bounce_rate: int = Field(default=50, ge=1)  # failures within digest_interval
+    # disk_low below this many free bytes where relayd writes (SQLite queue, transcripts);
+    # off unless set, since only the operator knows what their disk can spare.
+    disk_free_min: Annotated[Size | None, SIZE] = None
 
     model_config = ConfigDict(
         extra="forbid", frozen=True, hide_input_in_errors=True, populate_by_name=True

@@ -23,14 +23,14 @@ from relayd.clock import Clock, SystemClock
 from relayd.config import Config
 from relayd.delivery import SessionOpener
 from relayd.dispatch import SessionFactory
-from relayd.heartbeat import run_heartbeat
+from relayd.heartbeat import run_watchdog, watchdog_interval
 from relayd.instrumented import instrument
 from relayd.intake import IntakeHandler, make_server_factory
 from relayd.lanes import LaneSet
 from relayd.logs import get_logger, set_level
 from relayd.reload import reload_config, serve_reloads
-from relayd.report_tasks import make_notifier, run_bounce_poller, run_notices
-from relayd.retention import run_retention
+from relayd.report_tasks import bounce_poller, make_notifier, polls_with_idle
+from relayd.schedule import daemon_schedule
 from relayd.sdnotify import notify
 from relayd.store import store_for
 from relayd.store.base import Store
@@ -149,22 +149,26 @@ class Relayd:
         await self.admin.start(*split_listen(self.config.admin.listen))
 
     def _start_side_tasks(self, store: Store) -> None:
+        self._notice_sink.store = store
+        poller = bounce_poller(self.config, store, self.clock)
+        # The periodic jobs run on one scheduler, itself a supervised side task: _shutdown's
+        # cancel shuts it down and gives running jobs CANCEL_GRACE (schedule.Schedule.run).
+        schedule = daemon_schedule(
+            self.config, store, self.clock, self.notifier, poller, os.environ, grace=CANCEL_GRACE
+        )
         self._side_tasks = {
-            "heartbeat": asyncio.create_task(run_heartbeat(store, self.clock), name="heartbeat"),
+            "schedule": asyncio.create_task(schedule.run(), name="schedule"),
             "reload": asyncio.create_task(
                 serve_reloads(self.reload_requested, self.reload), name="reload"
             ),
-            "retention": asyncio.create_task(
-                run_retention(store, self.clock, self.config.queue.retention), name="retention"
-            ),
             "oauth-watch": asyncio.create_task(self.opener.tokens.watch(), name="oauth-watch"),
         }
-        self._notice_sink.store = store
-        if self.config.notifications is not None:
-            task = run_notices(self.notifier, store, self.clock, self.config)
-            self._side_tasks["notices"] = asyncio.create_task(task, name="notices")
-        if self.config.bounces is not None and self.config.bounces.imap is not None:
-            task = run_bounce_poller(self.config, store, self.clock)
+        watchdog = watchdog_interval(os.environ)
+        if watchdog is not None:
+            task = run_watchdog(watchdog, os.environ)
+            self._side_tasks["watchdog"] = asyncio.create_task(task, name="watchdog")
+        if poller is not None and polls_with_idle(poller, store):
+            task = poller.run(asyncio.Event())  # one IMAP session that IDLEs: not a periodic job
             self._side_tasks["bounce-poller"] = asyncio.create_task(task, name="bounce-poller")
         if self.config.server.workers > 1:
             self._side_tasks["intake-workers"] = asyncio.create_task(

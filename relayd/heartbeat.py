@@ -2,8 +2,10 @@
 
 systemd sets WATCHDOG_USEC (and WATCHDOG_PID) when the unit has WatchdogSec=; the daemon must
 then send WATCHDOG=1 more often than that, and sd_watchdog_enabled(3) recommends every half
-interval. The ping comes from this task in the daemon's event loop, so a wedged loop stops it
-and systemd restarts the service. STATUS= is what `systemctl status relayd` shows.
+interval. The ping comes from a task in the daemon's event loop (run_watchdog), so a wedged
+loop stops it and systemd restarts the service. STATUS= is what `systemctl status relayd`
+shows; it is a periodic schedule job (update_status, schedule.py), so a slow store delays a
+STATUS update but never a watchdog ping.
 """
 
 from __future__ import annotations
@@ -13,7 +15,6 @@ import os
 from collections.abc import Mapping
 
 from relayd import metrics
-from relayd.clock import Clock
 from relayd.errors import StoreError
 from relayd.logs import get_logger
 from relayd.sdnotify import notify
@@ -23,7 +24,6 @@ from relayd.units import format_age
 
 log = get_logger("heartbeat")
 
-STATUS_INTERVAL = 15.0  # seconds between STATUS= updates
 STATUS_TIMEOUT = 5.0  # a store slower than this skips one STATUS update, never the ping
 
 
@@ -50,35 +50,29 @@ def status_line(depth: metrics.Depth, now: float) -> str:
     return text
 
 
-async def run_heartbeat(
-    store: Store, clock: Clock, environ: Mapping[str, str] | None = None
-) -> None:
-    """Forever: WATCHDOG=1 each watchdog half-interval, STATUS= every STATUS_INTERVAL.
+async def update_status(store: Store, now: float, environ: Mapping[str, str]) -> bool:
+    """One STATUS= update (a schedule job, when NOTIFY_SOCKET is set); whether it was sent.
 
-    Two loops, so a slow store delays a STATUS update but never a watchdog ping."""
-    env = dict(os.environ if environ is None else environ)
-    if not env.get("NOTIFY_SOCKET"):
-        # Nobody listens (Docker, a terminal, tests): idle until cancelled at shutdown.
-        await asyncio.get_running_loop().create_future()
-    watchdog = watchdog_interval(env)
-    async with asyncio.TaskGroup() as group:
-        if watchdog:
-            group.create_task(_ping(watchdog, env), name="watchdog")
-        group.create_task(_status(store, clock, env), name="status")
+    Bounded by STATUS_TIMEOUT: a slow store skips this update, logged, and the next one
+    tries again (the job must end, or the scheduler would skip every later run)."""
+    try:
+        depth = await asyncio.wait_for(metrics.queue_depth(store), STATUS_TIMEOUT)
+    except (StoreError, TimeoutError) as exc:
+        log.warning("status_unavailable", error=str(exc) or type(exc).__name__)
+        return False
+    return notify("STATUS=" + status_line(depth, now), dict(environ))
 
 
-async def _ping(interval: float, env: dict[str, str]) -> None:
+async def run_watchdog(interval: float, environ: Mapping[str, str]) -> None:
+    """Forever: WATCHDOG=1 every `interval` seconds (watchdog_interval()).
+
+    A loop of its own, not a schedule job: the ping should measure one thing, that the event
+    loop still runs, with nothing between the two (a scheduler job would go through the
+    scheduler's timer and executor too), and a ping the loop could not send on time must be
+    sent as soon as it can, where a job late by more than misfire_grace_time is dropped.
+    Both stop when the loop is wedged. asyncio.sleep, not the injected clock: systemd's
+    deadline is real time."""
+    env = dict(environ)
     while True:
         notify("WATCHDOG=1", env)
         await asyncio.sleep(interval)
-
-
-async def _status(store: Store, clock: Clock, env: dict[str, str]) -> None:
-    while True:
-        try:
-            depth = await asyncio.wait_for(metrics.queue_depth(store), STATUS_TIMEOUT)
-        except (StoreError, TimeoutError) as exc:
-            log.warning("status_unavailable", error=str(exc) or type(exc).__name__)
-        else:
-            notify("STATUS=" + status_line(depth, clock.now()), env)
-        await asyncio.sleep(STATUS_INTERVAL)

@@ -1,16 +1,21 @@
-"""The daemon's report side tasks: the late-bounce poller and the notice digests (with the
-queue checks: backlog and bounce rate).
+"""The report jobs: the late-bounce poll, the notice round (queue checks, then the digest)
+and the disk check, as plain async functions of `now` that schedule.py runs periodically.
 
-Both run as named side tasks of the daemon. On a store with leadership (PostgreSQL) each
-runs only on the node that leads its name ("bounces", "notices"), asked before every round,
-so when the leader dies the next node to ask takes over. Without leadership (SQLite, one
-node) they simply run; the poller then uses IMAP IDLE where the server has it.
+Leadership (PostgreSQL): the bounce poll and the queue-wide checks (QueueWatch: backlog,
+bounce rate) run only on the node that leads their name ("bounces", "notices"), asked before
+every round, so when the leader dies the next node to ask takes over. Every node flushes its
+own Notifier, though: a condition only one node sees (its upstream login refused, its disk
+filling) is mailed by that node, and the digest names it (server.hostname, notify.py).
+Without leadership (SQLite, one node) every job simply runs.
 """
 
 from __future__ import annotations
 
 import asyncio
+import shutil
 from collections import deque
+from collections.abc import Callable, Sequence
+from pathlib import Path
 
 from relayd.bounce_reports import enqueue_report
 from relayd.bounce_store import QueueBounceStore
@@ -26,7 +31,9 @@ from relayd.types import PENDING_STATES, RecipientState, new_queue_id
 from relayd.units import format_duration
 
 log = get_logger("report_tasks")
-FLUSH_EVERY = 5.0  # seconds between notice flushes (a digest at most every digest_interval)
+
+# shutil.disk_usage's shape: (total, used, free) bytes of the file system holding a path.
+DiskUsage = Callable[[Path], tuple[int, int, int]]
 
 
 def imap_settings(imap: BouncesImapConfig) -> ImapSettings:
@@ -52,22 +59,35 @@ async def _leads(store: Store, name: str) -> bool:
     return await store.try_lead(name) if isinstance(store, Leadership) else True
 
 
-async def run_bounce_poller(config: Config, store: Store, clock: Clock) -> None:
-    """Poll [bounces.imap] for late bounces until cancelled."""
-    assert config.bounces is not None
-    assert config.bounces.imap is not None
-    settings = imap_settings(config.bounces.imap)
-    poller = BouncePoller(settings, QueueBounceStore(config, store), clock)
-    if not isinstance(store, Leadership):
-        await poller.run(asyncio.Event())
+def bounce_poller(config: Config, store: Store, clock: Clock) -> BouncePoller | None:
+    """The [bounces.imap] poller, or None without that table."""
+    if config.bounces is None or config.bounces.imap is None:
+        return None
+    return BouncePoller(imap_settings(config.bounces.imap), QueueBounceStore(config, store), clock)
+
+
+def polls_with_idle(poller: BouncePoller, store: Store) -> bool:
+    """Whether the poller runs as its own long-lived task (BouncePoller.run: one IMAP session
+    that IDLEs between polls where the server offers it) rather than as a schedule job.
+
+    Only on one node with `idle = true`: a leader's IDLE session would have to keep asking
+    whether it still leads, so with leadership every poll is a short scheduled round."""
+    return poller.settings.idle and not isinstance(store, Leadership)
+
+
+async def poll_bounces(poller: BouncePoller, store: Store, now: float) -> None:
+    """One scheduled poll round, on the node leading "bounces"; a failure is logged and the
+    next round tries again."""
+    if not await _leads(store, "bounces"):
         return
-    while True:
-        try:
-            if await _leads(store, "bounces"):
-                await poller.poll_once(clock.now())
-        except Exception as exc:  # logged and retried at the next interval
-            log.error("bounce_poll_failed", error=f"{type(exc).__name__}: {exc}")
-        await clock.sleep(settings.poll_interval)
+    try:
+        await poller.poll_once(now)
+    except Exception as exc:  # the IMAP server or the store: retried at the next round
+        log.error(
+            "bounce_poll_failed",
+            account=poller.settings.account,
+            error=f"{type(exc).__name__}: {exc}",
+        )
 
 
 class QueueNoticeSink:
@@ -125,6 +145,7 @@ class QueueWatch:
         self.notifier = notifier
         self.n = notifications
         self._failures: deque[tuple[float, int]] = deque()  # (when, failed + bounced)
+        self._raised: set[tuple[NoticeKind, str]] = set()
 
     async def check(self, store: Store, now: float) -> None:
         depth = await queue_depth(store)
@@ -173,21 +194,94 @@ class QueueWatch:
     ) -> None:
         if holds:
             self.notifier.raise_(kind, key, detail, affected=affected, now=now)
+            self._raised.add((kind, key))
         else:
             self.notifier.clear(kind, key, now)
+            self._raised.discard((kind, key))
+
+    def release(self, now: float) -> None:
+        """This node no longer leads "notices": its queue conditions are the new leader's
+        to report, so clear them here (and forget the failure samples, now stale) rather
+        than remind the operator of them from a node that no longer measures them."""
+        for kind, key in sorted(self._raised):
+            self.notifier.clear(kind, key, now)
+        self._raised.clear()
+        self._failures.clear()
 
 
-async def run_notices(notifier: Notifier, store: Store, clock: Clock, config: Config) -> None:
-    """Check the queue and flush the notifier every few seconds (a digest at most every
-    digest_interval)."""
-    assert config.notifications is not None
-    watch = QueueWatch(notifier, config.notifications)
-    while True:
+class NoticeRound:
+    """The notices job: the queue checks on the node leading "notices", then this node's
+    digest (its own conditions and, on the leader, the queue's)."""
+
+    def __init__(
+        self, notifier: Notifier, store: Store, notifications: NotificationsConfig
+    ) -> None:
+        self.notifier = notifier
+        self.store = store
+        self.watch = QueueWatch(notifier, notifications)
+
+    async def __call__(self, now: float) -> None:
         try:
-            if await _leads(store, "notices"):
-                now = clock.now()
-                await watch.check(store, now)
-                await notifier.flush(now)
-        except Exception as exc:  # the digest waits for the next flush
-            log.error("notice_flush_failed", error=f"{type(exc).__name__}: {exc}")
-        await clock.sleep(FLUSH_EVERY)
+            if await _leads(self.store, "notices"):
+                await self.watch.check(self.store, now)
+            else:
+                self.watch.release(now)
+        except Exception as exc:  # the store: the checks wait for the next round, not the flush
+            log.error("queue_check_failed", error=f"{type(exc).__name__}: {exc}")
+        await self.notifier.flush(now)  # keeps a digest it cannot enqueue for the next one
+
+
+def disk_paths(config: Config) -> list[Path]:
+    """The local directories relayd writes to: the SQLite queue's and the transcripts'.
+    A PostgreSQL queue's disk is the database server's (its DBA watches it)."""
+    paths = [config.queue.path.parent] if config.queue.backend == "sqlite" else []
+    if config.log.transcript_dir is not None:
+        paths.append(config.log.transcript_dir)
+    return paths
+
+
+class DiskWatch:
+    """disk_low: raised for each path whose file system has less than `minimum` bytes free
+    (notifications.disk_free_min), cleared when it has that much again.
+
+    The queue needs the space most: a full disk makes intake answer 451 and stalls every
+    state change. `usage` is shutil.disk_usage; it runs in a thread, because statvfs on a
+    hung network mount would otherwise block the event loop (and the watchdog with it)."""
+
+    def __init__(
+        self,
+        notifier: Notifier,
+        minimum: int,
+        paths: Sequence[Path],
+        usage: DiskUsage = shutil.disk_usage,
+    ) -> None:
+        self.notifier = notifier
+        self.minimum = minimum
+        self.paths = list(dict.fromkeys(paths))
+        self.usage = usage
+
+    async def check(self, now: float) -> None:
+        for path in self.paths:
+            try:
+                total, _used, free = await asyncio.to_thread(self.usage, path)
+            except OSError as exc:  # not there (yet): nothing to measure, nothing to clear
+                log.warning("disk_check_failed", path=str(path), error=str(exc))
+                continue
+            if free < self.minimum:
+                detail = (
+                    f"{_size(free)} free of {_size(total)} on the file system holding "
+                    f"{path}; notifications.disk_free_min is {_size(self.minimum)}"
+                )
+                self.notifier.raise_(NoticeKind.DISK_LOW, str(path), detail, now=now)
+            else:
+                self.notifier.clear(NoticeKind.DISK_LOW, str(path), now)
+
+
+def _size(count: int) -> str:
+    """Bytes for people: 512 -> "512 B", 1536 -> "1.5 KiB", 3 * 2**30 -> "3.0 GiB"."""
+    value, unit = float(count), "B"
+    for bigger in ("KiB", "MiB", "GiB", "TiB"):
+        if value < 1024:
+            break
+        value, unit = value / 1024, bigger
+    return f"{count} B" if unit == "B" else f"{value:.1f} {unit}"

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from relayd import report_tasks
+from relayd import schedule
 from relayd.config import load
 from tests.conftest import ConfigFactory, running
 from tests.support.client import message, send
@@ -33,7 +33,7 @@ unreachable_after = "1s"
 
 @pytest.fixture(autouse=True)
 def _fast_flush(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(report_tasks, "FLUSH_EVERY", 0.1)
+    monkeypatch.setattr(schedule, "NOTICES_EVERY", 0.1)
 
 
 def _text(received: Received) -> tuple[EmailMessage, str]:

@@ -1,12 +1,25 @@
-"""heartbeat.py's pure parts: when the watchdog is on, and what STATUS= says."""
+"""heartbeat.py: when the watchdog is on, what STATUS= says, the STATUS= job (on a fake
+NOTIFY_SOCKET, with the time it is given) and the watchdog loop."""
 
 from __future__ import annotations
 
+import asyncio
 import os
+import socket
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
 
-from relayd.heartbeat import status_line, watchdog_interval
+import pytest
+from structlog.testing import capture_logs
+
+from relayd.errors import StoreError
+from relayd.heartbeat import run_watchdog, status_line, update_status, watchdog_interval
 from relayd.metrics import Depth
-from relayd.types import RecipientState
+from relayd.types import MessageView, QueueId, RecipientState
+
+T0 = 1_704_189_600.0
 
 
 def test_watchdog_interval_is_half_of_watchdog_usec_for_this_process() -> None:
@@ -32,3 +45,77 @@ def test_status_line() -> None:
     assert status_line(Depth(dict.fromkeys(RecipientState, 0), None), 0) == (
         "queue: 0 queued, 0 deferred, 0 held"
     )
+
+
+@pytest.fixture
+def notify_socket() -> Iterator[tuple[socket.socket, dict[str, str]]]:
+    """A unix datagram socket standing in for systemd's, in a short directory (sun_path)."""
+    with tempfile.TemporaryDirectory(prefix="relayd-hb-") as directory:
+        path = str(Path(directory) / "notify.sock")
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+            sock.bind(path)
+            sock.setblocking(False)
+            yield sock, {"NOTIFY_SOCKET": path}
+
+
+@dataclass
+class QueueStore:
+    """store.counts() and list_messages(), as metrics.queue_depth reads them."""
+
+    counts_: dict[RecipientState, int] = field(
+        default_factory=lambda: dict.fromkeys(RecipientState, 0)
+    )
+    oldest: float | None = None
+    error: StoreError | None = None
+
+    async def counts(self) -> dict[RecipientState, int]:
+        if self.error is not None:
+            raise self.error
+        return dict(self.counts_)
+
+    async def list_messages(
+        self, state: RecipientState | None = None, upstream: str | None = None, limit: int = 1000
+    ) -> list[MessageView]:
+        if self.oldest is None or state is not RecipientState.QUEUED:
+            return []
+        return [MessageView(QueueId("Q"), "main", "a@b", "<m>", self.oldest, 1)]
+
+
+async def test_the_status_job_sends_the_queue_depth_at_the_time_it_is_given(
+    notify_socket: tuple[socket.socket, dict[str, str]],
+) -> None:
+    sock, env = notify_socket
+    store = QueueStore(oldest=T0 - 300)
+    store.counts_[RecipientState.QUEUED] = 2
+    assert await update_status(store, T0, env)  # type: ignore[arg-type]
+    message = sock.recv(4096).decode()
+    assert message == "STATUS=queue: 2 queued, 0 deferred, 0 held; oldest 5m"
+
+
+async def test_a_failing_store_skips_one_status_update_with_a_warning(
+    notify_socket: tuple[socket.socket, dict[str, str]],
+) -> None:
+    sock, env = notify_socket
+    store = QueueStore(error=StoreError("database is locked"))
+    with capture_logs() as logs:
+        assert not await update_status(store, T0, env)  # type: ignore[arg-type]
+    assert [(e["event"], e["log_level"], e["error"]) for e in logs] == [
+        ("status_unavailable", "warning", "database is locked")
+    ]
+    with pytest.raises(BlockingIOError):
+        sock.recv(4096)  # nothing was sent
+
+
+async def test_the_watchdog_loop_pings_until_cancelled(
+    notify_socket: tuple[socket.socket, dict[str, str]],
+) -> None:
+    sock, env = notify_socket
+    loop = asyncio.get_running_loop()
+    pinger = asyncio.create_task(run_watchdog(0.01, env))
+    try:
+        pings = [await asyncio.wait_for(loop.sock_recv(sock, 4096), 10) for _ in range(3)]
+    finally:
+        pinger.cancel()
+    assert pings == [b"WATCHDOG=1"] * 3
+    with pytest.raises(asyncio.CancelledError):
+        await pinger

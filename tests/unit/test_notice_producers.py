@@ -1,14 +1,19 @@
 """The notice producers outside notify.py: upstream_notices (what a lane saw) and
-report_tasks.QueueWatch (backlog and bounce rate from the store's counts), in virtual time."""
+report_tasks.QueueWatch (backlog and bounce rate from the store's counts), in virtual time;
+and report_tasks.NoticeRound on PostgreSQL nodes: queue checks only on the leader, every
+node's own conditions mailed by that node under its hostname."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from structlog.testing import capture_logs
+
 from relayd.config_reports import NotificationsConfig
+from relayd.errors import StoreError
 from relayd.notify import Notifier, NotifySettings
 from relayd.outcome import Action
-from relayd.report_tasks import QueueWatch
+from relayd.report_tasks import NoticeRound, QueueWatch
 from relayd.types import MessageView, QueueId, RecipientState, SmtpReply
 from relayd.upstream_notices import UpstreamNotices
 
@@ -124,3 +129,97 @@ def test_a_throttle_raises_upstream_throttled_and_a_delivery_clears_it() -> None
     ok = SmtpReply(250, "2.0.0 OK")
     notices.observe(Upstream(), [("a@x", Action.DELIVERED, ok)], T0 + 5)  # type: ignore[arg-type]
     assert notifier.active() == []
+
+
+@dataclass
+class NodeStore(CountingStore):
+    """A PostgreSQL node's store as NoticeRound sees it: counts, plus Leadership."""
+
+    leading: bool = False
+    asked: list[str] = field(default_factory=list)
+
+    async def try_lead(self, name: str) -> bool:
+        self.asked.append(name)
+        return self.leading
+
+    async def resign(self, name: str) -> None:
+        self.leading = False
+
+
+@dataclass
+class FakeClock:
+    at: float = T0
+
+    def now(self) -> float:
+        return self.at
+
+    def monotonic(self) -> float:
+        return self.at
+
+    async def sleep(self, seconds: float) -> None:
+        self.at += seconds
+
+
+def _backlogged(leading: bool) -> NodeStore:
+    store = NodeStore(leading=leading)
+    store.counts_[RecipientState.QUEUED] = 11  # over backlog_depth below
+    return store
+
+
+NOTICES = NotificationsConfig.model_validate(
+    {"mailbox": "ops@x.example", "backlog_depth": 10, "digest_interval": 60}
+)
+
+
+async def test_a_non_leader_node_mails_its_own_conditions_named_by_its_hostname() -> None:
+    clock = FakeClock()
+    sink = Sink()
+    node2 = Notifier(sink, NotifySettings(hostname="node2.example", digest_interval=60))
+    store = _backlogged(leading=False)
+    notice_round = NoticeRound(node2, store, NOTICES)  # type: ignore[arg-type]
+    refused = SmtpReply(535, "5.7.8 Username and Password not accepted.")
+    UpstreamNotices(node2).observe(Upstream(), [("a@x", Action.AUTH_FAILED, refused)], clock.now())  # type: ignore[arg-type]
+    await notice_round(clock.now())
+    assert store.asked == ["notices"]
+    assert _kinds(node2) == [("auth_failed", "main")]  # the queue is the leader's to check
+    (subject, body, when) = sink.sent[0]
+    assert subject == "[relayd node2.example] Upstream main refuses relayd's credentials"
+    assert body.startswith("relayd on node2.example, ")
+    assert when == T0
+    clock.at += 5
+    await notice_round(clock.now())  # nothing new, and within digest_interval
+    assert len(sink.sent) == 1
+
+
+async def test_the_leader_checks_the_queue_and_a_node_that_loses_the_lead_clears_it() -> None:
+    clock = FakeClock()
+    sink = Sink()
+    node1 = Notifier(sink, NotifySettings(hostname="node1.example", digest_interval=60))
+    store = _backlogged(leading=True)
+    notice_round = NoticeRound(node1, store, NOTICES)  # type: ignore[arg-type]
+    await notice_round(clock.now())
+    assert _kinds(node1) == [("queue_backlog", "more than 10 recipients waiting")]
+    assert sink.sent[0][0] == (
+        "[relayd node1.example] The queue is backing up (more than 10 recipients waiting)"
+    )
+    store.leading = False  # another node took the lead: it reports the queue from now on
+    clock.at += 60
+    await notice_round(clock.now())
+    assert node1.active() == []
+    assert "RESOLVED: The queue is backing up" in sink.sent[1][1]
+
+
+async def test_a_failing_queue_check_still_flushes_this_nodes_digest() -> None:
+    sink = Sink()
+    node = Notifier(sink, NotifySettings(hostname="node3.example"))
+
+    class Broken(NodeStore):
+        async def counts(self) -> dict[RecipientState, int]:
+            raise StoreError("connection lost")
+
+    notice_round = NoticeRound(node, Broken(leading=True), NOTICES)  # type: ignore[arg-type]
+    node.raise_("config_reload_failed", "relayd.toml", "line 3: unknown key", now=T0)
+    with capture_logs() as logs:
+        await notice_round(T0)
+    assert [e["event"] for e in logs] == ["queue_check_failed", "notice_digest"]
+    assert sink.sent[0][0].startswith("[relayd node3.example] The configuration could not")
