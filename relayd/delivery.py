@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import os
 import ssl
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -17,12 +18,13 @@ import aiosmtplib
 
 from relayd.clock import Clock, SystemClock
 from relayd.config import UpstreamConfig
+from relayd.dsn_params import rcpt_options
 from relayd.errors import UpstreamAuthError, UpstreamUnavailable
 from relayd.from_policy import apply_from_policy, envelope_sender
 from relayd.oauth import TokenSource, TokenSources
 from relayd.providers import PRESETS
 from relayd.transcripts import scrub_password, smtp_client
-from relayd.types import NoticeHook, SmtpReply
+from relayd.types import NoticeHook, RcptDsn, SmtpReply
 
 # Replies relayd synthesises for the directory capture upstream.
 CAPTURED = SmtpReply(250, "2.0.0 Ok: written to the capture directory")
@@ -50,8 +52,10 @@ class Session(Protocol):
         *,
         name: str,
         mail_options: tuple[str, ...] = (),
+        rcpt_dsn: Mapping[str, RcptDsn] | None = None,
     ) -> SendResult:
-        """Deliver one message; raises UpstreamUnavailable when the session breaks."""
+        """Deliver one message; raises UpstreamUnavailable when the session breaks. `rcpt_dsn`
+        (recipients' NOTIFY/ORCPT) goes upstream only where it advertises DSN."""
 
     async def close(self) -> None:
         """Close the connection (QUIT when possible)."""
@@ -113,6 +117,7 @@ class PolicySession:
         *,
         name: str,
         mail_options: tuple[str, ...] = (),
+        rcpt_dsn: Mapping[str, RcptDsn] | None = None,
     ) -> SendResult:
         return await self.inner.send(
             envelope_sender(mail_from, self.account, self.use_account),
@@ -120,6 +125,7 @@ class PolicySession:
             apply_from_policy(body, self.policy, self.account),
             name=name,
             mail_options=mail_options,
+            rcpt_dsn=rcpt_dsn,
         )
 
     async def close(self) -> None:
@@ -140,6 +146,7 @@ class DirectorySession:
         *,
         name: str,
         mail_options: tuple[str, ...] = (),
+        rcpt_dsn: Mapping[str, RcptDsn] | None = None,
     ) -> SendResult:
         try:
             await asyncio.to_thread(self._write, name, body)
@@ -242,18 +249,24 @@ class SmtpSession:
         *,
         name: str,
         mail_options: tuple[str, ...] = (),
+        rcpt_dsn: Mapping[str, RcptDsn] | None = None,
     ) -> SendResult:
         reused = self._smtp is not None and self._smtp.is_connected
         self._in_transaction = True
+        envelope = (mail_from, recipients, body, mail_options, rcpt_dsn or {})
         try:
-            return await self._send(mail_from, recipients, body, mail_options)
+            return await self._send(*envelope)
         except aiosmtplib.SMTPServerDisconnected as exc:
             await self.close()
-            if reused:
-                # The server closed an idle reused connection before DATA (a drop during DATA
-                # raises UpstreamUnavailable below): one fresh try, not a deferral.
-                return await self._send_translating(mail_from, recipients, body, mail_options)
-            raise UpstreamUnavailable(f"connection lost: {exc}") from exc
+            if not reused:
+                raise UpstreamUnavailable(f"connection lost: {exc}") from exc
+            # The server closed an idle reused connection before DATA (a drop during DATA
+            # raises UpstreamUnavailable below): one fresh try, not a deferral.
+            try:
+                return await self._send(*envelope)
+            except (TimeoutError, aiosmtplib.SMTPException, OSError, ssl.SSLError) as again:
+                await self.close()
+                raise UpstreamUnavailable(_describe(again)) from again
         except UpstreamUnavailable:
             await self.close()
             raise
@@ -263,25 +276,13 @@ class SmtpSession:
         finally:
             self._in_transaction = False
 
-    async def _send_translating(
-        self,
-        mail_from: str,
-        recipients: tuple[str, ...],
-        body: bytes,
-        mail_options: tuple[str, ...],
-    ) -> SendResult:
-        try:
-            return await self._send(mail_from, recipients, body, mail_options)
-        except (TimeoutError, aiosmtplib.SMTPException, OSError, ssl.SSLError) as exc:
-            await self.close()
-            raise UpstreamUnavailable(_describe(exc)) from exc
-
     async def _send(
         self,
         mail_from: str,
         recipients: tuple[str, ...],
         body: bytes,
         mail_options: tuple[str, ...],
+        rcpt_dsn: Mapping[str, RcptDsn],
     ) -> SendResult:
         if self._smtp is None or not self._smtp.is_connected:
             try:
@@ -299,6 +300,9 @@ class SmtpSession:
                 reply = SmtpReply(535, f"5.7.8 {exc}")
                 return SendResult({rcpt: reply for rcpt in recipients})
         smtp = self._smtp
+        # EHLO before MAIL (not within it, as aiosmtplib would): its extensions decide the
+        # MAIL and RCPT parameters. aiosmtplib's own greeting: EHLO, HELO if refused.
+        await smtp._ehlo_or_helo_if_needed()
         options = self._mail_options(smtp, mail_options, len(body))
         encoding = "utf-8" if "SMTPUTF8" in options else "ascii"
         if encoding == "ascii" and not all(a.isascii() for a in (mail_from, *recipients)):
@@ -312,7 +316,8 @@ class SmtpSession:
             reply = SmtpReply(exc.code, exc.message)
             return SendResult({rcpt: reply for rcpt in recipients})
         result = SendResult()
-        accepted = await self._recipients(smtp, recipients, encoding, result)
+        dsn = rcpt_dsn if smtp.supports_extension("dsn") else {}
+        accepted = await self._recipients(smtp, recipients, encoding, dsn, result)
         if not accepted:
             await self._reset(smtp)
             return result
@@ -329,13 +334,18 @@ class SmtpSession:
 
     @staticmethod
     async def _recipients(
-        smtp: aiosmtplib.SMTP, recipients: tuple[str, ...], encoding: str, result: SendResult
+        smtp: aiosmtplib.SMTP,
+        recipients: tuple[str, ...],
+        encoding: str,
+        dsn: Mapping[str, RcptDsn],
+        result: SendResult,
     ) -> list[str]:
-        """RCPT TO for each recipient; records every reply, returns the accepted ones."""
+        """RCPT TO each recipient (with its NOTIFY/ORCPT from `dsn`); returns the accepted."""
         accepted: list[str] = []
         for rcpt in recipients:
+            options = rcpt_options(dsn[rcpt]) if rcpt in dsn else None
             try:
-                response = await smtp.rcpt(rcpt, encoding=encoding)
+                response = await smtp.rcpt(rcpt, options=options, encoding=encoding)
             except aiosmtplib.SMTPRecipientRefused as exc:
                 response = aiosmtplib.SMTPResponse(exc.code, exc.message)
             result.replies[rcpt] = SmtpReply(response.code, response.message)
@@ -386,5 +396,4 @@ def _describe(exc: BaseException) -> str:
         return "connection refused (is the upstream host and port right, and is it up?)"
     if isinstance(exc, ssl.SSLError | ssl.CertificateError):
         return f"TLS failed: {exc}"
-    text = str(exc) or type(exc).__name__
-    return text
+    return str(exc) or type(exc).__name__

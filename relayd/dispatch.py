@@ -276,6 +276,8 @@ class Lane:
                 body,
                 name=lease.queue_id,
                 mail_options=lease.mail_options,
+                # NOTIFY/ORCPT per recipient (RFC 3461), for an upstream that offers DSN
+                rcpt_dsn=dict(zip(lease.recipients, lease.rcpt_dsn, strict=False)),
             )
         except UpstreamUnavailable as exc:
             result = SendResult(reached_data=exc.reached_data)

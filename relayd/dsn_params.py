@@ -79,9 +79,22 @@ def mail_dsn(mail_options: tuple[str, ...]) -> tuple[bool, str | None]:
 
 
 def rcpt_options(dsn: RcptDsn) -> list[str]:
-    """The RCPT TO parameters to forward to an upstream that advertises DSN."""
+    """The RCPT TO parameters to forward to an upstream that advertises DSN (RFC 3461
+    4.1-4.2): NOTIFY as kept, ORCPT as `addr-type;xtext`, so the upstream's own reports
+    name the address the app gave. [] when the app gave neither."""
     options = [f"NOTIFY={dsn.notify}"] if dsn.notify else []
     if dsn.orcpt:
-        addr_type, _, address = dsn.orcpt.partition(";")
-        options.append(f"ORCPT={addr_type};{xtext_encode(address)}")
+        addr_type, sep, address = dsn.orcpt.partition(";")
+        if not sep:  # not from intake (which always keeps the type): RFC 3461's default
+            addr_type, address = "rfc822", dsn.orcpt
+        options.append(f"ORCPT={addr_type};{_xtext(address)}")
     return options
+
+
+def _xtext(decoded: str) -> str:
+    """The inverse of xtext_decode, which makes one character of each `+XX` byte: such a
+    character is written back as the same byte (xtext_encode alone would turn a UTF-8
+    address's bytes into UTF-8 twice). Text past U+00FF is not intake's: plain xtext_encode."""
+    if any(ord(char) > 0xFF for char in decoded):
+        return xtext_encode(decoded)
+    return "".join(xtext_encode(c) if c.isascii() else f"+{ord(c):02X}" for c in decoded)

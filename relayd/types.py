@@ -78,7 +78,8 @@ class Ceiling:
 @dataclass(frozen=True)
 class RcptDsn:
     """A recipient's RFC 3461 parameters: NOTIFY (upper case, "NEVER" or a comma list of
-    SUCCESS/FAILURE/DELAY; None when not given) and ORCPT as given ("rfc822;bob+40x.org")."""
+    SUCCESS/FAILURE/DELAY; None when not given) and ORCPT with its address decoded from
+    xtext ("rfc822;bob+x@x.org" for `ORCPT=rfc822;bob+2Bx@x.org`; None when not given)."""
 
     notify: str | None = None
     orcpt: str | None = None
@@ -123,6 +124,9 @@ class Lease:
     token: str
     lease_until: float
     mail_options: tuple[str, ...] = ()
+    # Per leased recipient, in the order of `recipients` (stores always fill it, RcptDsn()
+    # when the app gave none), so delivery can forward NOTIFY/ORCPT to a DSN upstream.
+    rcpt_dsn: tuple[RcptDsn, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -83,7 +83,8 @@ class Store(Protocol):
         """Claim up to `limit` messages of `upstream` with recipients due at `now`.
 
         Oldest due first. A message whose lease has expired is claimable again; the
-        lease covers only the recipients that were due.
+        lease covers only the recipients that were due, each with the RFC 3461 parameters
+        enqueue stored for it (`Lease.rcpt_dsn`, in the order of `Lease.recipients`).
         """
 
     async def load_body(self, queue_id: QueueId) -> bytes:

@@ -179,8 +179,9 @@ RETURNING m.id, m.upstream, m.mail_from, m.message_id, m.received_at, m.size,
           m.mail_options::text, m.lease_token, m.next_attempt_at;
 
 -- name: due_recipients
--- The recipients the new leases cover: pending and due (held ones are never leased).
-SELECT queue_id, address, attempts
+-- The recipients the new leases cover: pending and due (held ones are never leased), with
+-- their RFC 3461 parameters to forward upstream.
+SELECT queue_id, address, attempts, notify, orcpt
 FROM recipients
 WHERE queue_id = ANY(:ids::text[])
   AND state IN ('queued', 'deferred')

@@ -125,28 +125,30 @@ async def lease_due(
     # RETURNING has no order: put the claims back in line (due time, then arrival).
     claimed.sort(key=lambda row: (row["next_attempt_at"], row["received_at"]))
     ids = [row["id"] for row in claimed]
-    due: dict[str, list[tuple[str, int]]] = {queue_id: [] for queue_id in ids}
+    due: dict[str, list[Any]] = {queue_id: [] for queue_id in ids}
     for row in await _fetch(conn, Q["due_recipients"], ids=ids, now=float(now)):
-        due[row["queue_id"]].append((row["address"], row["attempts"]))
+        due[row["queue_id"]].append(row)
     empty = [queue_id for queue_id, rcpts in due.items() if not rcpts]
     if empty:  # next_attempt_at is kept exact, so this is only a safety net
         await _execute(conn, Q["clear_leases"], ids=empty)
     return [_lease(row, due[row["id"]], now + lease_for) for row in claimed if due[row["id"]]]
 
 
-def _lease(row: Any, due: list[tuple[str, int]], lease_until: float) -> Lease:
+def _lease(row: Any, due: list[Any], lease_until: float) -> Lease:
+    """A Lease from a claimed message row and its due recipient rows (in idx order)."""
     return Lease(
         queue_id=QueueId(row["id"]),
         upstream=row["upstream"],
         mail_from=row["mail_from"],
-        recipients=tuple(address for address, _ in due),
-        attempts=max(attempts for _, attempts in due),
+        recipients=tuple(r["address"] for r in due),
+        attempts=max(r["attempts"] for r in due),
         message_id=row["message_id"],
         received_at=row["received_at"],
         size=row["size"],
         token=row["lease_token"],
         lease_until=lease_until,
         mail_options=tuple(json.loads(row["mail_options"])),
+        rcpt_dsn=tuple(RcptDsn(r["notify"], r["orcpt"]) for r in due),
     )
 
 

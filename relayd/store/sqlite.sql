@@ -151,8 +151,9 @@ ORDER BY next_attempt_at, received_at
 LIMIT :limit;
 
 -- name: select_due_recipients
--- The recipients a new lease covers: pending and due (held ones are never leased).
-SELECT address, attempts
+-- The recipients a new lease covers: pending and due (held ones are never leased), with
+-- their RFC 3461 parameters to forward upstream.
+SELECT address, attempts, notify, orcpt
 FROM recipients
 WHERE queue_id = :queue_id
   AND state IN ('queued', 'deferred')

@@ -137,14 +137,15 @@ def lease_due(
                 queue_id=QueueId(queue_id),
                 upstream=upstream_,
                 mail_from=mail_from,
-                recipients=tuple(address for address, _ in due),
-                attempts=max(attempts for _, attempts in due),
+                recipients=tuple(row[0] for row in due),
+                attempts=max(row[1] for row in due),
                 message_id=message_id,
                 received_at=received_at,
                 size=size,
                 token=token,
                 lease_until=now + lease_for,
                 mail_options=tuple(json.loads(options)),
+                rcpt_dsn=tuple(RcptDsn(notify, orcpt) for _, _, notify, orcpt in due),
             )
         )
     return leases

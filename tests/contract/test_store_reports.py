@@ -1,5 +1,6 @@
 """The store's delivery-report verbs, for every backend: DSN parameters kept per
-recipient, the delay-warning flag, late-bounce matching and the IMAP poller's place."""
+recipient (and carried by leases), the delay-warning flag, late-bounce matching and the
+IMAP poller's place."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from relayd.dsn_parse import ParsedDsn, ParsedRecipient
 from relayd.types import RcptDsn, RecipientState
 
 from .conftest import ContractStore
-from .test_store import T0, message
+from .test_store import LEASE, T0, lease_one, message, outcome
 
 
 async def test_report_info_keeps_dsn_parameters(store: ContractStore) -> None:
@@ -27,6 +28,36 @@ async def test_report_info_keeps_dsn_parameters(store: ContractStore) -> None:
     assert not await store.mark_delay_warned(queue_id)  # once
     info = await store.report_info(queue_id)
     assert info is not None and info.delay_warned
+
+
+async def test_a_lease_carries_its_recipients_dsn_parameters(store: ContractStore) -> None:
+    """Delivery forwards NOTIFY/ORCPT upstream from the lease: each leased recipient's own,
+    in the lease's order, also when a retry leases only some of them."""
+    params = (
+        RcptDsn("SUCCESS,FAILURE", "rfc822;a+x@example.com"),
+        RcptDsn(),
+        RcptDsn("NEVER", "utf-8;c@example.com"),
+    )
+    rcpts = ("a@example.com", "b@example.com", "c@example.com")
+    queue_id = await store.enqueue(dataclasses.replace(message(*rcpts), rcpt_dsn=params))
+    await store.enqueue(message("plain@example.com", "other@example.com", at=T0 + 1))
+
+    first, plain = await store.lease_due("practice", T0 + 1, 10, LEASE, "worker-1")
+    assert (first.queue_id, first.recipients, first.rcpt_dsn) == (queue_id, rcpts, params)
+    assert plain.rcpt_dsn == (RcptDsn(), RcptDsn())  # none given: one empty set each
+    await store.record_outcome(
+        first,
+        [
+            outcome("a@example.com", RecipientState.DEFERRED, T0 + 10),
+            outcome("b@example.com", RecipientState.DELIVERED),
+            outcome("c@example.com", RecipientState.DEFERRED, T0 + 10),
+        ],
+        T0 + 1,
+    )
+
+    retry = await lease_one(store, T0 + 10)
+    assert retry.recipients == ("a@example.com", "c@example.com")
+    assert retry.rcpt_dsn == (params[0], params[2])
 
 
 async def test_match_bounce_by_message_id_marks_bounced_idempotently(

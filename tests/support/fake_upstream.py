@@ -33,6 +33,45 @@ class Script:
     auth_reply: str | None = None  # reply to every AUTH attempt (None: accept)
 
 
+_DSN_MAIL = frozenset({"RET", "ENVID"})
+_DSN_RCPT = frozenset({"NOTIFY", "ORCPT"})
+
+
+def _split_dsn(arg: str | None, keywords: frozenset[str]) -> tuple[str | None, tuple[str, ...]]:
+    """A MAIL/RCPT argument without its DSN parameters, and those parameters verbatim."""
+    if arg is None:
+        return None, ()
+    rest: list[str] = []
+    dsn: list[str] = []
+    for word in arg.split(" "):
+        (dsn if word.partition("=")[0].upper() in keywords else rest).append(word)
+    return " ".join(rest), tuple(dsn)
+
+
+class _DsnSMTP(SMTP):
+    """aiosmtpd's SMTP with RFC 3461 DSN, which aiosmtpd does not know (FakeUpstream(dsn=True)).
+
+    aiosmtpd upper-cases MAIL/RCPT parameters and answers 555 to any it does not know, before
+    a handler hook sees them; so RET/ENVID and NOTIFY/ORCPT are taken off the command here,
+    verbatim (ENVID and ORCPT are case-sensitive xtext), for the handler to record. EHLO's
+    `250-DSN` line comes from _DsnHandler.handle_EHLO.
+    """
+
+    dsn_params: tuple[str, ...] = ()  # the current MAIL or RCPT command's
+
+    async def smtp_MAIL(self, arg: str | None) -> None:
+        arg, self.dsn_params = _split_dsn(arg, _DSN_MAIL)
+        await super().smtp_MAIL(arg)
+
+    async def smtp_RCPT(self, arg: str | None) -> None:
+        arg, self.dsn_params = _split_dsn(arg, _DSN_RCPT)
+        await super().smtp_RCPT(arg)
+
+
+def _dsn_params(server: SMTP) -> tuple[str, ...]:
+    return server.dsn_params if isinstance(server, _DsnSMTP) else ()
+
+
 class _Handler:
     def __init__(self, upstream: FakeUpstream) -> None:
         self.upstream = upstream
@@ -45,14 +84,16 @@ class _Handler:
             reply = script.mail_replies.popleft()
             if not reply.startswith("2"):
                 return reply
+        options = [*options, *_dsn_params(server)]
         envelope.mail_from = address
         envelope.mail_options.extend(options)
-        self.upstream.mail_options.append(list(options))
+        self.upstream.mail_options.append(options)
         return "250 2.1.0 OK"
 
     async def handle_RCPT(
         self, server: SMTP, session: Session, envelope: Envelope, address: str, options: list[str]
     ) -> str:
+        self.upstream.rcpt_options.append((address, [*options, *_dsn_params(server)]))
         reply = self.upstream.script.rcpt_replies.get(address)
         if reply is not None and not reply.startswith("2"):
             return reply
@@ -81,16 +122,39 @@ class _Handler:
         return "250 2.0.0 OK accepted"
 
 
+class _DsnHandler(_Handler):
+    async def handle_EHLO(
+        self, server: SMTP, session: Session, envelope: Envelope, hostname: str, lines: list[str]
+    ) -> list[str]:
+        """Advertise DSN before the last line ("250 HELP"); with this hook aiosmtpd leaves
+        recording the client's name to it."""
+        session.host_name = hostname
+        return [*lines[:-1], "250-DSN", lines[-1]]
+
+
 class FakeUpstream:
-    """Start with `async with FakeUpstream() as up:`; `up.port`, `up.received`, `up.script`."""
+    """Start with `async with FakeUpstream() as up:`; `up.port`, `up.received`, `up.script`.
+
+    `mail_options` has each accepted MAIL's parameters, `rcpt_options` each RCPT TO's address
+    and parameters (refused ones too); aiosmtpd's own are upper-cased, DSN ones verbatim.
+    `dsn=True` advertises RFC 3461 DSN and accepts RET, ENVID, NOTIFY and ORCPT; without it,
+    as aiosmtpd, the upstream refuses them (555), as a server without DSN would.
+    """
 
     def __init__(
-        self, port: int = 0, tls_context: ssl.SSLContext | None = None, starttls: bool = False
+        self,
+        port: int = 0,
+        tls_context: ssl.SSLContext | None = None,
+        starttls: bool = False,
+        *,
+        dsn: bool = False,
     ) -> None:
         self.port = port
         self.script = Script()
         self.received: list[Received] = []
         self.mail_options: list[list[str]] = []
+        self.rcpt_options: list[tuple[str, list[str]]] = []
+        self.dsn = dsn
         self.data_seen = 0
         self.connections = 0
         self.arrived = asyncio.Event()
@@ -106,7 +170,10 @@ class FakeUpstream:
         if self.starttls and self.tls_context is not None:
             kwargs["tls_context"] = self.tls_context
             kwargs["require_starttls"] = True
-        protocol = SMTP(_Handler(self), **kwargs)
+        if self.dsn:
+            protocol: SMTP = _DsnSMTP(_DsnHandler(self), **kwargs)
+        else:
+            protocol = SMTP(_Handler(self), **kwargs)
         self._protocols.append(protocol)
         return protocol
 

@@ -10,8 +10,8 @@ from __future__ import annotations
 import asyncio
 import collections
 import itertools
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -26,6 +26,7 @@ from relayd.types import (
     Ceiling,
     NewMessage,
     QueueId,
+    RcptDsn,
     RecipientOutcome,
     RecipientState,
     SmtpReply,
@@ -73,6 +74,7 @@ class Sent:
     at: float
     queue_id: str
     recipients: tuple[str, ...]
+    rcpt_dsn: dict[str, RcptDsn] = field(default_factory=dict)
 
 
 class FakeSession:
@@ -92,8 +94,9 @@ class FakeSession:
         *,
         name: str,
         mail_options: tuple[str, ...] = (),
+        rcpt_dsn: Mapping[str, RcptDsn] | None = None,
     ) -> SendResult:
-        self.sent.append(Sent(self.clock.now(), name, recipients))
+        self.sent.append(Sent(self.clock.now(), name, recipients, dict(rcpt_dsn or {})))
         code, _, text = (self.replies.popleft() if self.replies else "250 2.0.0 OK").partition(" ")
         self.on_send()
         reply = SmtpReply(int(code), text)
@@ -309,6 +312,28 @@ async def test_a_deferred_recipient_says_which_retry_and_when(
         assert await h.reason(queue_id) == f"retry 1 at {iso(T0 + 0.2)}"  # retry = 200ms, 400ms
         await h.run(sends=2, until=T0 + 60)
         assert await h.reason(queue_id) == f"retry 2 at {iso(h.session.sent[1].at + 0.4)}"
+
+
+async def test_each_attempt_hands_the_session_the_recipients_dsn_parameters(
+    make_config: ConfigFactory, tmp_path: Path
+) -> None:
+    """NOTIFY/ORCPT stored at intake reach Session.send with every lease, retries included
+    (the session decides whether the upstream gets them)."""
+    dsn = {
+        "a@example.net": RcptDsn("SUCCESS,FAILURE", "rfc822;a+x@example.net"),
+        "b@example.net": RcptDsn(),
+        "c@example.net": RcptDsn("NEVER"),
+    }
+    async with SqliteStore(tmp_path / "virtual.db") as store:
+        h = Harness(make_config(UPSTREAM), store, T0)
+        h.session.replies.append("451 4.3.0 try later")
+        rcpts, params = tuple(dsn), tuple(dsn.values())
+        await store.enqueue(
+            NewMessage("app@example.org", rcpts, b"x\r\n", "main", "<m@x>", T0, rcpt_dsn=params)
+        )
+        sent = await h.run(sends=2, until=T0 + 60)
+    assert [s.recipients for s in sent] == [tuple(dsn)] * 2
+    assert [s.rcpt_dsn for s in sent] == [dsn, dsn]
 
 
 async def test_a_throttle_pauses_the_upstream_backs_off_and_resumes(
