@@ -10,7 +10,6 @@ and which are reads, and the in-process "new work" event for wait_for_work().
 from __future__ import annotations
 
 import asyncio
-import sqlite3
 from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
@@ -34,10 +33,6 @@ from relayd.types import (
 
 DEFAULT_BUSY_TIMEOUT = 5.0
 EXTERNAL_POLL = 1.0  # seconds between checks for commits made by other processes
-
-
-def _data_version(conn: sqlite3.Connection) -> int:
-    return int(conn.execute("PRAGMA data_version").fetchone()[0])
 
 
 class SqliteStore:
@@ -126,19 +121,19 @@ class SqliteStore:
 
         Another process's commit (`relayd queue retry`, a sendmail fallback, intake in
         another process) wakes the waiter too: at once through the wake-up socket, or
-        within EXTERNAL_POLL seconds by SQLite's data_version, which changes only for
-        commits made through other connections.
+        within EXTERNAL_POLL seconds by SQLite's data_version (of the write connection),
+        which changes only for commits made through other connections.
         """
         self._wakeup.listen(self._work)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
-        version = await self._db.read(_data_version)
+        version = await self._db.data_version()
         while (remaining := deadline - loop.time()) > 0:
             try:
                 async with asyncio.timeout(min(remaining, EXTERNAL_POLL)):
                     await self._work.wait()
             except TimeoutError:
-                if await self._db.read(_data_version) != version:
+                if await self._db.data_version() != version:
                     return
                 continue
             self._work.clear()

@@ -1,20 +1,28 @@
-"""One SQLite connection on one thread, and the group-committing writer in front of it.
+"""Two SQLite connections on two threads, and the group-committing writer in front of one.
 
-sqlite3 blocks, so the connection lives on a dedicated single-thread executor and the
+sqlite3 blocks, so each connection lives on a dedicated single-thread executor and the
 event loop awaits futures. Every write goes through one writer task: it takes every
-request waiting in its queue, runs them all on the thread in ONE transaction (each inside
-a SAVEPOINT, so one failing request fails only its own caller), commits once and then
-answers each caller. With synchronous=FULL a commit is an fsync, so N concurrent
+request waiting in its queue, runs them all on the write thread in ONE transaction (each
+inside a SAVEPOINT, so one failing request fails only its own caller), commits once and
+then answers each caller. With synchronous=FULL a commit is an fsync, so N concurrent
 enqueues cost one fsync rather than N, and none is answered before it is durable.
-Reads run on the same thread between batches, so they always see committed state.
+
+Reads run on the second connection in autocommit mode: WAL lets them proceed while a write
+waits for the lock or commits, and they always see committed state. Between processes
+sharing the queue (intake workers, the queue tool) the writers take turns on an flock(2)
+of `<queue>-writelock` before SQLite's own lock: a blocked process wakes the moment the
+lock is free, where SQLite's busy handler sleeps in steps of up to 100 ms.
 """
 
 from __future__ import annotations
 
 import asyncio
+import fcntl
+import os
 import sqlite3
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -89,7 +97,10 @@ class Database:
         self.commits = 0  # committed write transactions (group commit makes this < writes)
         self._synchronous_full = True  # the schema's pragmas start with synchronous=FULL
         self._conn: sqlite3.Connection | None = None
+        self._read_conn: sqlite3.Connection | None = None
+        self._lock_fd: int | None = None
         self._executor: ThreadPoolExecutor | None = None
+        self._reader: ThreadPoolExecutor | None = None
         self._queue: asyncio.Queue[_Request | None] = asyncio.Queue()
         self._writer: asyncio.Task[None] | None = None
         self._closed = False
@@ -100,11 +111,12 @@ class Database:
         if self._executor is not None or self._closed:
             raise StoreError("the store was already opened")
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="relayd-sqlite")
+        self._reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="relayd-sqlite-read")
         try:
             await self._on_thread(self._connect)
+            await self._on_thread(self._connect_reader, self._reader)
         except BaseException:
-            await self._on_thread(self._disconnect)
-            self._executor.shutdown(wait=True)
+            await self._shut_threads()
             self._closed = True
             raise
         self._writer = asyncio.create_task(self._write_loop(), name="relayd-sqlite-writer")
@@ -117,6 +129,12 @@ class Database:
         if self._writer is not None:
             self._queue.put_nowait(None)
             await self._writer
+        await self._shut_threads()
+
+    async def _shut_threads(self) -> None:
+        if self._reader is not None:
+            await self._on_thread(self._disconnect_reader, self._reader)
+            self._reader.shutdown(wait=True)
         if self._executor is not None:
             await self._on_thread(self._disconnect)
             self._executor.shutdown(wait=True)
@@ -128,18 +146,51 @@ class Database:
             raise StoreUnavailable(f"cannot create {self.path.parent}: {exc}") from exc
         # isolation_level=None: the writer issues BEGIN/COMMIT itself.
         self._conn = sqlite3.connect(self.path, timeout=self.busy_timeout, isolation_level=None)
-        sqlite_ops.create_schema(self._conn)
+        lock_path = f"{self.path}-writelock"
+        try:
+            self._lock_fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        except OSError as exc:
+            raise StoreUnavailable(f"cannot open {lock_path}: {exc}") from exc
+        with self._write_lock():
+            sqlite_ops.create_schema(self._conn)
+
+    def _connect_reader(self) -> None:
+        self._read_conn = sqlite3.connect(
+            self.path, timeout=self.busy_timeout, isolation_level=None
+        )
+        self._read_conn.execute("PRAGMA query_only = ON")
 
     def _disconnect(self) -> None:
         if self._conn is not None:
             self._conn.close()
             self._conn = None
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
 
-    async def _on_thread(self, fn: Callable[[], T]) -> T:
-        if self._executor is None:
+    def _disconnect_reader(self) -> None:
+        if self._read_conn is not None:
+            self._read_conn.close()
+            self._read_conn = None
+
+    @contextmanager
+    def _write_lock(self) -> Iterator[None]:
+        """Hold the queue's writer lock (between processes; see the module docstring)."""
+        assert self._lock_fd is not None
+        fcntl.flock(self._lock_fd, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
+
+    async def _on_thread(
+        self, fn: Callable[[], T], executor: ThreadPoolExecutor | None = None
+    ) -> T:
+        executor = executor or self._executor
+        if executor is None:
             raise StoreError("the store is not open")
         try:
-            return await asyncio.get_running_loop().run_in_executor(self._executor, fn)
+            return await asyncio.get_running_loop().run_in_executor(executor, fn)
         except sqlite3.Error as exc:
             raise translate(exc) from exc
 
@@ -148,6 +199,11 @@ class Database:
             raise StoreError("the store is closed")
         return self._conn
 
+    def _reading(self) -> sqlite3.Connection:
+        if self._read_conn is None:
+            raise StoreError("the store is closed")
+        return self._read_conn
+
     def _check_open(self) -> None:
         if self._closed or self._writer is None:
             raise StoreError("the store is closed" if self._closed else "the store is not open")
@@ -155,9 +211,18 @@ class Database:
     # --- reads and writes -----------------------------------------------------------
 
     async def read(self, op: Callable[[sqlite3.Connection], T]) -> T:
-        """Run `op` on the thread outside any batch (autocommit: it sees committed data)."""
+        """Run `op` on the read connection (autocommit: it sees committed data)."""
         self._check_open()
-        return await self._on_thread(lambda: op(self._connection()))
+        return await self._on_thread(lambda: op(self._reading()), self._reader)
+
+    async def data_version(self) -> int:
+        """SQLite's data_version of the write connection: it changes only when another
+        connection (another process; not this one's writes) commits."""
+        self._check_open()
+        row = await self._on_thread(
+            lambda: self._connection().execute("PRAGMA data_version").fetchone()
+        )
+        return int(row[0])
 
     async def write(self, op: Callable[[sqlite3.Connection], T], *, durable: bool = True) -> T:
         """Run `op` in the writer's next batch; returns once that batch has committed.
@@ -200,9 +265,10 @@ class Database:
             conn.execute(_SYNC_FULL if durable else _SYNC_NORMAL)
             self._synchronous_full = durable
         try:
-            conn.execute("BEGIN IMMEDIATE")
-            results = [self._run_one(conn, op) for op in ops]
-            conn.execute("COMMIT")
+            with self._write_lock():
+                conn.execute("BEGIN IMMEDIATE")
+                results = [self._run_one(conn, op) for op in ops]
+                conn.execute("COMMIT")
         except (sqlite3.Error, _BatchFailed) as exc:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")

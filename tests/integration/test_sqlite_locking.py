@@ -1,0 +1,98 @@
+"""The SQLite queue shared by several processes: writers take turns on `<queue>-writelock`,
+and reads go on while a write waits for it."""
+
+from __future__ import annotations
+
+import asyncio
+import fcntl
+import os
+import sqlite3
+from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+
+from relayd.store.sqlite_db import Database
+
+
+@pytest.fixture
+async def db(tmp_path: Path) -> AsyncIterator[Database]:
+    database = Database(tmp_path / "queue.db", busy_timeout=5.0)
+    await database.open()
+    await database.write(lambda conn: conn.execute("CREATE TABLE t (n INTEGER)"))
+    yield database
+    await database.close()
+
+
+@contextmanager
+def held_by_another_process(path: Path) -> Iterator[None]:
+    """The writer lock as another process holds it (flock locks belong to the open file, so
+    a second open() in this process contends like another process would)."""
+    fd = os.open(f"{path}-writelock", os.O_RDWR)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def count(conn: sqlite3.Connection) -> int:
+    return int(conn.execute("SELECT count(*) FROM t").fetchone()[0])
+
+
+async def test_a_write_waits_for_the_writer_lock_and_reads_go_on(
+    db: Database, tmp_path: Path
+) -> None:
+    await db.write(lambda conn: conn.execute("INSERT INTO t VALUES (1)"))
+    with held_by_another_process(tmp_path / "queue.db"):
+        pending = asyncio.ensure_future(
+            db.write(lambda conn: conn.execute("INSERT INTO t VALUES (2)"))
+        )
+        await asyncio.sleep(0.2)  # time for the write to reach the lock, if it could
+        assert not pending.done()
+        assert await asyncio.wait_for(db.read(count), 5) == 1  # not queued behind it
+    await asyncio.wait_for(pending, 5)
+    assert await db.read(count) == 2
+
+
+async def test_two_writers_on_one_queue_never_see_busy(tmp_path: Path) -> None:
+    """Two Database objects on one file stand for two processes: 200 interleaved writes
+    each, no SQLITE_BUSY even with a busy timeout of zero, nothing lost."""
+    first = Database(tmp_path / "queue.db", busy_timeout=0.0)
+    second = Database(tmp_path / "queue.db", busy_timeout=0.0)
+    await first.open()
+    await second.open()
+    try:
+        await first.write(lambda conn: conn.execute("CREATE TABLE t (n INTEGER)"))
+
+        async def insert(db: Database, n: int) -> None:
+            await db.write(lambda conn: conn.execute("INSERT INTO t VALUES (?)", (n,)))
+
+        await asyncio.gather(*(insert(db, n) for n in range(200) for db in (first, second)))
+        assert await first.read(count) == await second.read(count) == 400
+    finally:
+        await first.close()
+        await second.close()
+
+
+async def test_data_version_changes_only_for_another_connections_commit(
+    db: Database, tmp_path: Path
+) -> None:
+    """wait_for_work polls data_version to notice other processes: our own writes, and our
+    own read connection, must not look like theirs."""
+    version = await db.data_version()
+    await db.write(lambda conn: conn.execute("INSERT INTO t VALUES (1)"))
+    await db.read(count)
+    assert await db.data_version() == version
+    other = sqlite3.connect(tmp_path / "queue.db", isolation_level=None)
+    try:
+        other.execute("INSERT INTO t VALUES (2)")
+    finally:
+        other.close()
+    assert await db.data_version() != version
+
+
+async def test_reads_are_read_only(db: Database) -> None:
+    with pytest.raises(Exception, match=r"attempt to write a readonly database"):
+        await db.read(lambda conn: conn.execute("INSERT INTO t VALUES (1)"))
