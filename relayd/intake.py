@@ -20,7 +20,7 @@ from relayd.config import Config
 from relayd.dsn_params import DsnParamError, mail_param, rcpt_params
 from relayd.errors import StoreError
 from relayd.headers import prepare, received_header
-from relayd.intake_auth import AuthSMTP, LocalAuth
+from relayd.intake_auth import AuthSMTP, LocalAuth, prefixed_names
 from relayd.logs import get_logger
 from relayd.store.base import Store
 from relayd.types import NewMessage, RcptDsn, new_queue_id
@@ -219,6 +219,9 @@ class IntakeHandler:
         self.clock = clock
         self.connections: set[RelaydSMTP] = set()
         self.local_auth = LocalAuth(config.server, clock)
+
+    def __dir__(self) -> list[str]:  # the hooks and mechanisms only: see AuthSMTP.__dir__
+        return prefixed_names(type(self), ("handle_", "auth_"))
 
     def reconfigure(self, config: Config) -> None:
         """A reload (SIGHUP): new connections and transactions use `config` and its users."""

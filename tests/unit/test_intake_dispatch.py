@@ -1,0 +1,28 @@
+"""aiosmtpd builds its verb, AUTH and hook tables from dir() on every connection; relayd's
+lean __dir__ (intake_auth.prefixed_names) must leave those tables exactly as they were."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from relayd.clock import SystemClock
+from relayd.config import load
+from relayd.intake import IntakeHandler, RelaydSMTP, make_server_factory
+
+DEV_CONFIG = Path(__file__).parents[2] / "config" / "relayd.dev.toml"
+
+
+def _full(obj: object, prefix: str) -> set[str]:
+    """What aiosmtpd would find with the default dir()."""
+    return {name.removeprefix(prefix) for name in object.__dir__(obj) if name.startswith(prefix)}
+
+
+def test_the_verb_auth_and_hook_tables_are_complete() -> None:
+    handler = IntakeHandler(load(DEV_CONFIG), None, SystemClock())  # type: ignore[arg-type]
+    protocol: RelaydSMTP = make_server_factory(handler)()
+    assert set(protocol._smtp_methods) == _full(protocol, "smtp_")
+    assert {"MAIL", "RCPT", "DATA", "AUTH", "EHLO", "STARTTLS"} <= set(protocol._smtp_methods)
+    assert set(protocol._auth_methods) == _full(protocol, "auth_") == {"PLAIN", "LOGIN"}
+    assert set(protocol._handle_hooks) == _full(handler, "handle_")
+    # The tables hold this connection's bound methods, not another's.
+    assert protocol._smtp_methods["MAIL"].__self__ is protocol
