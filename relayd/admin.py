@@ -4,9 +4,12 @@ A minimal HTTP/1.1 server on asyncio.start_server in the daemon's loop: three GE
 request per connection, bounded reads. It reads the store and the metrics; it changes no mail.
 
 - /healthz: the process and its event loop answer (200 always).
-- /readyz: 200 when the store takes a write transaction, every intake listener is serving and
-  no upstream is paused (throttled, or an account problem such as AUTH failing); otherwise 503.
-  Both carry a JSON body that says, per upstream, its state and last delivery result.
+- /readyz: 200 when relayd can accept mail: the store takes a write transaction and every
+  intake listener is serving; otherwise 503. A paused upstream (throttled, or AUTH failing)
+  does not make it unready: mail is still accepted and queued, and a 503 would get a healthy
+  relay restarted or taken out of service by Docker or a load balancer for a provider's
+  quota. The JSON body names every paused upstream under "warnings" and gives each upstream's
+  state and last delivery result; the operator notices (notify.py) report pauses too.
 - /metrics: Prometheus text format (metrics.py), queue gauges refreshed from the store.
 """
 
@@ -145,13 +148,15 @@ class AdminServer:
         if not listening:
             problems.append("intake: not listening")
         upstreams: dict[str, Any] = {}
+        warnings: list[str] = []
         for name in self.upstreams():
             upstreams[name] = await self._upstream(name) if store_ok else {"state": "unknown"}
             if upstreams[name]["state"] not in ("ok", "unknown"):
-                problems.append(f"upstream {name}: {upstreams[name]['state']}")
+                warnings.append(f"upstream {name}: {upstreams[name]['state']}")
         document = {
             "ready": not problems,
             "problems": problems,
+            "warnings": warnings,
             "store": {"ok": store_ok, "error": store_error},
             "intake": {"ok": bool(listening), "listening": listening},
             "upstreams": upstreams,

@@ -4,6 +4,7 @@ config layout run by its own command, and its HEALTHCHECK against that daemon.""
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import json
 import os
 import re
@@ -130,10 +131,19 @@ async def test_the_container_layout_runs_and_its_healthcheck_follows_readyz(
         assert time.monotonic() < deadline, daemon.log_text()
         await asyncio.sleep(0.05)
 
-    async with SqliteStore(tmp_path / "var/lib/relayd/queue.db") as store:
+    queue = tmp_path / "var/lib/relayd/queue.db"
+    async with SqliteStore(queue) as store:
+        # A paused upstream: mail is still accepted and queued, so the container stays healthy.
         await store.hold_upstream(UpstreamHold("capture", None, "535 5.7.8 test pause"))
-        assert await asyncio.to_thread(healthcheck, admin) != 0
+        assert await asyncio.to_thread(healthcheck, admin) == 0
         await store.release_upstream("capture")
+    # A queue that cannot take a write (another process holds the writer lock) is unhealthy.
+    lock = os.open(f"{queue}-writelock", os.O_RDWR)
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        assert await asyncio.to_thread(healthcheck, admin) != 0
+    finally:
+        os.close(lock)
     assert await asyncio.to_thread(healthcheck, admin) == 0
     code, took = await daemon.terminate()
     assert code == 0 and took < 45  # within the documented --stop-timeout

@@ -90,7 +90,7 @@ async def test_metrics_count_known_traffic(
     assert "relayd_upstream_throttles_total" in after and "relayd_rate_limit_waits_total" in after
 
 
-async def test_readyz_says_which_upstream_is_paused_and_why(
+async def test_readyz_names_a_paused_upstream_and_stays_ready(
     make_config: ConfigFactory, upstream: FakeUpstream
 ) -> None:
     config = make_config(generic(upstream.port), extra=ADMIN)
@@ -99,23 +99,27 @@ async def test_readyz_says_which_upstream_is_paused_and_why(
         assert await get_json(port, "/healthz") == (200, {"status": "ok"})
         status, ready = await get_json(port, "/readyz")
         assert status == 200 and ready["ready"] is True and ready["problems"] == []
+        assert ready["warnings"] == []
         assert ready["intake"]["listening"] == [f"127.0.0.1:{daemon.addresses[0][1]}"]
         assert ready["upstreams"]["main"]["state"] == "ok"
 
         await store.hold_upstream(UpstreamHold("main", None, "535 5.7.8 bad credentials"))
         status, ready = await get_json(port, "/readyz")
-        assert status == 503 and ready["ready"] is False
-        assert ready["problems"] == ["upstream main: auth_failing"]
+        # Mail is still accepted and queued: ready, with the pause named.
+        assert status == 200 and ready["ready"] is True and ready["problems"] == []
+        assert ready["warnings"] == ["upstream main: auth_failing"]
         assert ready["upstreams"]["main"]["reason"] == "535 5.7.8 bad credentials"
 
         until = time.time() + 300
         await store.hold_upstream(UpstreamHold("main", until, "421 4.7.0 slow down", 1))
         status, ready = await get_json(port, "/readyz")
-        assert status == 503 and ready["upstreams"]["main"]["state"] == "throttled"
+        assert status == 200 and ready["upstreams"]["main"]["state"] == "throttled"
+        assert ready["warnings"] == ["upstream main: throttled"]
         assert ready["upstreams"]["main"]["until"] is not None
 
         await store.hold_upstream(UpstreamHold("main", time.time() - 1, "421 4.7.0 old", 1))
-        assert (await get_json(port, "/readyz"))[0] == 200  # a throttle that has ended
+        status, ready = await get_json(port, "/readyz")
+        assert status == 200 and ready["warnings"] == []  # a throttle that has ended
 
         await store.release_upstream("main")
         for server in daemon.servers:
