@@ -20,7 +20,6 @@
 from __future__ import annotations
 
 import asyncio
-import functools
 import hashlib
 import hmac
 import ipaddress
@@ -170,10 +169,15 @@ class LocalAuth:
         return lines if self.users else [line for line in lines if not line[4:].startswith("AUTH")]
 
 
-@functools.cache
+_PREFIXED: dict[tuple[type, tuple[str, ...]], list[str]] = {}
+
+
 def prefixed_names(cls: type, prefixes: tuple[str, ...]) -> list[str]:
     """The attribute names of `cls` that aiosmtpd looks up by prefix, for a lean __dir__."""
-    return [name for name in dir(cls) if name.startswith(prefixes)]
+    names = _PREFIXED.get((cls, prefixes))
+    if names is None:
+        names = _PREFIXED[cls, prefixes] = [n for n in dir(cls) if n.startswith(prefixes)]
+    return names
 
 
 class AuthSMTP(SMTP):

@@ -34,7 +34,7 @@ from aiosmtplib.typing import Default
 
 from relayd.clock import SystemClock
 from relayd.config import UpstreamConfig
-from relayd.smtp_data import WireSMTP
+from relayd.smtp_client import RelaySMTP
 
 MASK = "********"
 DEFAULT_MAX_BYTES = 10_000_000
@@ -158,7 +158,7 @@ def redact_command(args: Sequence[bytes], auth_continuation: bool) -> str:
     return text
 
 
-class TranscribingSMTP(WireSMTP):
+class TranscribingSMTP(RelaySMTP):
     """aiosmtplib.SMTP that writes every command and reply to a Transcript."""
 
     def __init__(self, transcript: Transcript, **kwargs: Any) -> None:
@@ -226,7 +226,7 @@ class TranscribingSMTP(WireSMTP):
 
 
 def smtp_client(upstream: UpstreamConfig, **kwargs: Any) -> aiosmtplib.SMTP:
-    """WireSMTP(**kwargs) (smtp_data.py), transcribed when [log] transcript_dir is set."""
+    """RelaySMTP(**kwargs) (smtp_client.py), transcribed when [log] transcript_dir is set."""
     if _settings is None:
-        return WireSMTP(**kwargs)
+        return RelaySMTP(**kwargs)
     return TranscribingSMTP(Transcript(upstream.name, _password_forms(upstream)), **kwargs)

@@ -17,7 +17,8 @@ def _full(obj: object, prefix: str) -> set[str]:
     return {name.removeprefix(prefix) for name in object.__dir__(obj) if name.startswith(prefix)}
 
 
-def test_the_verb_auth_and_hook_tables_are_complete() -> None:
+async def test_the_verb_auth_and_hook_tables_are_complete() -> None:
+    """Async: aiosmtpd takes the running loop (outside one it would make a new one)."""
     handler = IntakeHandler(load(DEV_CONFIG), None, SystemClock())  # type: ignore[arg-type]
     protocol: RelaydSMTP = make_server_factory(handler)()
     assert set(protocol._smtp_methods) == _full(protocol, "smtp_")
