@@ -21,14 +21,14 @@ message; the next poll starts there again.
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import ssl
 from dataclasses import dataclass, field
 from typing import Protocol
 
 from relayd.clock import Clock
+from relayd.config_reports import imap_problems
 from relayd.dsn_parse import BounceParseError, ParsedDsn, might_be_bounce, parse_dsn
-from relayd.imap import ImapError, ImapSession, Mailbox, mailbox_arg
+from relayd.imap import ImapError, ImapSession, Mailbox
 from relayd.logs import get_logger
 
 log = get_logger("bounces")
@@ -75,12 +75,12 @@ class ImapSettings:
     idle: bool = True  # run(): wait with IMAP IDLE between polls where the server has it
 
     def __post_init__(self) -> None:
-        mailbox_arg(self.folder)  # raise ValueError for names IMAP cannot carry
-        mailbox_arg(self.move_to)
-        if self.folder == self.move_to:
-            raise ValueError("move_to must differ from folder")
-        if not self.tls and not _is_loopback(self.host):
-            raise ValueError("IMAP without TLS would send the password in clear: use tls")
+        # The rules config_reports applies to [bounces.imap] at load, for callers that
+        # build settings themselves (tests, tools): the daemon's never fail here.
+        problems = imap_problems(self.host, self.tls, self.folder, self.move_to)
+        if problems:
+            key, message = problems[0]
+            raise ValueError(f"{key}: {message}")
 
     @property
     def account(self) -> str:
@@ -290,12 +290,3 @@ class BouncePoller:
         finally:
             for task in (sleeper, stopper):
                 task.cancel()
-
-
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False

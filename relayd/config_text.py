@@ -91,6 +91,9 @@ class KeyLocator:
 
     def __init__(self, text: str) -> None:
         self._lines: dict[Loc, int] = {}
+        # Tables only implied by a header below them ([bounces] by [bounces.imap]): their
+        # line is that header's, used when the table has no line of its own.
+        self._implied: dict[Loc, int] = {}
         self._arrays: dict[tuple[str, ...], int] = {}
         table: Loc = ()
         fence: str | None = None  # inside a multi-line string opened with this quote
@@ -103,13 +106,15 @@ class KeyLocator:
             if header is not None:
                 table = header
                 self._lines.setdefault(table, number)
+                for end in range(1, len(table)):
+                    self._implied.setdefault(table[:end], number)
                 continue
             fence = self._key_line(line, table, number)
 
     def line_of(self, loc: Loc) -> int | None:
         """The line of `loc`, else of its nearest enclosing key or table; None if nowhere."""
         for end in range(len(loc), 0, -1):
-            line = self._lines.get(loc[:end])
+            line = self._lines.get(loc[:end], self._implied.get(loc[:end]))
             if line is not None:
                 return line
         return None
@@ -287,13 +292,14 @@ def _table(model: BaseModel, path: Sequence[str], hidden: Hidden) -> Iterator[st
         value = getattr(model, name)
         if (type(model), name) in hidden:
             continue
+        key = info.alias or name  # the file's spelling: `from`, not the field name `from_`
         if _is_table(value):
-            children.append((name, value))
+            children.append((key, value))
         elif value is None:
-            yield f"# {_key(name)} is not set"
+            yield f"# {_key(key)} is not set"
         else:
             size = any(isinstance(item, SizeField) for item in info.metadata)
-            yield f"{_key(name)} = {toml_value(value, size=size)}{_comment(model, name)}"
+            yield f"{_key(key)} = {toml_value(value, size=size)}{_comment(model, name)}"
     for name, value in children:
         yield from _child(name, value, path, hidden)
 

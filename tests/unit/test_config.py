@@ -669,11 +669,7 @@ UNDOCUMENTED = {
 # PENDING_DOCS: keys config/relayd.example.toml should document and does not yet. Each entry
 # makes the test pass without the documentation; add the key's line to the example, then
 # delete the entry (test_pending_docs_are_still_pending says when). Keep this set empty.
-PENDING_DOCS = {
-    "bounces.imap.tls",  # no line at all (false: plain IMAP, loopback hosts only)
-    "bounces.imap.password_env",  # only in a trailing comment ("# or password_env = ..."),
-    # not on a line of its own as in [upstreams.smarthost]
-}
+PENDING_DOCS: set[str] = set()
 
 _HEADER = re.compile(r"^#?\s*\[\[?\s*([A-Za-z0-9_.-]+)\s*\]\]?")
 _KEY_LINE = re.compile(r"^#?\s*([A-Za-z0-9_]+)\s*=")

@@ -12,10 +12,12 @@ from pathlib import Path
 
 import pytest
 
+from relayd.bounces import ImapSettings
 from relayd.config import Config, load, render_effective
 from relayd.config_reports import BouncesConfig, BouncesImapConfig, NotificationsConfig
 from relayd.errors import ConfigError
 from relayd.providers import IMAP_HOSTS
+from relayd.report_tasks import imap_settings
 
 SECRET = "Imap-distinctive-SECRET-9Qx"
 CAPTURE = '[upstreams.capture]\nprovider = "directory"\npath = "outbox"\n'  # lines 1-3
@@ -85,7 +87,9 @@ def test_imap_defaults(tmp_path: Path) -> None:
 
 
 def test_imap_values(tmp_path: Path) -> None:
-    text = IMAP_ENV + textwrap.dedent(
+    (tmp_path / "imap-ca.pem").write_text("a CA certificate\n", encoding="utf-8")
+    local = IMAP_ENV.replace('"imap.practice.example"', '"127.0.0.1"')  # tls = false: local
+    text = local + textwrap.dedent(
         """\
         port = 143
         folder = "Posteingang"
@@ -358,50 +362,96 @@ def test_the_first_error_in_file_order_and_the_rest_as_notes(tmp_path: Path) -> 
     ]
 
 
-# -- known gaps (strict xfails: each starts passing, and so fails, once it is fixed) --------
+# -- what the poller refuses is refused at load ------------------------------------------
 
 
-@pytest.mark.xfail(
-    reason="config_reports gap: accepted at load, refused only when the daemon builds "
-    "ImapSettings (bounces.ImapSettings.__post_init__ raises ValueError, not a ConfigError)",
-    raises=pytest.fail.Exception,
-)
 @pytest.mark.parametrize(
-    ("extra", "key"),
+    ("extra", "key", "line", "message"),
     [
-        ('host = "imap.example.com"\ntls = false\n', "bounces.imap.tls"),
-        ('host = "h"\nfolder = "Bounces*"\n', "bounces.imap.folder"),
-        ('host = "h"\nmove_to = "relayd/%"\n', "bounces.imap.move_to"),
+        (
+            'host = "imap.example.com"\ntls = false\n',
+            "bounces.imap.tls",
+            10,
+            "tls = false would send the IMAP password in clear to imap.example.com; remove it",
+        ),
+        (
+            'host = "h"\nfolder = "Bounces*"\n',
+            "bounces.imap.folder",
+            10,
+            "'Bounces*' is not a mailbox name relayd can use over IMAP: ASCII only",
+        ),
+        (
+            'host = "h"\nmove_to = "relayd/%"\n',
+            "bounces.imap.move_to",
+            10,
+            "'relayd/%' is not a mailbox name relayd can use over IMAP",
+        ),
+        (
+            'host = "h"\nfolder = "Entw\u00fcrfe"\n',
+            "bounces.imap.folder",
+            10,
+            "ASCII only",
+        ),
     ],
-    ids=["clear-text-password-to-a-remote-host", "folder-wildcard", "move_to-wildcard"],
+    ids=["clear-text-password-to-a-remote-host", "folder-wildcard", "move_to-wildcard", "utf8"],
 )
-def test_gap_what_the_poller_refuses_is_a_config_error(
-    tmp_path: Path, extra: str, key: str
+def test_what_the_poller_refuses_is_a_config_error(
+    tmp_path: Path, extra: str, key: str, line: int, message: str
 ) -> None:
     text = BOUNCES + f'[bounces.imap]\nusername = "u"\npassword_env = "P"\n{extra}'
-    with pytest.raises(ConfigError) as caught:
-        load_text(tmp_path, text, P=SECRET)
-    assert caught.value.key == key
+    error = error_of(tmp_path, text, P=SECRET)
+    assert (error.key, error.line) == (key, line)
+    assert message in str(error)
 
 
-@pytest.mark.xfail(
-    reason='config_reports gap: populate_by_name lets the file say "from_" (the field name) '
-    'as well as "from", and check-config prints "from_", which is not the documented key',
-    raises=AssertionError,
-)
-def test_gap_from_is_the_only_spelling(tmp_path: Path) -> None:
+@pytest.mark.parametrize("host", ["127.0.0.1", "::1", "localhost"])
+def test_plain_imap_is_allowed_on_this_host(tmp_path: Path, host: str) -> None:
+    text = BOUNCES + f'[bounces.imap]\nhost = "{host}"\nusername = "u"\npassword_env = "P"\n'
+    imap = imap_of(load_text(tmp_path, text + "tls = false\nport = 143\n", P=SECRET))
+    assert (imap.host, imap.tls) == (host, False)
+
+
+def test_the_loaded_settings_are_what_the_poller_accepts(tmp_path: Path) -> None:
+    """The daemon builds ImapSettings from the loaded table; it must never refuse them."""
+    text = IMAP_ENV.replace('"imap.practice.example"', '"127.0.0.1"')
+    imap = imap_of(load_text(tmp_path, text + 'tls = false\nfolder = "A B"\n', IMAP_PW=SECRET))
+    settings = imap_settings(imap)
+    assert (settings.host, settings.tls, settings.folder) == ("127.0.0.1", False, "A B")
+    with pytest.raises(ValueError, match="tls: tls = false would send the IMAP password"):
+        ImapSettings(host="imap.example.com", username="u", password="p", tls=False)
+
+
+def test_the_imap_ca_file_must_exist(tmp_path: Path) -> None:
+    error = error_of(tmp_path, IMAP_ENV + 'tls_ca_file = "imap-ca.pem"\n', IMAP_PW=SECRET)
+    assert (
+        str(error)
+        == f"bounces.imap.tls_ca_file: {tmp_path / 'imap-ca.pem'} is not a file (line 10)"
+    )
+
+
+# -- the key is `from`, as documented -------------------------------------------------------
+
+
+def test_from_is_the_only_spelling(tmp_path: Path) -> None:
     config = load_text(tmp_path, NOTIFICATIONS + 'from = "relayd@practice.example"\n')
     rendered = render_effective(config)
     assert 'from = "relayd@practice.example"' in rendered.split("[notifications]")[1]
+    assert not [line for line in rendered.splitlines() if line.lstrip("# ").startswith("from_ ")]
+    assert tomllib.loads(rendered)["notifications"]["from"] == "relayd@practice.example"
     error = error_of(tmp_path, NOTIFICATIONS + 'from_ = "relayd@practice.example"\n')
-    assert error.key == "notifications.from_"
+    assert str(error) == "notifications.from_: unknown key (line 6)"
+    error = error_of(tmp_path, BOUNCES + 'from_ = "MAILER-DAEMON@relay.example"\n')
+    assert str(error) == "bounces.from_: unknown key (line 6)"
 
 
-@pytest.mark.xfail(
-    reason="config_reports gap: plain bool/int (config.py uses StrictBool/StrictInt), so "
-    'tls = "no" quietly means false and port = "993" is taken',
-    raises=pytest.fail.Exception,
-)
+def test_an_unset_from_is_shown_by_its_key(tmp_path: Path) -> None:
+    rendered = render_effective(load_text(tmp_path, NOTIFICATIONS + BOUNCES[len(CAPTURE) :]))
+    assert rendered.count("# from is not set") == 2
+
+
+# -- booleans and numbers are TOML booleans and numbers, as in config.py ------------------
+
+
 @pytest.mark.parametrize(
     ("extra", "key"),
     [
@@ -410,20 +460,79 @@ def test_gap_from_is_the_only_spelling(tmp_path: Path) -> None:
         ('port = "993"\n', "bounces.imap.port"),
     ],
 )
-def test_gap_booleans_and_numbers_are_strict(tmp_path: Path, extra: str, key: str) -> None:
+def test_booleans_and_numbers_are_strict(tmp_path: Path, extra: str, key: str) -> None:
     text = IMAP_ENV.replace('"imap.practice.example"', '"127.0.0.1"') + extra
-    with pytest.raises(ConfigError) as caught:
-        load_text(tmp_path, text, IMAP_PW=SECRET)
-    assert caught.value.key == key
+    error = error_of(tmp_path, text, IMAP_PW=SECRET)
+    assert (error.key, error.line) == (key, 10)
 
 
-@pytest.mark.xfail(
-    reason="config_text gap: a [bounces.imap] table without a [bounces] one makes `bounces` "
-    "an implicit table the KeyLocator has no line for, so the error names no line",
-    raises=AssertionError,
+@pytest.mark.parametrize(
+    ("text", "key", "message"),
+    [
+        (BOUNCES + 'notify_sender = "yes"\n', "bounces.notify_sender", "valid boolean"),
+        (NOTIFICATIONS + 'backlog_depth = "5"\n', "notifications.backlog_depth", "valid integer"),
+        (NOTIFICATIONS + "bounce_rate = 5.0\n", "notifications.bounce_rate", "valid integer"),
+    ],
 )
-def test_gap_imap_without_bounces_names_a_line(tmp_path: Path) -> None:
+def test_strict_report_settings(tmp_path: Path, text: str, key: str, message: str) -> None:
+    error = error_of(tmp_path, text)
+    assert (error.key, error.line) == (key, 6)
+    assert message in str(error)
+
+
+# -- mailboxes are addresses --------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "key", "line", "reason"),
+    [
+        (CAPTURE + '[bounces]\nmailbox = "bounces"\n', "bounces.mailbox", 5, "local-part@domain"),
+        (
+            CAPTURE + '[bounces]\nmailbox = "<bounces@practice.example>"\n',
+            "bounces.mailbox",
+            5,
+            "invalid",
+        ),
+        (CAPTURE + '[notifications]\nmailbox = "it @x.example"\n', "notifications.mailbox", 5, ""),
+        (NOTIFICATIONS + 'from = "relayd@"\n', "notifications.from", 6, "local-part@domain"),
+        (
+            NOTIFICATIONS + 'from = "relayd <relayd@practice.example>"\n',
+            "notifications.from",
+            6,
+            "",
+        ),
+        (
+            CAPTURE + '[notifications]\nmailbox = "b\u00fcro@practice.example"\n',
+            "notifications.mailbox",
+            5,
+            "without SMTPUTF8: use an ASCII address",
+        ),
+    ],
+)
+def test_mailboxes_must_be_addresses(
+    tmp_path: Path, text: str, key: str, line: int, reason: str
+) -> None:
+    error = error_of(tmp_path, text)
+    assert (error.key, error.line) == (key, line)
+    assert "is not a mail address (" in str(error)
+    assert reason in str(error)
+    assert 'write it as local@domain, e.g. "it-alerts@practice.example"' in str(error)
+
+
+# -- [bounces.imap] alone ------------------------------------------------------------------
+
+
+def test_imap_without_bounces_names_a_line(tmp_path: Path) -> None:
     text = CAPTURE + '[bounces.imap]\nhost = "h"\nusername = "u"\npassword_env = "P"\n'
     error = error_of(tmp_path, text, P=SECRET)
-    assert error.key == "bounces.mailbox"  # holds today
-    assert str(error) == "bounces.mailbox: required key is missing (line 4)"  # no line today
+    assert str(error) == "bounces.mailbox: required key is missing (line 4)"
+
+
+def test_an_explicit_table_line_wins_over_an_implied_one(tmp_path: Path) -> None:
+    text = (
+        CAPTURE
+        + '[bounces.imap]\nhost = "h"\nusername = "u"\npassword_env = "P"\n'
+        + "[bounces]\nnotify_sender = true\n"
+    )
+    error = error_of(tmp_path, text, P=SECRET)
+    assert str(error) == "bounces.mailbox: required key is missing (line 8)"
