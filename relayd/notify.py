@@ -48,13 +48,15 @@ class NoticeClass:
     """How a kind of notice reads and counts.
 
     `affected` says how repeated raises combine: "sum" for per-event counts (each deferred
-    message raises with affected=1), "latest" for a gauge the caller measures (queue depth).
+    message raises with affected=1), "latest" for a gauge the caller measures (queue depth),
+    "none" where no messages are counted (a disk, a configuration file): the digest then
+    prints no "Affected" figure rather than a meaningless "0 messages".
     `grace` is how long the condition must last before it is reported at all.
     """
 
     title: str  # "{key}" is the condition's key (an upstream name, a path)
     action: str  # what to do, when the producer gives no more specific hint
-    affected: Literal["sum", "latest"] = "sum"
+    affected: Literal["sum", "latest", "none"] = "sum"
     grace: float = 0.0
 
 
@@ -64,13 +66,16 @@ CLASSES: dict[NoticeKind, NoticeClass] = {
         "Check the upstream's username and password (or app password) and run "
         "`relayd test-upstream {key}`; mail for it waits in the queue until then.",
     ),
+    # The OAuth2 notices come through the NoticeHook (oauth.py), which counts no messages.
     NoticeKind.OAUTH_REFRESH_FAILED: NoticeClass(
         "Upstream {key} cannot renew its OAuth2 token",
         "Grant relayd access again and replace the refresh token file; mail waits queued.",
+        affected="none",
     ),
     NoticeKind.OAUTH_TOKEN_EXPIRING: NoticeClass(
         "Upstream {key}'s OAuth2 refresh token expires soon",
         "Send mail through the upstream (any use renews it) or grant relayd access again.",
+        affected="none",
     ),
     NoticeKind.UPSTREAM_UNREACHABLE: NoticeClass(
         "Upstream {key} cannot be reached",
@@ -98,12 +103,15 @@ CLASSES: dict[NoticeKind, NoticeClass] = {
         "The configuration could not be reloaded ({key})",
         "Run `relayd check-config`, fix the file and reload again; relayd keeps running "
         "with the previous configuration.",
+        affected="none",
     ),
+    # The key is the directory measured: the SQLite queue's or log.transcript_dir.
     NoticeKind.DISK_LOW: NoticeClass(
         "Disk space is low ({key})",
-        "Free space on the queue's file system; when it is full relayd refuses new mail "
-        "with 451 (apps retry), it never loses queued mail.",
-        affected="latest",
+        "Free space on the file system holding {key}. If the queue is there, relayd "
+        "refuses new mail with 451 while it is full (apps retry) and never loses queued "
+        "mail; SMTP transcripts written there are lost while it is full.",
+        affected="none",
     ),
 }
 
@@ -303,27 +311,31 @@ def _title(condition: _Condition) -> str:
 def _problem(label: str, c: _Condition, now: float) -> list[str]:
     cls = CLASSES[c.kind]
     action = c.hint or cls.action.format(key=c.key)  # a producer's hint is used verbatim
-    counted = "" if cls.affected == "latest" else f" (seen {c.raised} times)"
-    return [
+    lines = [
         f"{label}: {_title(c)}  [{c.kind.value}]",
         f"  Since:      {_when(c.since)} ({_duration(now - c.since)})",
-        f"  Affected:   {c.affected} message{'s' * (c.affected != 1)}{counted}",
-        f"  Detail:     {c.detail}",
-        f"  What to do: {action}",
-        "",
     ]
+    if cls.affected != "none":
+        counted = "" if cls.affected == "latest" else f" (seen {c.raised} times)"
+        lines.append(f"  Affected:   {_messages(c.affected)}{counted}")
+    return [*lines, f"  Detail:     {c.detail}", f"  What to do: {action}", ""]
 
 
 def _resolution(c: _Condition) -> list[str]:
     ended = c.ended if c.ended is not None else c.since
+    span = f"From {_when(c.since)} to {_when(ended)} ({_duration(ended - c.since)})"
+    counted = CLASSES[c.kind].affected != "none"
     lines = [
         f"RESOLVED: {_title(c)}  [{c.kind.value}]",
-        f"  From {_when(c.since)} to {_when(ended)} ({_duration(ended - c.since)}); "
-        f"{c.affected} message{'s' * (c.affected != 1)} affected.",
+        f"  {span}; {_messages(c.affected)} affected." if counted else f"  {span}.",
     ]
     if c.reported_at is None:  # it started and ended between two digests: say what it was
         lines.append(f"  Detail:     {c.detail}")
     return [*lines, ""]
+
+
+def _messages(count: int) -> str:
+    return f"{count} message{'s' * (count != 1)}"
 
 
 def _when(at: float) -> str:

@@ -187,6 +187,57 @@ async def test_gauges_take_the_latest_value(notifier: Notifier, sink: Sink) -> N
     assert "Detail:     300 queued" in body
 
 
+@pytest.mark.parametrize(
+    "path", ["/var/lib/relayd", "/var/log/relayd/transcripts"], ids=["queue", "transcripts"]
+)
+async def test_disk_low_counts_no_messages_and_names_the_path_in_its_advice(
+    notifier: Notifier, sink: Sink, path: str
+) -> None:
+    """The key is the directory measured (the SQLite queue's or the transcripts'): the
+    advice names it and fits either; a disk has no "Affected: 0 messages"."""
+    detail = f"500.0 MiB free of 100.0 GiB on the file system holding {path}"
+    notifier.raise_(NoticeKind.DISK_LOW, path, detail, now=T0)
+    notifier.raise_(NoticeKind.DISK_LOW, path, detail, now=T0 + 60)
+    assert await notifier.flush(T0 + 60)
+    notifier.clear(NoticeKind.DISK_LOW, path, T0 + 3600)
+    assert await notifier.flush(T0 + 3600)
+
+    (subject, body, _), (_, resolved, _) = sink.sent
+    assert subject == f"[relayd relay.test] Disk space is low ({path})"
+    lines = body.splitlines()
+    assert lines[2:7] == [
+        f"PROBLEM: Disk space is low ({path})  [disk_low]",
+        "  Since:      2024-01-02 10:00 UTC (1 min)",
+        f"  Detail:     {detail}",
+        f"  What to do: Free space on the file system holding {path}. If the queue is "
+        "there, relayd refuses new mail with 451 while it is full (apps retry) and never "
+        "loses queued mail; SMTP transcripts written there are lost while it is full.",
+        "",
+    ]
+    assert "Affected" not in body
+    assert "queue's file system" not in body
+    assert f"RESOLVED: Disk space is low ({path})  [disk_low]" in resolved
+    assert "  From 2024-01-02 10:00 UTC to 2024-01-02 11:00 UTC (60 min).\n" in resolved
+    assert "affected" not in resolved
+
+
+@pytest.mark.parametrize(
+    ("kind", "key"),
+    [
+        (NoticeKind.CONFIG_RELOAD_FAILED, "/etc/relayd/relayd.toml"),
+        (NoticeKind.OAUTH_TOKEN_EXPIRING, "m365"),
+        (NoticeKind.OAUTH_REFRESH_FAILED, "m365"),
+    ],
+)
+async def test_notices_that_count_no_messages_print_no_count(
+    notifier: Notifier, sink: Sink, kind: NoticeKind, key: str
+) -> None:
+    notifier.raise_(kind, key, "what happened", now=T0)
+    assert await notifier.flush(T0)
+    assert "Affected" not in sink.sent[0][1]
+    assert "Detail:     what happened" in sink.sent[0][1]
+
+
 async def test_a_long_condition_is_repeated_after_a_day(notifier: Notifier, sink: Sink) -> None:
     auth_failed(notifier, T0)
     await notifier.flush(T0)
