@@ -23,6 +23,7 @@ from email.parser import BytesHeaderParser
 from email.utils import format_datetime
 from typing import Literal
 
+from relayd.dsn_params import original_recipient
 from relayd.headers import find_message_id, header_block
 
 Action = Literal["failed", "delayed", "delivered", "relayed", "expanded"]
@@ -85,20 +86,6 @@ def status_for(code: int, enhanced: str | None, *, expired: bool = False) -> str
     if 400 <= code < 500:
         return "4.0.0"
     return "5.0.0" if code >= 500 else "4.4.1"
-
-
-def xtext_decode(value: str) -> str:
-    """Decode RFC 3461 4 xtext (`+2B` -> `+`), as ORCPT and ENVID arrive in SMTP parameters."""
-    return re.sub(r"\+([0-9A-Fa-f]{2})", lambda m: chr(int(m.group(1), 16)), value)
-
-
-def xtext_encode(value: str) -> str:
-    """Encode as RFC 3461 xtext: `+`, `=`, controls and non-ASCII as `+XX` (UTF-8 bytes)."""
-    out = []
-    for byte in value.encode("utf-8"):
-        char = chr(byte)
-        out.append(char if 33 <= byte <= 126 and char not in "+=" else f"+{byte:02X}")
-    return "".join(out)
 
 
 def is_dsn(raw_headers: bytes) -> bool:
@@ -248,8 +235,8 @@ def _status_part(
 def _recipient_block(r: DsnRecipient) -> list[str]:
     lines = []
     if r.original_recipient:
-        orcpt = _one_line(r.original_recipient)
-        lines.append(f"Original-Recipient: {orcpt if ';' in orcpt else 'rfc822;' + orcpt}")
+        orcpt = _one_line(original_recipient(r.original_recipient))
+        lines.append(f"Original-Recipient: {orcpt}")
     address = _one_line(r.address)
     lines.append(f"Final-Recipient: {'rfc822' if address.isascii() else 'utf-8'}; {address}")
     lines += [f"Action: {r.action}", f"Status: {r.status}"]

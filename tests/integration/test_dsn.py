@@ -131,19 +131,43 @@ async def test_notify_never_and_dsn_parameters_at_intake(
     assert "other+x@example.net" in str(blocks[1]["Original-Recipient"])
 
 
+async def test_a_utf8_orcpt_is_reported_as_the_app_wrote_it(
+    make_config: ConfigFactory, upstream: FakeUpstream
+) -> None:
+    """The app's ORCPT carries a UTF-8 address as xtext (+C3+A4 for "ä"): relayd's report
+    names that address, not one character per byte ("fr\u00c3\u00a4nk")."""
+    upstream.script.rcpt_replies["frank@example.net"] = "550 5.1.1 No such user"
+    config = make_config(generic(upstream.port), extra=BOUNCES)
+    async with running(config) as daemon:
+        await asyncio.to_thread(
+            _send_with_options,
+            port_of(daemon),
+            {"frank@example.net": ["ORCPT=rfc822;fr+C3+A4nk@example.net"]},
+            message(),
+            [],
+        )
+        (report,) = await upstream.wait_for(1)
+    assert "Original-Recipient: utf-8;fränk@example.net\r\n".encode() in report.data
+    assert b"Final-Recipient: rfc822; frank@example.net\r\n" in report.data
+    assert b"Content-Type: message/global-delivery-status" in report.data
+
+
 async def test_bad_dsn_parameters_are_refused(make_config: ConfigFactory) -> None:
     config = make_config(generic(1))
     async with running(config) as daemon:
 
-        def talk() -> tuple[int, int]:
+        def talk() -> tuple[int, int, tuple[int, bytes]]:
             with smtplib.SMTP("127.0.0.1", port_of(daemon), timeout=20) as client:
                 client.ehlo("app.test")
                 mail = client.mail("app@example.org", ["RET=BOTH"])[0]
                 client.mail("app@example.org")
                 rcpt = client.rcpt("a@example.net", ["NOTIFY=NEVER,DELAY"])[0]
-                return mail, rcpt
+                latin1 = client.rcpt("b@example.net", ["ORCPT=rfc822;b+FCro@example.net"])
+                return mail, rcpt, latin1
 
-        assert await asyncio.to_thread(talk) == (501, 501)
+        mail, rcpt, (code, text) = await asyncio.to_thread(talk)
+    assert (mail, rcpt, code) == (501, 501, 501)
+    assert b"ORCPT address must be UTF-8 once decoded from xtext" in text
 
 
 async def test_delay_warning_once(make_config: ConfigFactory, upstream: FakeUpstream) -> None:

@@ -23,6 +23,8 @@ RCPTS = {
     "carol@example.net": [],  # no parameters: none forwarded
     "dave@example.net": ["NOTIFY=NEVER"],
     "erin@example.net": ["ORCPT=RFC822;+45rin+3DX@example.net"],  # needlessly encoded E
+    "frank@example.net": ["ORCPT=rfc822;fr+C3+A4nk@example.net"],  # UTF-8 bytes as xtext
+    "grete@example.net": ["ORCPT=utf-8;gr\\x{E9}te@example.net"],  # RFC 6533 utf-8 type
 }
 
 
@@ -61,6 +63,8 @@ async def test_dsn_parameters_reach_an_upstream_that_advertises_dsn(
         ("carol@example.net", []),
         ("dave@example.net", ["NOTIFY=NEVER"]),
         ("erin@example.net", ["ORCPT=rfc822;Erin+3DX@example.net"]),  # the same, minimal
+        ("frank@example.net", RCPTS["frank@example.net"]),
+        ("grete@example.net", RCPTS["grete@example.net"]),
     ]
 
 

@@ -21,9 +21,8 @@ from relayd.dsn import (
     build_dsn,
     is_dsn,
     status_for,
-    xtext_decode,
-    xtext_encode,
 )
+from relayd.dsn_params import rcpt_params, xtext_decode, xtext_encode
 from relayd.dsn_parse import (
     BounceParseError,
     ParsedRecipient,
@@ -278,7 +277,27 @@ def test_status_for(code: int, enhanced: str | None, expired: bool, status: str)
 def test_xtext_round_trip() -> None:
     assert xtext_encode("a+b=c d") == "a+2Bb+3Dc+20d"
     assert xtext_decode("rfc822;bob+2Bsales@example.com") == "rfc822;bob+sales@example.com"
-    assert xtext_decode(xtext_encode("jürgen+x@example.de")) != ""
+    assert xtext_encode("jürgen+x@example.de") == "j+C3+BCrgen+2Bx@example.de"
+    assert xtext_decode("j+C3+BCrgen+2Bx@example.de") == "jürgen+x@example.de"  # not "jÃ¼"
+
+
+@pytest.mark.parametrize(
+    ("orcpt", "field"),
+    [
+        ("rfc822;j+C3+BCrgen@example.de", "utf-8;jürgen@example.de"),
+        ("utf-8;j\\x{FC}rgen@example.de", "utf-8;jürgen@example.de"),
+    ],
+)
+def test_a_utf8_orcpt_is_reported_as_its_address(orcpt: str, field: str) -> None:
+    """What intake keeps from the app's ORCPT, in relayd's report: one character per
+    character, not per byte (RFC 6533: utf-8 type, in a global report)."""
+    kept = rcpt_params([f"ORCPT={orcpt}"]).orcpt
+    raw = dsn(DsnRecipient("juergen@example.de", "failed", "5.1.1", original_recipient=kept))
+    assert f"Original-Recipient: {field}\r\n".encode() in raw
+    assert "Ã".encode() not in raw
+    assert [p.get_content_type() for p in parsed(raw).iter_parts()][1] == (
+        "message/global-delivery-status"
+    )
 
 
 # --- round trip: what relayd builds, relayd reads ----------------------------------------
