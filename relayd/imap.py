@@ -19,11 +19,15 @@ from typing import Any, Literal
 
 import aioimaplib  # type: ignore[import-untyped]
 
+from relayd.config_reports import imap_mailbox_problem
 from relayd.errors import RelaydError
 
 _UIDVALIDITY = re.compile(rb"\[UIDVALIDITY (\d+)\]", re.IGNORECASE)
 _FLAGS = re.compile(rb"FLAGS \(([^)]*)\)", re.IGNORECASE)
 _EXISTS = re.compile(rb"^(\d+) EXISTS", re.IGNORECASE)
+# A mailbox size update, as aioimaplib's protocol sees it ("* 3 EXISTS") or as a command's
+# response keeps it ("3 EXISTS"). EXISTS never lowers the count (RFC 3501 5.2); EXPUNGE does.
+_SIZE_UPDATE = re.compile(rb"^(?:\* )?(\d+) (EXISTS|EXPUNGE)\b", re.IGNORECASE)
 _SEARCH = re.compile(rb"^[\d ]*$")
 # `(\HasNoChildren) "/" relayd/bounces` (RFC 3501 7.2.2); the delimiter may be NIL.
 _LIST = re.compile(rb'^\(([^)]*)\) (?:"((?:[^"\\]|\\.)*)"|NIL) ')
@@ -53,13 +57,11 @@ class Mailbox:
 
 
 def mailbox_arg(name: str) -> str:
-    """A mailbox name as an IMAP astring: an atom as is, else quoted (RFC 3501 9).
-
-    Names are ASCII (modified UTF-7 is not implemented); wildcards are refused because a
-    LIST by name would match other mailboxes.
-    """
-    if not name.isascii() or any(c in name for c in "%*\r\n\0"):
-        raise ValueError(f"unsupported IMAP mailbox name: {name!r}")
+    """A mailbox name as an IMAP astring: an atom as is, else quoted (RFC 3501 9). Raises
+    ValueError for a name config_reports.imap_mailbox_problem refuses (the config check)."""
+    problem = imap_mailbox_problem(name)
+    if problem is not None:
+        raise ValueError(problem)
     return _astring(name)
 
 
@@ -78,6 +80,23 @@ class ImapSession:
         self._closed = asyncio.Event()
         # aioimaplib's only hook for the end of the connection (IMAP4_SSL takes no callback).
         client.protocol.conn_lost_cb = lambda _exc: self._closed.set()
+        # New mail is announced once (`* 4 EXISTS`), whenever the server notices it: often in
+        # the reply to a FETCH or MOVE, or between commands. aioimaplib drops an untagged
+        # response no pending command claims ("ignored untagged response"), and a server
+        # does not repeat it when IDLE starts, so mail that arrived after a poll's search
+        # would wait a whole poll_interval. Every untagged line passes through
+        # _untagged_response: count the announcements there (see new_mail_announced).
+        self._count = 0  # messages in the selected mailbox, as the server last said
+        self._arrivals = 0  # times the server said that count grew
+        self._arrivals_at_select = 0
+        untagged = client.protocol._untagged_response
+
+        def observe(line: bytes) -> Any:
+            self._count, grew = _size_update(self._count, line)
+            self._arrivals += grew
+            return untagged(line)
+
+        client.protocol._untagged_response = observe
 
     @classmethod
     async def connect(
@@ -127,8 +146,21 @@ class ImapSession:
     def has(self, capability: str) -> bool:
         return bool(self._client.has_capability(capability))
 
+    def new_mail_announced(self) -> bool:
+        """Whether the server has said the mailbox grew since the last SELECT's reply: mail
+        a search made after that SELECT may not have seen."""
+        return self._arrivals > self._arrivals_at_select
+
     async def select(self, name: str) -> Mailbox:
+        before, self._count = self._arrivals, 0
         response = await self._ok(self._client.select(mailbox_arg(name)), f"SELECT {name}")
+        # The SELECT's own EXISTS lines were counted first (they precede its tagged OK);
+        # anything counted after them came later, even before this coroutine resumed.
+        count = grown = 0
+        for line in _lines(response):
+            count, grew = _size_update(count, line)
+            grown += grew
+        self._arrivals_at_select = before + grown
         uidvalidity = exists = None
         for line in _lines(response):
             if match := _UIDVALIDITY.search(line):
@@ -200,12 +232,18 @@ class ImapSession:
     async def idle(self, timeout: float, stop: asyncio.Event) -> bool:
         """IDLE (RFC 2177) in the selected mailbox until the server reports new mail (True),
         or `timeout` passes or `stop` is set (False). Raises ImapError if the session breaks.
-        Servers drop an IDLE after 30 minutes (RFC 2177 3): keep `timeout` below that."""
+        Servers drop an IDLE after 30 minutes (RFC 2177 3): keep `timeout` below that.
+
+        True at once when new mail was announced since the last SELECT, up to the moment
+        the server acknowledged the IDLE: from then on it pushes what arrives, and anything
+        before is in the count (new_mail_announced), so no arrival waits for `timeout`."""
         queue = self._client.protocol.idle_queue
         while not queue.empty():  # pushes left over from an earlier IDLE
             queue.get_nowait()
         idle = await self._call(self._client.idle_start(timeout=timeout), "IDLE")
         try:
+            if self.new_mail_announced():
+                return True
             return await self._wait_push(timeout, stop)
         finally:
             if self._closed.is_set():
@@ -276,6 +314,17 @@ class ImapSession:
             await asyncio.wait_for(self._closed.wait(), 2.0)
         except TimeoutError:
             transport.abort()
+
+
+def _size_update(count: int, line: bytes) -> tuple[int, bool]:
+    """The message count after one untagged line, and whether the line said it grew."""
+    match = _SIZE_UPDATE.match(line)
+    if match is None:
+        return count, False
+    if match.group(2).upper() == b"EXPUNGE":
+        return max(0, count - 1), False
+    number = int(match.group(1))
+    return number, number > count
 
 
 def imap_date(at: float) -> str:

@@ -31,7 +31,7 @@ from relayd.clock import SystemClock
 from relayd.config import Config
 from relayd.dsn_parse import ParsedDsn
 from relayd.errors import StoreUnavailable
-from relayd.imap import ImapAuthError
+from relayd.imap import ImapAuthError, ImapSession
 from relayd.store import store_for
 from relayd.store.base import Store
 from relayd.types import (
@@ -606,6 +606,72 @@ async def test_idle_wakes_the_poller_when_mail_arrives(
     finally:
         stop.set()
         await asyncio.wait_for(task, 5)  # a stop ends an IDLE at once
+
+
+@pytest.mark.parametrize("moves", [True, False], ids=["then-moves", "then-reads-only"])
+async def test_mail_that_arrives_during_a_poll_is_not_left_for_the_next_interval(
+    dovecot: Dovecot, relay: ObservedStore, monkeypatch: pytest.MonkeyPatch, moves: bool
+) -> None:
+    """The race before IDLE: a message arrives after the poll's search, while the poll still
+    reads (and moves) what that search found. The server says so (`* 2 EXISTS`) in its reply
+    to one of those commands, where the poller did not look, and has nothing new to say
+    when IDLE starts; the message must not wait the whole poll_interval (60 s here)."""
+    await send_originals(relay.store)
+    first = "gmail_failure.eml" if moves else "reply.eml"  # a bounce is moved; a reply is not
+    dovecot.append(sample(first))
+    search = ImapSession.uids_after
+    arrived: list[int] = []
+
+    async def uids_after(session: ImapSession, last_uid: int, since: float | None = None) -> Any:
+        uids = await search(session, last_uid, since)
+        if since is None and uids and not arrived:  # the poll's search found the first one
+            arrived.append(dovecot.append(sample("exim_bounce.eml")))  # just after it
+        return uids
+
+    monkeypatch.setattr(ImapSession, "uids_after", uids_after)
+    runner = poller(dovecot, relay, poll_interval=60, idle=True)
+    stop = asyncio.Event()
+    task = asyncio.create_task(runner.run(stop))
+    try:
+        # far less than the 60 s interval: the poll after the announcement found it
+        await relay.wait_until(lambda: bool(arrived) and relay.saves[-1][2] == arrived[0])
+        expected = ["238HJPJKCKJLFMR2K"] if moves else []
+        assert relay.forwarded == [*expected, "238HJPJKGH2MZP4RB"]
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 5)
+
+
+async def test_idle_waits_when_nothing_new_was_announced(dovecot: Dovecot) -> None:
+    """The SELECT's own EXISTS is no announcement: with nothing new, IDLE waits out its
+    timeout (no busy loop of polls); an arrival after the SELECT ends it at once."""
+    dovecot.append(sample("reply.eml"))
+    settings = dovecot.settings()
+    session = await ImapSession.connect(
+        settings.host,
+        settings.port,
+        username=settings.username,
+        password=settings.password,
+        ssl_context=settings.ssl_context(),
+    )
+    async with session:
+        assert (await session.select("INBOX")).exists == 1
+        assert await session.uids_after(0) == [1]
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        assert not await session.idle(0.5, asyncio.Event())
+        assert loop.time() - started >= 0.4
+        assert not session.new_mail_announced()
+
+        await session.select("INBOX")
+        dovecot.append(sample("exim_bounce.eml"))
+        await session.uids_after(0)  # the server may say `* 2 EXISTS` here, or at IDLE
+        started = loop.time()
+        assert await session.idle(30, asyncio.Event())
+        assert loop.time() - started < 5
+        assert session.new_mail_announced()
+        await session.select("INBOX")
+        assert not session.new_mail_announced()
 
 
 def test_settings_are_checked() -> None:
