@@ -15,6 +15,7 @@ from pathlib import Path
 from types import TracebackType
 
 from relayd.dsn_parse import ParsedDsn
+from relayd.errors import StoreError
 from relayd.store import sqlite_ops as ops
 from relayd.store import sqlite_reports as reports
 from relayd.store.base import ReportInfo, SendSlot
@@ -47,6 +48,7 @@ class SqliteStore:
         self._db = Database(path, busy_timeout)
         self._work = asyncio.Event()
         self._wakeup = Wakeup(path)
+        self._external_poll: asyncio.Task[None] | None = None
 
     @property
     def path(self) -> Path:
@@ -64,6 +66,9 @@ class SqliteStore:
     async def close(self) -> None:
         """Commit every write already submitted, then close the connection on its thread."""
         self._wakeup.close()
+        if self._external_poll is not None:
+            self._external_poll.cancel()
+            await asyncio.gather(self._external_poll, return_exceptions=True)
         await self._db.close()
 
     async def __aenter__(self) -> SqliteStore:
@@ -122,22 +127,33 @@ class SqliteStore:
         Another process's commit (`relayd queue retry`, a sendmail fallback, intake in
         another process) wakes the waiter too: at once through the wake-up socket, or
         within EXTERNAL_POLL seconds by SQLite's data_version (of the write connection),
-        which changes only for commits made through other connections.
+        which changes only for commits made through other connections. One poll per store,
+        not one per waiter: the daemon's every lane worker waits here after every message.
         """
         self._wakeup.listen(self._work)
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        version = await self._db.data_version()
-        while (remaining := deadline - loop.time()) > 0:
-            try:
-                async with asyncio.timeout(min(remaining, EXTERNAL_POLL)):
-                    await self._work.wait()
-            except TimeoutError:
-                if await self._db.data_version() != version:
-                    return
-                continue
-            self._work.clear()
+        if self._external_poll is None:
+            self._external_poll = asyncio.create_task(self._poll_external_commits())
+        try:
+            async with asyncio.timeout(timeout):
+                await self._work.wait()
+        except TimeoutError:
             return
+        self._work.clear()
+
+    async def _poll_external_commits(self) -> None:
+        """Every EXTERNAL_POLL seconds: another connection committed? Then there may be work
+        (the fallback where the wake-up socket does not reach)."""
+        version: int | None = None
+        while True:
+            current: int | None = version
+            try:
+                current = await self._db.data_version()
+            except StoreError:  # closing, or briefly unavailable: look again later
+                pass
+            if version is not None and current != version:
+                self._work.set()
+            version = current
+            await asyncio.sleep(EXTERNAL_POLL)
 
     # --- the send ledger ------------------------------------------------------------
 

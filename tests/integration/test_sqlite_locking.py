@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from relayd.store.sqlite import EXTERNAL_POLL, SqliteStore
 from relayd.store.sqlite_db import Database
 
 
@@ -96,3 +97,19 @@ async def test_data_version_changes_only_for_another_connections_commit(
 async def test_reads_are_read_only(db: Database) -> None:
     with pytest.raises(Exception, match=r"attempt to write a readonly database"):
         await db.read(lambda conn: conn.execute("INSERT INTO t VALUES (1)"))
+
+
+async def test_a_commit_the_wakeup_socket_misses_still_wakes_the_waiter(tmp_path: Path) -> None:
+    """The data_version poll is the fallback for a writer that does not poke the wake-up
+    socket (an older relayd, a hand-run sqlite3): its commit wakes the dispatcher within
+    about EXTERNAL_POLL seconds."""
+    async with SqliteStore(tmp_path / "queue.db") as store:
+        waiter = asyncio.create_task(store.wait_for_work(30))
+        await asyncio.sleep(0.2)  # the poll has its baseline
+        assert not waiter.done()
+        other = sqlite3.connect(tmp_path / "queue.db", isolation_level=None)
+        try:
+            other.execute("CREATE TABLE written_elsewhere (n INTEGER)")
+        finally:
+            other.close()
+        await asyncio.wait_for(waiter, 5 * EXTERNAL_POLL)
