@@ -10,6 +10,7 @@ and which are reads, and the in-process "new work" event for wait_for_work().
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
@@ -146,10 +147,8 @@ class SqliteStore:
         version: int | None = None
         while True:
             current: int | None = version
-            try:
+            with contextlib.suppress(StoreError):  # closing, or briefly unavailable
                 current = await self._db.data_version()
-            except StoreError:  # closing, or briefly unavailable: look again later
-                pass
             if version is not None and current != version:
                 self._work.set()
             version = current
