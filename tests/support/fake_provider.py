@@ -15,7 +15,6 @@ challenge carrying a base64 JSON error, then (after the client's empty line) `53
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import json
 import re
@@ -24,6 +23,8 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from aiosmtpd.smtp import MISSING, SMTP, AuthResult, Envelope, LoginPassword, Session
+
+from tests.support.loopback_smtp import LoopbackSMTPServer
 
 Mode = Literal["starttls", "tls", "none"]
 
@@ -79,7 +80,7 @@ class _OAuthHandler(_Handler):
         )
 
 
-class FakeProvider:
+class FakeProvider(LoopbackSMTPServer):
     """`async with FakeProvider(mode, context) as fake:`; `fake.port`, `fake.logins`.
 
     mode "starttls": plain connection offering STARTTLS with `tls_context` (or not offering
@@ -96,6 +97,7 @@ class FakeProvider:
         *,
         hostname: str = "smtp.fake-provider.test",
     ) -> None:
+        super().__init__()
         self.mode = mode
         self.tls_context = tls_context
         self.hostname = hostname
@@ -107,9 +109,6 @@ class FakeProvider:
         self.mail_reply: str | None = None  # the answer to every MAIL FROM (None: 250)
         self.xoauth2_tokens: set[str] | None = None  # offer XOAUTH2, accepting these tokens
         self.sasl: list[bytes] = []  # every decoded XOAUTH2 initial response
-        self.port = 0
-        self._server: asyncio.Server | None = None
-        self._protocols: list[SMTP] = []
 
     def _authenticate(
         self, server: SMTP, session: Session, envelope: Envelope, mechanism: str, data: Any
@@ -125,7 +124,7 @@ class FakeProvider:
             reply += f" (you sent {login.password} {encoded})"
         return AuthResult(success=False, handled=False, message=reply)
 
-    def _factory(self) -> SMTP:
+    def _protocol(self) -> SMTP:
         kwargs: dict[str, Any] = {
             "hostname": self.hostname,
             "authenticator": self._authenticate,
@@ -135,28 +134,7 @@ class FakeProvider:
         if self.mode == "starttls" and self.tls_context is not None:
             kwargs["tls_context"] = self.tls_context
         handler = _OAuthHandler(self) if self.xoauth2_tokens is not None else _Handler(self)
-        protocol = SMTP(handler, **kwargs)
-        self._protocols.append(protocol)
-        return protocol
+        return SMTP(handler, **kwargs)
 
-    async def start(self) -> None:
-        loop = asyncio.get_running_loop()
-        ssl_context = self.tls_context if self.mode == "tls" else None
-        self._server = await loop.create_server(self._factory, "127.0.0.1", 0, ssl=ssl_context)
-        self.port = self._server.sockets[0].getsockname()[1]
-
-    async def stop(self) -> None:
-        if self._server is not None:
-            self._server.close()
-            self._server = None
-        for protocol in self._protocols:
-            if protocol.transport is not None:
-                protocol.transport.abort()
-        self._protocols.clear()
-
-    async def __aenter__(self) -> FakeProvider:
-        await self.start()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.stop()
+    def _implicit_tls(self) -> ssl.SSLContext | None:
+        return self.tls_context if self.mode == "tls" else None

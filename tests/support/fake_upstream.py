@@ -12,6 +12,8 @@ from typing import Any
 
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
+from tests.support.loopback_smtp import LoopbackSMTPServer
+
 
 @dataclass
 class Received:
@@ -132,7 +134,7 @@ class _DsnHandler(_Handler):
         return [*lines[:-1], "250-DSN", lines[-1]]
 
 
-class FakeUpstream:
+class FakeUpstream(LoopbackSMTPServer):
     """Start with `async with FakeUpstream() as up:`; `up.port`, `up.received`, `up.script`.
 
     `mail_options` has each accepted MAIL's parameters, `rcpt_options` each RCPT TO's address
@@ -149,7 +151,7 @@ class FakeUpstream:
         *,
         dsn: bool = False,
     ) -> None:
-        self.port = port
+        super().__init__(port)
         self.script = Script()
         self.received: list[Received] = []
         self.mail_options: list[list[str]] = []
@@ -161,46 +163,19 @@ class FakeUpstream:
         self.tls_context = tls_context
         self.starttls = starttls
         self.smtputf8 = True  # advertise SMTPUTF8
-        self._server: asyncio.Server | None = None
-        self._protocols: list[SMTP] = []
 
-    def _factory(self) -> SMTP:
+    def _protocol(self) -> SMTP:
         self.connections += 1
         kwargs: dict[str, Any] = {"hostname": "fake-upstream", "enable_SMTPUTF8": self.smtputf8}
         if self.starttls and self.tls_context is not None:
             kwargs["tls_context"] = self.tls_context
             kwargs["require_starttls"] = True
         if self.dsn:
-            protocol: SMTP = _DsnSMTP(_DsnHandler(self), **kwargs)
-        else:
-            protocol = SMTP(_Handler(self), **kwargs)
-        self._protocols.append(protocol)
-        return protocol
+            return _DsnSMTP(_DsnHandler(self), **kwargs)
+        return SMTP(_Handler(self), **kwargs)
 
-    async def start(self) -> None:
-        loop = asyncio.get_running_loop()
-        ssl_ctx = self.tls_context if (self.tls_context and not self.starttls) else None
-        self._server = await loop.create_server(
-            self._factory, "127.0.0.1", self.port, ssl=ssl_ctx, reuse_address=True
-        )
-        self.port = self._server.sockets[0].getsockname()[1]
-
-    async def stop(self) -> None:
-        """Stop listening and cut every open connection (the relay must reconnect)."""
-        if self._server is not None:
-            self._server.close()
-            self._server = None
-        for protocol in self._protocols:
-            if protocol.transport is not None:
-                protocol.transport.abort()
-        self._protocols.clear()
-
-    async def __aenter__(self) -> FakeUpstream:
-        await self.start()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.stop()
+    def _implicit_tls(self) -> ssl.SSLContext | None:
+        return self.tls_context if (self.tls_context and not self.starttls) else None
 
     async def wait_for(self, count: int, timeout: float = 10.0) -> list[Received]:
         """Wait until `count` messages arrived; fail the test loudly on timeout."""
