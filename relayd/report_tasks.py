@@ -28,7 +28,7 @@ from relayd.metrics import queue_depth
 from relayd.notify import NoticeKind, Notifier, NotifySettings, render_notice
 from relayd.store.base import Leadership, Store
 from relayd.types import PENDING_STATES, RecipientState, new_queue_id
-from relayd.units import format_duration
+from relayd.units import format_duration, format_size
 
 log = get_logger("report_tasks")
 
@@ -269,19 +269,9 @@ class DiskWatch:
                 continue
             if free < self.minimum:
                 detail = (
-                    f"{_size(free)} free of {_size(total)} on the file system holding "
-                    f"{path}; notifications.disk_free_min is {_size(self.minimum)}"
+                    f"{format_size(free)} free of {format_size(total)} on the file system holding "
+                    f"{path}; notifications.disk_free_min is {format_size(self.minimum)}"
                 )
                 self.notifier.raise_(NoticeKind.DISK_LOW, str(path), detail, now=now)
             else:
                 self.notifier.clear(NoticeKind.DISK_LOW, str(path), now)
-
-
-def _size(count: int) -> str:
-    """Bytes for people: 512 -> "512 B", 1536 -> "1.5 KiB", 3 * 2**30 -> "3.0 GiB"."""
-    value, unit = float(count), "B"
-    for bigger in ("KiB", "MiB", "GiB", "TiB"):
-        if value < 1024:
-            break
-        value, unit = value / 1024, bigger
-    return f"{count} B" if unit == "B" else f"{value:.1f} {unit}"

@@ -52,6 +52,16 @@ def format_age(seconds: float) -> str:
     return f"{whole}s"
 
 
+def format_size(count: int) -> str:
+    """Bytes for people: 512 -> "512 B", 1536 -> "1.5 KiB", 3 * 2**30 -> "3.0 GiB"."""
+    value, unit = float(count), "B"
+    for bigger in ("KiB", "MiB", "GiB", "TiB"):
+        if value < 1024:
+            break
+        value, unit = value / 1024, bigger
+    return f"{count} B" if unit == "B" else f"{value:.1f} {unit}"
+
+
 def parse_size(text: str) -> int:
     """Bytes in a size string ("25MB" = 25,000,000; "25MiB" = 26,214,400)."""
     match = _SIZE.match(text)

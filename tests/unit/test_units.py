@@ -7,7 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from relayd.types import Ceiling
-from relayd.units import format_duration, parse_duration, parse_rate, parse_size
+from relayd.units import format_duration, format_size, parse_duration, parse_rate, parse_size
 
 
 @pytest.mark.parametrize(
@@ -138,3 +138,17 @@ def test_parse_rate_rejects(text: str, message: str) -> None:
 def test_a_parsed_rate_prints_as_written(ceiling: Ceiling, text: str) -> None:
     assert str(ceiling) == text
     assert parse_rate(text) == ceiling
+
+
+@pytest.mark.parametrize(
+    ("count", "text"),
+    [
+        (512, "512 B"),
+        (1023, "1023 B"),
+        (1536, "1.5 KiB"),
+        (3 * 2**30, "3.0 GiB"),
+        (2**40, "1.0 TiB"),
+    ],
+)
+def test_format_size(count: int, text: str) -> None:
+    assert format_size(count) == text
