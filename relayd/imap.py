@@ -24,7 +24,6 @@ from relayd.errors import RelaydError
 
 _UIDVALIDITY = re.compile(rb"\[UIDVALIDITY (\d+)\]", re.IGNORECASE)
 _FLAGS = re.compile(rb"FLAGS \(([^)]*)\)", re.IGNORECASE)
-_EXISTS = re.compile(rb"^(\d+) EXISTS", re.IGNORECASE)
 # A mailbox size update, as aioimaplib's protocol sees it ("* 3 EXISTS") or as a command's
 # response keeps it ("3 EXISTS"). EXISTS never lowers the count (RFC 3501 5.2); EXPUNGE does.
 _SIZE_UPDATE = re.compile(rb"^(?:\* )?(\d+) (EXISTS|EXPUNGE)\b", re.IGNORECASE)
@@ -156,20 +155,17 @@ class ImapSession:
         response = await self._ok(self._client.select(mailbox_arg(name)), f"SELECT {name}")
         # The SELECT's own EXISTS lines were counted first (they precede its tagged OK);
         # anything counted after them came later, even before this coroutine resumed.
-        count = grown = 0
-        for line in _lines(response):
-            count, grew = _size_update(count, line)
-            grown += grew
-        self._arrivals_at_select = before + grown
-        uidvalidity = exists = None
+        exists = grown = 0
+        uidvalidity = None
         for line in _lines(response):
             if match := _UIDVALIDITY.search(line):
                 uidvalidity = int(match.group(1))
-            elif match := _EXISTS.match(line):
-                exists = int(match.group(1))
+            exists, grew = _size_update(exists, line)
+            grown += grew
+        self._arrivals_at_select = before + grown
         if uidvalidity is None:
             raise ImapError(f"SELECT {name}: the server sent no UIDVALIDITY")
-        return Mailbox(name, uidvalidity, exists or 0)
+        return Mailbox(name, uidvalidity, exists)
 
     async def uids_after(self, last_uid: int, since: float | None = None) -> list[int]:
         """UIDs above `last_uid` (that arrived on or after the day of `since`), ascending.
@@ -267,7 +263,7 @@ class ImapSession:
             lines = push.result()
             if lines == aioimaplib.STOP_WAIT_SERVER_PUSH:
                 return False  # idle_start's timer: the timeout passed
-            if any(_EXISTS.match(bytes(line)) for line in lines):
+            if any(_is_exists(bytes(line)) for line in lines):
                 return True
         return False
 
@@ -314,6 +310,11 @@ class ImapSession:
             await asyncio.wait_for(self._closed.wait(), 2.0)
         except TimeoutError:
             transport.abort()
+
+
+def _is_exists(line: bytes) -> bool:
+    match = _SIZE_UPDATE.match(line)
+    return match is not None and match.group(2).upper() == b"EXISTS"
 
 
 def _size_update(count: int, line: bytes) -> tuple[int, bool]:
