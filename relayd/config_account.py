@@ -17,14 +17,13 @@ without a restart. Here they only have to exist.
 
 from __future__ import annotations
 
-import ipaddress
 import urllib.parse
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, model_validator
 
 from relayd.config_text import KeyedValueError
-from relayd.config_types import ConfPath
+from relayd.config_types import ConfPath, is_loopback_host
 from relayd.providers import PRESETS, token_url_for
 
 _OAUTH_KEYS = ("client_id", "client_secret_file", "refresh_token_file", "tenant_id")
@@ -36,12 +35,7 @@ def _check_token_url(url: str) -> None:
     parts = urllib.parse.urlsplit(url)
     if parts.scheme == "https" and parts.hostname:
         return
-    host = parts.hostname or ""
-    try:
-        loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        loopback = False
-    if parts.scheme == "http" and loopback:
+    if parts.scheme == "http" and is_loopback_host(parts.hostname or ""):
         return
     raise KeyedValueError(
         ("token_url",), f'"{url}" is not an https:// URL (plain http only to a loopback address)'

@@ -12,7 +12,6 @@ apply the same rules, so the file and the daemon never disagree.
 
 from __future__ import annotations
 
-import ipaddress
 from collections.abc import Mapping
 from typing import Annotated, Any
 
@@ -30,7 +29,15 @@ from pydantic import (
 from relayd.addresses import AddressError, check_address
 from relayd.config_gates import read_secret
 from relayd.config_text import SIZE, KeyedValueError, KeyLocator
-from relayd.config_types import ConfPath, Duration, Hostname, Size, Timeout, UpstreamName
+from relayd.config_types import (
+    ConfPath,
+    Duration,
+    Hostname,
+    Size,
+    Timeout,
+    UpstreamName,
+    is_loopback_host,
+)
 from relayd.providers import IMAP_HOSTS
 
 
@@ -53,16 +60,6 @@ def imap_mailbox_problem(name: str) -> str | None:
     )
 
 
-def _is_loopback(host: str) -> bool:
-    """Whether `host` is this machine: "localhost" or a loopback address."""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
 def imap_problems(host: str, tls: bool, folder: str, move_to: str) -> list[tuple[str, str]]:
     """(key, message) for each [bounces.imap] setting the poller cannot work with; [] when
     it can. The config check and bounces.ImapSettings both call this."""
@@ -73,7 +70,7 @@ def imap_problems(host: str, tls: bool, folder: str, move_to: str) -> list[tuple
     ]
     if folder == move_to:
         problems.append(("move_to", "must differ from folder"))
-    if not tls and not _is_loopback(host):
+    if not tls and not is_loopback_host(host):
         problems.append(
             (
                 "tls",

@@ -73,6 +73,17 @@ def _hostname(value: str) -> str:
     return value
 
 
+def is_loopback_host(host: str) -> bool:
+    """Whether a configured host is this machine: "localhost" or a loopback address (where
+    a plaintext hop, http or IMAP without TLS, leaves no network)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 def _relative_to_config(value: Path, info: ValidationInfo) -> Path:
     """Relative paths in the file are relative to the file's directory, not to the cwd."""
     base = info.context.get("base_dir") if isinstance(info.context, dict) else None
