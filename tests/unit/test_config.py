@@ -28,6 +28,7 @@ from relayd.config_text import KeyLocator
 from relayd.errors import ConfigError
 from relayd.providers import Preset
 from relayd.types import Ceiling
+from tests.support.config_files import error_of, load_text, write
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLE = REPO / "config" / "relayd.example.toml"
@@ -35,23 +36,6 @@ SECRET = "Zq9-distinctive-SECRET-7Kp"
 CAPTURE = '[upstreams.capture]\nprovider = "directory"\npath = "outbox"\n'
 # A well-formed scrypt hash (`relayd hash-password` output); distinctive, to check masking.
 USER_HASH = "$scrypt$ln=15,r=8,p=1$Zq9distinctiveSECRET7Kp$" + "A" * 43
-
-
-def write(tmp_path: Path, text: str) -> Path:
-    tmp_path.mkdir(exist_ok=True)
-    path = tmp_path / "relayd.toml"
-    path.write_text(textwrap.dedent(text).lstrip("\n"), encoding="utf-8")
-    return path
-
-
-def load_text(tmp_path: Path, text: str, **env: str) -> Config:
-    return load(write(tmp_path, text), environ=env)
-
-
-def error_of(tmp_path: Path, text: str, **env: str) -> ConfigError:
-    with pytest.raises(ConfigError) as caught:
-        load_text(tmp_path, text, **env)
-    return caught.value
 
 
 @pytest.fixture

@@ -13,11 +13,11 @@ from pathlib import Path
 import pytest
 
 from relayd.bounces import ImapSettings
-from relayd.config import Config, load, render_effective
+from relayd.config import Config, render_effective
 from relayd.config_reports import BouncesConfig, BouncesImapConfig, NotificationsConfig
-from relayd.errors import ConfigError
 from relayd.providers import IMAP_HOSTS
 from relayd.report_tasks import imap_settings
+from tests.support.config_files import error_of, load_text
 
 SECRET = "Imap-distinctive-SECRET-9Qx"
 CAPTURE = '[upstreams.capture]\nprovider = "directory"\npath = "outbox"\n'  # lines 1-3
@@ -25,18 +25,6 @@ BOUNCES = CAPTURE + '[bounces]\nmailbox = "bounces@practice.example"\n'  # lines
 IMAP = BOUNCES + '[bounces.imap]\nhost = "imap.practice.example"\nusername = "office"\n'  # 6-8
 IMAP_ENV = IMAP + 'password_env = "IMAP_PW"\n'  # line 9
 NOTIFICATIONS = CAPTURE + '[notifications]\nmailbox = "it@practice.example"\n'  # lines 4-5
-
-
-def load_text(tmp_path: Path, text: str, **env: str) -> Config:
-    path = tmp_path / "relayd.toml"
-    path.write_text(textwrap.dedent(text).lstrip("\n"), encoding="utf-8")
-    return load(path, environ=env)
-
-
-def error_of(tmp_path: Path, text: str, **env: str) -> ConfigError:
-    with pytest.raises(ConfigError) as caught:
-        load_text(tmp_path, text, **env)
-    return caught.value
 
 
 def imap_of(config: Config) -> BouncesImapConfig:
