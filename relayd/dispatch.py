@@ -43,6 +43,7 @@ SHOW_MIN_WAIT = 1.0  # shorter waits (min_interval spacing) are neither logged n
 
 SessionFactory = Callable[[UpstreamConfig, str], Session]
 Reply = tuple[str, Action, SmtpReply]  # one recipient's reply and what it means
+Writes = list[asyncio.Task[None]]  # a batch's outcome writes, made while the next sends
 
 
 class Dispatcher:
@@ -154,14 +155,24 @@ class Lane:
             due = await self.store.next_due(self.name, now)
             await self._sleep((due - now) if due is not None else MAX_SLEEP, session)
             return
-        for index, lease in enumerate(leases):
-            if self.stopping:
-                await self._put_back(leases[index:], "daemon stopping")
-                return
-            wait = await self._attempt(session, lease)
-            if wait is not None:  # held or refused: the rest of the batch waits too
-                await self._put_back(leases[index + 1 :], wait.reason)
-                return
+        writes: Writes = []
+        try:
+            for index, lease in enumerate(leases):
+                if self.stopping:
+                    await self._put_back(leases[index:], "daemon stopping")
+                    return
+                wait = await self._attempt(session, lease, writes)
+                if wait is not None:  # held or refused: the rest of the batch waits too
+                    await self._put_back(leases[index + 1 :], wait.reason)
+                    return
+        finally:
+            await self._written(writes)
+
+    async def _written(self, writes: Writes) -> None:
+        """Wait for a batch's outcome writes: the next lease sees every outcome recorded."""
+        for result in await asyncio.gather(*writes, return_exceptions=True):
+            if isinstance(result, Exception):  # _record logs store errors itself
+                log.error("lane_error", upstream=self.name, error=repr(result))
 
     async def _gate(self, now: float) -> Wait | None:
         """Why the upstream may not send now (hold, closed window, ledger), or None."""
@@ -226,7 +237,7 @@ class Lane:
         attempt = self.upstream.connect_timeout + 3 * self.upstream.timeout
         return min(attempt, self.config.queue.lease_time / 2)
 
-    async def _attempt(self, session: Session, lease: Lease) -> Wait | None:
+    async def _attempt(self, session: Session, lease: Lease, writes: Writes) -> Wait | None:
         """Deliver one leased message (or put it back: the ledger says "not yet"); returns
         the wait the ledger or a throttle reply imposed on the upstream, if any."""
         now = self.clock.now()
@@ -254,11 +265,13 @@ class Lane:
             reservation = slot.reservation
         self.in_flight += 1
         try:
-            return await self._send(session, lease, reservation)
+            return await self._send(session, lease, reservation, writes)
         finally:
             self.in_flight -= 1
 
-    async def _send(self, session: Session, lease: Lease, reservation: int | None) -> Wait | None:
+    async def _send(
+        self, session: Session, lease: Lease, reservation: int | None, writes: Writes
+    ) -> Wait | None:
         body = await self.store.load_body(lease.queue_id)
         started = self.clock.monotonic()
         log.info(
@@ -287,9 +300,11 @@ class Lane:
             # The upstream never saw the message: the slot goes back to the ledger.
             await self.store.cancel_send(reservation)
         elapsed = self.clock.monotonic() - started
-        return await self._apply(lease, result, elapsed)
+        return await self._apply(lease, result, elapsed, writes)
 
-    async def _apply(self, lease: Lease, result: SendResult, elapsed: float) -> Wait | None:
+    async def _apply(
+        self, lease: Lease, result: SendResult, elapsed: float, writes: Writes
+    ) -> Wait | None:
         now = self.clock.now()
         replies: list[Reply] = []
         for rcpt in lease.recipients:
@@ -304,7 +319,9 @@ class Lane:
         if wait is None and self.throttled and any(a is Action.DELIVERED for _, a, _ in replies):
             self.throttled = False
             await self.store.release_upstream(self.name)
-        await self._record(lease, outcomes, now, elapsed=elapsed)
+        # Recorded while the lane sends the next message (the lease fences the write); the
+        # batch waits for its writes before it leases again (_step).
+        writes.append(asyncio.create_task(self._record(lease, outcomes, now, elapsed=elapsed)))
         return wait
 
     def _outcome(
