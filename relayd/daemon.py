@@ -20,9 +20,10 @@ import structlog
 from relayd import transcripts
 from relayd.admin import AdminServer
 from relayd.clock import Clock, SystemClock
-from relayd.config import Config
+from relayd.config import Config, load
 from relayd.delivery import SessionOpener
 from relayd.dispatch import SessionFactory
+from relayd.errors import ConfigError
 from relayd.heartbeat import run_watchdog, watchdog_interval
 from relayd.instrumented import instrument
 from relayd.intake import IntakeHandler, make_server_factory
@@ -36,7 +37,7 @@ from relayd.store import store_for
 from relayd.store.base import Store
 from relayd.types import NoticeHook
 from relayd.upstream_notices import UpstreamNotices
-from relayd.workers import check_workers, supervise_intake_workers
+from relayd.workers import IntakeWorkers, check_workers, report_to_main
 
 log = get_logger("daemon")
 
@@ -83,6 +84,8 @@ class Relayd:
         self.lanes: LaneSet | None = None
         self.admin: AdminServer | None = None
         self._side_tasks: dict[str, asyncio.Task[None]] = {}
+        # server.workers > 1: intake runs in child processes (workers.py), not in this one
+        self.workers = IntakeWorkers(config) if config.server.workers > 1 else None
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -107,10 +110,12 @@ class Relayd:
         )
         delivery = asyncio.create_task(dispatcher.run(), name="dispatcher")
         try:
-            await self._start_intake(store)
+            if self.workers is None:
+                await self._start_intake(store)
             await self._start_admin(store)
             self._start_side_tasks(store)
             self._install_signals()
+            await self._workers_ready()
             notify("READY=1")
             self.started.set()
             log.info(
@@ -170,13 +175,25 @@ class Relayd:
         if poller is not None and polls_with_idle(poller, store):
             task = poller.run(asyncio.Event())  # one IMAP session that IDLEs: not a periodic job
             self._side_tasks["bounce-poller"] = asyncio.create_task(task, name="bounce-poller")
-        if self.config.server.workers > 1:
+        if self.workers is not None:
             self._side_tasks["intake-workers"] = asyncio.create_task(
-                supervise_intake_workers(self.config), name="intake-workers"
+                self.workers.run(), name="intake-workers"
             )
+
+    async def _workers_ready(self) -> None:
+        """Wait until every intake worker listens, or until one of them fails (then _run
+        sees the failure and stops the daemon)."""
+        if self.workers is None:
+            return
+        ready = asyncio.ensure_future(self.workers.ready.wait())
+        supervisor = self._side_tasks["intake-workers"]
+        await asyncio.wait({ready, supervisor}, return_when=asyncio.FIRST_COMPLETED)
+        ready.cancel()
 
     def listening(self) -> list[str]:
         """The intake addresses that accept connections now."""
+        if self.workers is not None:
+            return self.workers.listening()
         return [
             f"{sock.getsockname()[0]}:{sock.getsockname()[1]}"
             for server in self.servers
@@ -188,7 +205,10 @@ class Relayd:
         """Re-read the configuration file and swap in what can change (reload.py)."""
         assert self.lanes is not None
         notify("RELOADING=1")
-        self.config = await reload_config(self.config, self.lanes, self._swap_config, self.notifier)
+        config = await reload_config(self.config, self.lanes, self._swap_config, self.notifier)
+        if self.workers is not None and config is not self.config:
+            self.workers.send_signal(signal.SIGHUP)  # they read the new file themselves
+        self.config = config
         notify("READY=1")
 
     def _swap_config(self, config: Config) -> None:
@@ -278,18 +298,38 @@ class Relayd:
         structlog.contextvars.bind_contextvars(intake_worker=os.getpid())  # on every event
         self.store = store_for(self.config.queue)
         await self.store.open()
+        tasks: list[asyncio.Task[None]] = []
         try:
-            await self._start_intake(self.store)
+            await self._start_intake(instrument(self.store))
             self._install_signals()
             log.info("intake_worker_started", listen=self.listening())
+            tasks = [
+                asyncio.create_task(report_to_main(os.environ, self.stop_event.set)),
+                asyncio.create_task(serve_reloads(self.reload_requested, self._reload_intake)),
+            ]
             await self.stop_event.wait()
         finally:
+            for task in tasks:
+                task.cancel()
             for server in self.servers:
                 server.close()
             if self.handler is not None:
                 await self.handler.close_sessions(self.config.queue.shutdown_timeout)
             await self.store.close()
             self._restore_signals()
+
+    async def _reload_intake(self) -> None:
+        """SIGHUP in an intake worker (passed on by the main process): intake policy, log
+        level and transcripts, as reload.py does for the main process."""
+        assert self.config.source is not None  # workers need a config file (check_workers)
+        try:
+            config = await asyncio.to_thread(load, self.config.source)
+        except (ConfigError, OSError) as exc:
+            log.error("config_reload_failed", config=str(self.config.source), error=str(exc))
+            return
+        self._swap_config(config)
+        self.config = config
+        log.info("config_reloaded", config=str(config.source))
 
     def run(self, *, intake_only: bool = False) -> int:
         """Run until stopped (the CLI's entry point)."""

@@ -105,8 +105,18 @@ class LastResult:
 _last: dict[str, LastResult] = {}
 
 
-def accepted(upstream: str) -> None:
-    ACCEPTED.labels(upstream).inc()
+def accepted(upstream: str, count: int = 1) -> None:
+    ACCEPTED.labels(upstream).inc(count)
+
+
+def accepted_totals() -> dict[str, int]:
+    """This process's accepted count per upstream (an intake worker reports it: workers.py)."""
+    return {
+        sample.labels["upstream"]: int(sample.value)
+        for metric in ACCEPTED.collect()
+        for sample in metric.samples
+        if sample.name.endswith("_total")
+    }
 
 
 def outcomes(

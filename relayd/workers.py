@@ -1,19 +1,30 @@
-"""Extra intake processes for `server.workers > 1`: accepting mail on more than one core.
+"""Intake processes for `server.workers > 1`: accepting mail on more than one core.
 
-Every process listens on the same addresses with SO_REUSEPORT, so the kernel spreads new
-connections over them; each commits to the shared queue, whose wake-up socket tells the
-main process's dispatcher at once. The main process alone delivers, serves [admin] and runs
-the periodic jobs. Intake metrics (/metrics) count only the main process's share.
+With `workers = N` the daemon starts N intake-only children. They listen on the same
+addresses with SO_REUSEPORT, so the kernel spreads new connections over them, and each
+commits to the shared queue, whose wake-up socket tells the dispatcher at once. The main
+process accepts no mail: it delivers, serves [admin] and runs the periodic jobs. Keeping
+delivery out of the intake processes is what makes the split pay: its store writes (leases
+and outcomes, which need no fsync) no longer queue behind intake's fsynced commits in one
+writer, and delivery's Python work no longer holds up intake's SQLite thread.
+
+Each child reports to the main process on a pipe, one line at a time: `ready` once it
+listens, then every second its accepted-message totals per upstream (JSON), which the main
+process adds to /metrics. The daemon is ready (READY=1, /readyz)
+when every child is. A child whose pipe breaks (the main process was killed) stops.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import sys
+from collections.abc import Callable, Mapping
 from contextlib import suppress
 
+from relayd import metrics
 from relayd.config import Config
 from relayd.errors import RelaydError
 from relayd.logs import get_logger
@@ -22,6 +33,8 @@ log = get_logger("workers")
 
 # Variables that belong to the main process only: systemd talks to it, not to its children.
 _MAIN_ONLY = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "LISTEN_FDS", "LISTEN_PID")
+REPORT_FD = "RELAYD_REPORT_FD"  # the child's end of its report pipe
+REPORT_INTERVAL = 1.0  # seconds between a child's reports
 
 
 def check_workers(config: Config) -> None:
@@ -34,22 +47,112 @@ def check_workers(config: Config) -> None:
         raise RelaydError("server.workers > 1 needs fixed ports in server.listen (not :0)")
 
 
-async def supervise_intake_workers(config: Config) -> None:
-    """Run `server.workers - 1` intake-only children until cancelled; a child that dies is
-    a failure of the daemon (systemd's Restart= then restarts the whole service)."""
-    env = {key: value for key, value in os.environ.items() if key not in _MAIN_ONLY}
-    command = [sys.executable, "-m", "relayd", "run", "--intake-only", "-c", str(config.source)]
-    children: list[asyncio.subprocess.Process] = []
+class IntakeWorkers:
+    """The main process's side: starts the children, follows their reports, reaps them."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.ready = asyncio.Event()  # every child listens
+        self.children: list[asyncio.subprocess.Process] = []
+        self._ready_pids: set[int] = set()
+
+    def listening(self) -> list[str]:
+        """The configured addresses while every child is ready and running, else none."""
+        running = all(child.returncode is None for child in self.children)
+        return list(self.config.server.listen) if self.ready.is_set() and running else []
+
+    def send_signal(self, sig: int) -> None:
+        for child in self.children:
+            if child.returncode is None:
+                with suppress(ProcessLookupError):
+                    child.send_signal(sig)
+
+    async def run(self) -> None:
+        """Run the children until cancelled; a child that dies is a failure of the daemon
+        (systemd's Restart= then restarts the whole service)."""
+        env = {key: value for key, value in os.environ.items() if key not in _MAIN_ONLY}
+        command = [sys.executable, "-m", "relayd", "run", "--intake-only"]
+        command += ["-c", str(self.config.source)]
+        followers: list[asyncio.Task[None]] = []
+        try:
+            for _ in range(self.config.server.workers):
+                read_fd, write_fd = os.pipe()
+                try:
+                    child = await asyncio.create_subprocess_exec(
+                        *command, env={**env, REPORT_FD: str(write_fd)}, pass_fds=(write_fd,)
+                    )
+                except BaseException:
+                    os.close(read_fd)
+                    raise
+                finally:
+                    os.close(write_fd)
+                self.children.append(child)
+                followers.append(asyncio.create_task(self._follow(child.pid, read_fd)))
+            log.info("intake_workers_started", pids=[child.pid for child in self.children])
+            exits = [asyncio.ensure_future(child.wait()) for child in self.children]
+            done, _ = await asyncio.wait(exits, return_when=asyncio.FIRST_COMPLETED)
+            codes = [task.result() for task in done]
+            raise RelaydError(f"an intake worker exited (code {codes[0]})")
+        finally:
+            for follower in followers:
+                follower.cancel()
+            await _stop(self.children, self.config.queue.shutdown_timeout)
+
+    async def _follow(self, pid: int, read_fd: int) -> None:
+        """Read one child's reports until its pipe closes."""
+        reader = asyncio.StreamReader()
+        pipe = os.fdopen(read_fd, "rb", buffering=0)
+        loop = asyncio.get_running_loop()
+        transport, _ = await loop.connect_read_pipe(
+            lambda: asyncio.StreamReaderProtocol(reader), pipe
+        )
+        counted: dict[str, int] = {}
+        try:
+            async for line in reader:
+                self._report(pid, line, counted)
+        finally:
+            transport.close()
+
+    def _report(self, pid: int, line: bytes, counted: dict[str, int]) -> None:
+        if line == b"ready\n":
+            self._ready_pids.add(pid)
+            if len(self._ready_pids) == self.config.server.workers:
+                self.ready.set()
+            return
+        try:
+            totals = json.loads(line)["accepted"]
+        except (ValueError, KeyError, TypeError):
+            log.warning("intake_worker_report_unreadable", pid=pid)
+            return
+        for upstream, total in totals.items():
+            if total > counted.get(upstream, 0):
+                metrics.accepted(upstream, total - counted.get(upstream, 0))
+                counted[upstream] = total
+
+
+async def report_to_main(environ: Mapping[str, str], main_gone: Callable[[], None]) -> None:
+    """In a child: say `ready`, then send the accepted totals every second. They are
+    cumulative, so a report the pipe had no room for is made good by the next one; and a
+    write is how the child finds out that the main process is gone."""
+    if REPORT_FD not in environ:
+        return
+    fd = int(environ[REPORT_FD])
+    os.set_blocking(fd, False)
+    line = b"ready\n"
     try:
-        for _ in range(config.server.workers - 1):
-            children.append(await asyncio.create_subprocess_exec(*command, env=env))
-        log.info("intake_workers_started", pids=[child.pid for child in children])
-        exits = [asyncio.ensure_future(child.wait()) for child in children]
-        done, _ = await asyncio.wait(exits, return_when=asyncio.FIRST_COMPLETED)
-        codes = [task.result() for task in done]
-        raise RelaydError(f"an intake worker exited (code {codes[0]})")
+        while True:
+            try:
+                os.write(fd, line)
+            except BlockingIOError:
+                pass  # a full pipe (the main process is busy): the next report says it all
+            except BrokenPipeError:
+                log.error("intake_worker_orphaned", why="the main process is gone; stopping")
+                main_gone()
+                return
+            await asyncio.sleep(REPORT_INTERVAL)
+            line = json.dumps({"accepted": metrics.accepted_totals()}).encode() + b"\n"
     finally:
-        await _stop(children, config.queue.shutdown_timeout)
+        os.close(fd)
 
 
 async def _stop(children: list[asyncio.subprocess.Process], timeout: float) -> None:

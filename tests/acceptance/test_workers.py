@@ -1,32 +1,70 @@
-"""`server.workers = 2`: a second intake process shares the port and the queue."""
+"""`server.workers = 2`: two intake processes share the port and the queue; the main
+process only delivers (and serves [admin]), and hears from the workers over a pipe."""
 
 from __future__ import annotations
 
 import asyncio
+import json
 import os
+import signal
+import smtplib
+import time
+import urllib.request
 from pathlib import Path
 
 import pytest
 
-from tests.acceptance.process import Launcher, write_config
+from tests.acceptance.process import DaemonProcess, Launcher, free_port, write_config
 from tests.support.client import message, send
 from tests.support.fake_upstream import FakeUpstream
 
 pytestmark = pytest.mark.slow
 
 
-async def test_two_intake_processes_share_the_port_and_every_message_is_delivered(
-    tmp_path: Path, launch: Launcher, upstream: FakeUpstream, port: int
-) -> None:
-    config = write_config(tmp_path, port=port, upstream_port=upstream.port)
+def workers_config(tmp_path: Path, port: int, upstream_port: int, admin: int) -> Path:
+    config = write_config(tmp_path, port=port, upstream_port=upstream_port)
     text = config.read_text().replace(
         'hostname = "relay.test"', 'hostname = "relay.test"\nworkers = 2'
     )
-    config.write_text(text)
+    config.write_text(text + f'\n[admin]\nlisten = "127.0.0.1:{admin}"\n')
+    return config
+
+
+def get(admin: int, path: str) -> tuple[int, bytes]:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{admin}{path}", timeout=5) as reply:
+            return reply.status, reply.read()
+    except urllib.error.HTTPError as error:
+        return error.code, error.read()
+
+
+def accepted_metric(admin: int) -> float:
+    _, body = get(admin, "/metrics")
+    lines = body.decode().splitlines()
+    prefix = 'relayd_messages_accepted_total{upstream="main"} '
+    values = [float(line[len(prefix) :]) for line in lines if line.startswith(prefix)]
+    return values[0] if values else 0.0
+
+
+async def start_workers(
+    tmp_path: Path, launch: Launcher, upstream: FakeUpstream, port: int
+) -> tuple[DaemonProcess, list[int], int]:
+    admin = free_port()
+    config = workers_config(tmp_path, port, upstream.port, admin)
     daemon = await launch.start_ready(config, port)
     (started,) = await daemon.wait_event("intake_workers_started")
-    (worker_pid,) = started["pids"]
-    await daemon.wait_event("intake_worker_started")
+    return daemon, started["pids"], admin
+
+
+async def test_two_intake_processes_share_the_port_and_every_message_is_delivered(
+    tmp_path: Path, launch: Launcher, upstream: FakeUpstream, port: int
+) -> None:
+    daemon, pids, admin = await start_workers(tmp_path, launch, upstream, port)
+    assert len(pids) == 2 and daemon.pid not in pids
+    # "started" (READY=1) comes only once both workers listen: /readyz says so at once.
+    status, body = await asyncio.to_thread(get, admin, "/readyz")
+    assert status == 200, body
+    assert json.loads(body)["intake"] == {"ok": True, "listening": [f"127.0.0.1:{port}"]}
 
     async def sender(index: int) -> None:
         for number in range(10):  # one connection per message: the kernel spreads them
@@ -36,17 +74,61 @@ async def test_two_intake_processes_share_the_port_and_every_message_is_delivere
     got = await upstream.wait_for(40, timeout=30)
     subjects = {r.data.split(b"Subject: ", 1)[1].split(b"\r\n", 1)[0] for r in got}
     assert len(subjects) == 40
-    # Both processes accepted mail (the worker's events carry its pid).
+    # Both workers accepted mail and the main process none (a worker's events carry its pid).
     queued = await daemon.wait_event("queued", count=40)  # both processes' logs are flushed
-    assert len(queued) == 40
-    by_worker = [event for event in queued if event.get("intake_worker") == worker_pid]
-    assert 0 < len(by_worker) < 40
+    by_worker = {pid: [e for e in queued if e.get("intake_worker") == pid] for pid in pids}
+    assert all(by_worker.values()), {pid: len(events) for pid, events in by_worker.items()}
+    assert sum(map(len, by_worker.values())) == 40
+    # The workers' accepted counts reach the main process's /metrics (within a second or so).
+    deadline = time.monotonic() + 10
+    while (count := await asyncio.to_thread(accepted_metric, admin)) < 40:
+        assert time.monotonic() < deadline, f"/metrics counted {count} of 40 accepted"
+        await asyncio.sleep(0.2)
+    assert count == 40
 
     code, _ = await daemon.terminate()
     assert code == 0
-    # The worker stopped with the daemon, and the daemon reaped it (no zombie left behind).
-    with pytest.raises(ProcessLookupError):
-        os.kill(worker_pid, 0)
+    for pid in pids:  # the workers stopped with the daemon, which reaped them (no zombie)
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
+
+
+async def test_sighup_reaches_the_intake_workers(
+    tmp_path: Path, launch: Launcher, upstream: FakeUpstream, port: int
+) -> None:
+    daemon, pids, _ = await start_workers(tmp_path, launch, upstream, port)
+    config = tmp_path / "relayd.toml"
+    config.write_text(config.read_text().replace("[queue]", "max_message_size = 2000\n\n[queue]"))
+    daemon.send_signal(signal.SIGHUP)
+    reloaded = await daemon.wait_event("config_reloaded", count=3)  # the main and two workers
+    assert {e.get("intake_worker") for e in reloaded} == {None, *pids}
+    for _ in range(6):  # new connections: whichever worker takes one applies the new limit
+        with pytest.raises(smtplib.SMTPResponseException) as refused:  # at MAIL (SIZE=)
+            await send(port, message(body="x" * 3000 + "\r\n"))
+        assert refused.value.smtp_code == 552
+
+
+async def test_workers_stop_when_the_main_process_is_killed(
+    tmp_path: Path, launch: Launcher, upstream: FakeUpstream, port: int
+) -> None:
+    daemon, pids, _ = await start_workers(tmp_path, launch, upstream, port)
+    await daemon.kill()  # SIGKILL: the main process cannot stop its workers itself
+    deadline = time.monotonic() + 10
+    alive = list(pids)
+    while alive:
+        assert time.monotonic() < deadline, f"intake workers {alive} outlived the main process"
+        await asyncio.sleep(0.1)
+        alive = [pid for pid in alive if _running(pid)]
+    assert len(daemon.find("intake_worker_orphaned")) == 2
+
+
+def _running(pid: int) -> bool:
+    """True while `pid` runs (a zombie, exited but not yet reaped by init, counts as gone)."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
 
 
 async def test_workers_need_a_fixed_port(tmp_path: Path) -> None:
