@@ -1,6 +1,7 @@
-"""Group commit's one shared step: take every write request waiting now, as one batch.
+"""Group commit's batch bound, and the PostgreSQL writer's step: take every request waiting.
 
-Both backends queue their writers' requests in an asyncio.Queue closed by a None sentinel.
+The PostgreSQL writer queues its requests in an asyncio.Queue closed by a None sentinel;
+SQLite's write thread drains its own queue once it holds the write lock (sqlite_db.py).
 """
 
 from __future__ import annotations

@@ -1,11 +1,13 @@
-"""Two SQLite connections on two threads, and the group-committing writer in front of one.
+"""Two SQLite connections on two threads; the write thread commits in groups.
 
-sqlite3 blocks, so each connection lives on a dedicated single-thread executor and the
-event loop awaits futures. Every write goes through one writer task: it takes every
-request waiting in its queue, runs them all on the write thread in ONE transaction (each
-inside a SAVEPOINT, so one failing request fails only its own caller), commits once and
-then answers each caller. With synchronous=FULL a commit is an fsync, so N concurrent
-enqueues cost one fsync rather than N, and none is answered before it is durable.
+sqlite3 blocks, so each connection lives on a dedicated thread and the event loop awaits
+futures. Every write request goes into the write thread's queue. The thread takes the
+first, then the queue's write lock (below), and only then every request that queued
+meanwhile: it runs them all in ONE transaction (each inside a SAVEPOINT, so one failing
+request fails only its own caller), commits once and answers every caller in one call to
+the loop. With synchronous=FULL a commit is an fsync, so N concurrent enqueues cost one
+fsync rather than N, and none is answered before it is durable; and the longer the lock
+takes, the more requests share the commit that follows.
 
 Reads run on the second connection in autocommit mode: WAL lets them proceed while a write
 waits for the lock or commits, and they always see committed state. Between processes
@@ -19,18 +21,18 @@ from __future__ import annotations
 import asyncio
 import fcntl
 import os
+import queue
 import sqlite3
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
-from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar, cast
 
 from relayd.errors import StoreError, StoreUnavailable
 from relayd.store import sqlite_ops
-from relayd.store.batching import next_batch
+from relayd.store.batching import MAX_BATCH
 
 T = TypeVar("T")
 Op = Callable[[sqlite3.Connection], Any]
@@ -101,8 +103,8 @@ class Database:
         self._lock_fd: int | None = None
         self._executor: ThreadPoolExecutor | None = None
         self._reader: ThreadPoolExecutor | None = None
-        self._queue: asyncio.Queue[_Request | None] = asyncio.Queue()
-        self._writer: asyncio.Task[None] | None = None
+        self._requests: queue.SimpleQueue[_Request | None] = queue.SimpleQueue()
+        self._writer: asyncio.Future[None] | None = None  # the write thread's loop
         self._closed = False
 
     # --- lifecycle ------------------------------------------------------------------
@@ -119,7 +121,8 @@ class Database:
             await self._shut_threads()
             self._closed = True
             raise
-        self._writer = asyncio.create_task(self._write_loop(), name="relayd-sqlite-writer")
+        loop = asyncio.get_running_loop()
+        self._writer = loop.run_in_executor(self._executor, self._write_loop, loop)
 
     async def close(self) -> None:
         """Refuse new work, let the writer commit what is queued, close on the thread."""
@@ -127,7 +130,7 @@ class Database:
             return
         self._closed = True
         if self._writer is not None:
-            self._queue.put_nowait(None)
+            self._requests.put(None)
             await self._writer
         await self._shut_threads()
 
@@ -218,10 +221,7 @@ class Database:
     async def data_version(self) -> int:
         """SQLite's data_version of the write connection: it changes only when another
         connection (another process; not this one's writes) commits."""
-        self._check_open()
-        row = await self._on_thread(
-            lambda: self._connection().execute("PRAGMA data_version").fetchone()
-        )
+        row = await self.write(lambda conn: conn.execute("PRAGMA data_version").fetchone())
         return int(row[0])
 
     async def write(self, op: Callable[[sqlite3.Connection], T], *, durable: bool = True) -> T:
@@ -235,46 +235,54 @@ class Database:
         """
         self._check_open()
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._queue.put_nowait(_Request(op, future, durable))
+        self._requests.put(_Request(op, future, durable))
         return cast(T, await future)
 
-    async def _write_loop(self) -> None:
+    def _write_loop(self, loop: asyncio.AbstractEventLoop) -> None:
+        """The write thread, until close()'s sentinel: a batch at a time (module docstring)."""
         stopping = False
         while not stopping:
-            batch, stopping = await next_batch(self._queue)
-            if not batch:
-                continue
+            first = self._requests.get()
+            if first is None:
+                return
+            batch = [first]
             try:
-                durable = any(r.durable for r in batch)
-                run = partial(self._run_batch, [r.op for r in batch], durable=durable)
-                results = await self._on_thread(run)
+                with self._write_lock():
+                    stopping = self._take_waiting(batch)
+                    results = self._run_batch(batch)
             except Exception as exc:  # the writer must outlive any one batch
                 results = [_Result(error=StoreError(f"write batch failed: {exc}")) for _ in batch]
-            for request, result in zip(batch, results, strict=True):
-                if request.future.done():  # the caller was cancelled
-                    continue
-                if result.error is not None:
-                    request.future.set_exception(result.error)
-                else:
-                    request.future.set_result(result.value)
+            loop.call_soon_threadsafe(_answer, batch, results)
 
-    def _run_batch(self, ops: list[Op], *, durable: bool = True) -> list[_Result]:
-        """On the thread: one transaction, one SAVEPOINT per op, one COMMIT."""
+    def _take_waiting(self, batch: list[_Request]) -> bool:
+        """Add the requests queued now to `batch`; True once close()'s sentinel is seen."""
+        while len(batch) < MAX_BATCH:
+            try:
+                request = self._requests.get_nowait()
+            except queue.Empty:
+                return False
+            if request is None:
+                return True
+            batch.append(request)
+        return False
+
+    def _run_batch(self, batch: list[_Request]) -> list[_Result]:
+        """On the thread, holding the write lock: one transaction, one SAVEPOINT per op."""
         conn = self._connection()
+        durable = any(request.durable for request in batch)
         if durable != self._synchronous_full:
             conn.execute(_SYNC_FULL if durable else _SYNC_NORMAL)
             self._synchronous_full = durable
         try:
-            with self._write_lock():
-                conn.execute("BEGIN IMMEDIATE")
-                results = [self._run_one(conn, op) for op in ops]
-                conn.execute("COMMIT")
+            conn.execute("BEGIN IMMEDIATE")
+            results = [self._run_one(conn, request.op) for request in batch]
+            conn.execute("COMMIT")
         except (sqlite3.Error, _BatchFailed) as exc:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
             cause = exc.cause if isinstance(exc, _BatchFailed) else exc
             # One exception object per caller: each raise gets its own traceback.
-            return [_Result(error=_wrap(cause)) for _ in ops]
+            return [_Result(error=_wrap(cause)) for _ in batch]
         self.commits += 1
         return results
 
@@ -293,3 +301,14 @@ class Database:
             return _Result(error=_wrap(exc))
         conn.execute("RELEASE request")
         return _Result(value=value)
+
+
+def _answer(batch: list[_Request], results: list[_Result]) -> None:
+    """On the loop: hand each caller its result (a cancelled caller has gone)."""
+    for request, result in zip(batch, results, strict=True):
+        if request.future.done():
+            continue
+        if result.error is not None:
+            request.future.set_exception(result.error)
+        else:
+            request.future.set_result(result.value)
