@@ -57,6 +57,30 @@ async def test_a_write_waits_for_the_writer_lock_and_reads_go_on(
     assert await db.read(count) == 2
 
 
+async def test_writes_queued_while_another_process_holds_the_lock_share_one_commit(
+    db: Database, tmp_path: Path
+) -> None:
+    """The write thread takes the lock first and the waiting requests after: everything
+    that queued behind another process's transaction commits together (one fsync)."""
+    before = db.commits
+    with held_by_another_process(tmp_path / "queue.db"):
+        first = asyncio.ensure_future(
+            db.write(lambda conn: conn.execute("INSERT INTO t VALUES (0)"))
+        )
+        await asyncio.sleep(0.1)  # the write thread now waits for the lock with it
+        rest = [
+            asyncio.ensure_future(
+                db.write(lambda conn, n=n: conn.execute("INSERT INTO t VALUES (?)", (n,)))
+            )
+            for n in range(1, 50)
+        ]
+        await asyncio.sleep(0.1)
+        assert not any(write.done() for write in [first, *rest])
+    await asyncio.wait_for(asyncio.gather(first, *rest), 5)
+    assert db.commits - before == 1
+    assert await db.read(count) == 50
+
+
 async def test_two_writers_on_one_queue_never_see_busy(tmp_path: Path) -> None:
     """Two Database objects on one file stand for two processes: 200 interleaved writes
     each, no SQLITE_BUSY even with a busy timeout of zero, nothing lost."""

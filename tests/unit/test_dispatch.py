@@ -24,6 +24,7 @@ from relayd.limits import next_permitted
 from relayd.store.sqlite import SqliteStore
 from relayd.types import (
     Ceiling,
+    Lease,
     NewMessage,
     QueueId,
     RcptDsn,
@@ -370,3 +371,67 @@ async def test_an_account_hold_left_by_an_earlier_run_is_lifted_at_start(
         await h.enqueue(T0)
         assert len(await h.run(sends=1, until=T0 + 600)) == 1
         assert await store.upstream_hold("main") is None
+
+
+class CountingSession(FakeSession):
+    """A FakeSession that sets `reached` once `count` messages went out."""
+
+    def __init__(self, clock: FakeClock, count: int) -> None:
+        super().__init__(clock)
+        self.count = count
+        self.reached = asyncio.Event()
+
+    async def send(
+        self,
+        mail_from: str,
+        recipients: tuple[str, ...],
+        body: bytes,
+        *,
+        name: str,
+        mail_options: tuple[str, ...] = (),
+        rcpt_dsn: Mapping[str, RcptDsn] | None = None,
+    ) -> SendResult:
+        result = await super().send(mail_from, recipients, body, name=name)
+        if len(self.sent) >= self.count:
+            self.reached.set()
+        return result
+
+
+class GatedStore(SqliteStore):
+    """The real store, whose outcome writes wait until `gate` opens."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path)
+        self.gate = asyncio.Event()
+        self.recorded: list[str] = []
+
+    async def record_outcome(
+        self, lease: Lease, outcomes: Sequence[RecipientOutcome], now: float
+    ) -> None:
+        await self.gate.wait()
+        await super().record_outcome(lease, outcomes, now)
+        self.recorded.append(lease.queue_id)
+
+
+async def test_a_lane_sends_the_next_message_while_the_last_outcome_is_written(
+    make_config: ConfigFactory, tmp_path: Path
+) -> None:
+    """A delivery does not wait for its outcome's commit; the batch does, before it ends
+    (so the next lease sees every outcome)."""
+    async with GatedStore(tmp_path / "virtual.db") as store:
+        h = Harness(make_config(UPSTREAM), store, T0)
+        ids = [await h.enqueue(T0 - 3 + n) for n in range(3)]  # all due, oldest first
+        h.session = session = CountingSession(h.clock, 3)
+        run = asyncio.ensure_future(h.run(sends=3))
+        await asyncio.wait_for(session.reached.wait(), 10)
+        assert [s.queue_id for s in h.session.sent] == ids  # all three went out ...
+        assert store.recorded == []  # ... while the first outcome was still unwritten
+        await asyncio.sleep(0.1)
+        assert not run.done()  # the batch waits for its writes
+        store.gate.set()
+        await asyncio.wait_for(run, 10)
+        assert sorted(store.recorded) == sorted(ids)
+        for queue_id in ids:
+            view = await store.show(queue_id)
+            assert view is not None
+            assert [r.state for r in view.recipients] == [RecipientState.DELIVERED]
