@@ -11,9 +11,14 @@
 -- synchronous=FULL fsyncs the WAL on every commit, so a committed enqueue survives power
 -- loss before intake answers 250; foreign keys make deleting a message delete its
 -- recipients. (busy_timeout is set through sqlite3.connect(timeout=...).)
+-- secure_delete: some builds (Debian's) default to ON, which zeroes every page a delivered
+-- body freed: a second write of every body, inside the writer lock. FAST still zeroes
+-- deleted content on pages that are written anyway; freed pages keep their bytes until
+-- they are reused, as a file system keeps an unlinked Postfix queue file's blocks.
 PRAGMA journal_mode = WAL;
 PRAGMA synchronous = FULL;
 PRAGMA foreign_keys = ON;
+PRAGMA secure_delete = FAST;
 
 -- name: schema
 -- Version 1. Idempotent; run inside one transaction by open().
