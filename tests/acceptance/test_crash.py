@@ -2,7 +2,9 @@
 
 Several smtplib clients in threads send to a `relayd run` child while a slow upstream keeps a
 backlog queued; the daemon is killed with SIGKILL mid-run, restarted on the same config and
-queue file, and every message a client saw accepted must reach the upstream.
+queue file, and every message a client saw accepted must reach the upstream. With
+`server.workers = 2` every process of the daemon is killed at once, as systemd does to the
+whole control group (or the OOM killer to a container).
 """
 
 from __future__ import annotations
@@ -10,7 +12,9 @@ from __future__ import annotations
 import asyncio
 import collections
 import json
+import os
 import re
+import signal
 import smtplib
 import threading
 import time
@@ -74,8 +78,9 @@ def markers(upstream: FakeUpstream) -> collections.Counter[str]:
     return found
 
 
+@pytest.mark.parametrize("workers", [1, 2])
 async def test_sigkill_under_load_loses_no_accepted_message(
-    tmp_path: Path, launch: Launcher, upstream: FakeUpstream, port: int
+    tmp_path: Path, launch: Launcher, upstream: FakeUpstream, port: int, workers: int
 ) -> None:
     upstream.script.stall = 0.02  # a slow upstream: a backlog builds up in the queue
     config = write_config(
@@ -85,7 +90,16 @@ async def test_sigkill_under_load_loses_no_accepted_message(
         queue={"lease_time": '"2s"'},  # leases of the killed daemon expire quickly
         upstream={"max_connections": "2"},
     )
+    config.write_text(
+        config.read_text().replace(
+            'hostname = "relay.test"', f'hostname = "relay.test"\nworkers = {workers}'
+        )
+    )
     daemon = await launch.start_ready(config, port)
+    children = []
+    if workers > 1:
+        (started,) = await daemon.wait_event("intake_workers_started")
+        children = started["pids"]
     load = Load(port)
     senders = [asyncio.create_task(asyncio.to_thread(load.sender, i)) for i in range(SENDERS)]
 
@@ -95,6 +109,8 @@ async def test_sigkill_under_load_loses_no_accepted_message(
         "accepted and delivered messages",
     )
     killed_at = time.monotonic()
+    for child in children:  # the intake workers and the main process, all at once
+        os.kill(child, signal.SIGKILL)
     await daemon.kill()
     await asyncio.gather(*senders)
     accepted = set(load.accepted)
