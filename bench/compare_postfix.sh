@@ -15,7 +15,7 @@
 #   RUNS=3                 runs per cell (passed to peer_bench.sh; its default is 3)
 #   SIZES, CONC, N, N_1024, N_10240, N_102400, CONN, RUN_TIMEOUT   passed through
 #   MAX_CONNECTIONS=4      relayd's upstream max_connections
-#   WORKERS=2              relayd's server.workers (processes; 1 = intake and delivery in one)
+#   WORKERS=2              relayd's server.workers (intake processes; 1 = everything in one process)
 #   SYSTEMS="postfix relayd"  which systems to run (just "relayd" while tuning: no ratios)
 #   SINK_PORT=2610         smtp-sink (not the kit's 2600: a bare `start_sink.sh stop` stops that one)
 #   PF_PORT=2625           Postfix (not the kit's 2525: relayd's dev config listens there)
