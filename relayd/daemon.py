@@ -84,8 +84,7 @@ class Relayd:
         self.lanes: LaneSet | None = None
         self.admin: AdminServer | None = None
         self._side_tasks: dict[str, asyncio.Task[None]] = {}
-        # server.workers > 1: intake runs in child processes (workers.py), not in this one
-        self.workers = IntakeWorkers(config) if config.server.workers > 1 else None
+        self.workers: IntakeWorkers | None = None  # the intake processes, if serve() has any
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -93,6 +92,8 @@ class Relayd:
         for name, upstream in self.config.upstreams.items():
             if upstream.provider != "directory" and not upstream.tls_verify:
                 log.warning("tls_verify_disabled", upstream=name)
+        if self.config.server.workers > 1:  # intake runs in child processes (workers.py)
+            self.workers = IntakeWorkers(self.config)
         self.store = store_for(self.config.queue)
         await self.store.open()
         store = instrument(self.store)  # metrics at the verbs (instrumented.py)

@@ -61,6 +61,8 @@ async def test_two_intake_processes_share_the_port_and_every_message_is_delivere
 ) -> None:
     daemon, pids, admin = await start_workers(tmp_path, launch, upstream, port)
     assert len(pids) == 2 and daemon.pid not in pids
+    for event in await daemon.wait_event("intake_worker_started", count=2):
+        assert event["listen"] == [f"127.0.0.1:{port}"]
     # "started" (READY=1) comes only once both workers listen: /readyz says so at once.
     status, body = await asyncio.to_thread(get, admin, "/readyz")
     assert status == 200, body
