@@ -30,8 +30,13 @@ from relayd.intake import IntakeHandler, make_server_factory
 from relayd.lanes import LaneSet
 from relayd.logs import get_logger, set_level
 from relayd.reload import reload_config, serve_reloads
-from relayd.report_tasks import bounce_poller, make_notifier, polls_with_idle
-from relayd.schedule import daemon_schedule
+from relayd.report_tasks import (
+    bounce_poller,
+    make_notifier,
+    polls_with_idle,
+    reconfigure_notices,
+)
+from relayd.schedule import DaemonJobs
 from relayd.sdnotify import notify
 from relayd.store import store_for
 from relayd.store.base import Store
@@ -84,6 +89,7 @@ class Relayd:
         self.lanes: LaneSet | None = None
         self.admin: AdminServer | None = None
         self._side_tasks: dict[str, asyncio.Task[None]] = {}
+        self.jobs: DaemonJobs | None = None  # the periodic jobs; a reload applies its config
         self.workers: IntakeWorkers | None = None  # the intake processes, if serve() has any
 
     # -- lifecycle ------------------------------------------------------------------------
@@ -159,11 +165,12 @@ class Relayd:
         poller = bounce_poller(self.config, store, self.clock)
         # The periodic jobs run on one scheduler, itself a supervised side task: _shutdown's
         # cancel shuts it down and gives running jobs CANCEL_GRACE (schedule.Schedule.run).
-        schedule = daemon_schedule(
-            self.config, store, self.clock, self.notifier, poller, os.environ, grace=CANCEL_GRACE
+        self.jobs = DaemonJobs(
+            store, self.clock, self.notifier, poller, os.environ, grace=CANCEL_GRACE
         )
+        self.jobs.apply(self.config, self.clock.now())
         self._side_tasks = {
-            "schedule": asyncio.create_task(schedule.run(), name="schedule"),
+            "schedule": asyncio.create_task(self.jobs.schedule.run(), name="schedule"),
             "reload": asyncio.create_task(
                 serve_reloads(self.reload_requested, self.reload), name="reload"
             ),
@@ -215,6 +222,9 @@ class Relayd:
     def _swap_config(self, config: Config) -> None:
         if self.handler is not None:
             self.handler.reconfigure(config)
+        if self.jobs is not None:  # the main process: notices and periodic jobs follow
+            reconfigure_notices(self.notifier, self._notice_sink, config)
+            self.jobs.apply(config, self.clock.now())
         set_level(config.log.level)
         log_config = config.log
         try:

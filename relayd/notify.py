@@ -155,6 +155,13 @@ class Notifier:
         self._resolved: list[_Condition] = []
         self._last_digest: float | None = None
 
+    def reconfigure(self, settings: NotifySettings) -> None:
+        """Take a reload's settings in place: the conditions raised so far stay, and one
+        already reported is not reported again as new. A changed grace decides at the next
+        raise or flush for conditions not yet past it; the next digest waits for the new
+        digest_interval after the last one."""
+        self.settings = settings
+
     def raise_(
         self,
         kind: NoticeKind | str,

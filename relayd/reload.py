@@ -4,9 +4,12 @@ The file is validated completely first (config.load), so a reload is all or noth
 error the running configuration stays, and `config_reload_failed` is logged with the error.
 On success: routing, intake policy (networks, sizes, recipients), the retry schedule and
 lifetimes, the log level and transcripts apply at once; an upstream whose settings changed
-gets a new dispatcher lane (lanes.py) without losing queued mail; what is bound or opened at
-start (listen addresses, the queue backend and path, the admin listener, the log format) is
-kept as it was and `config_reload_restart_needed` names the keys.
+gets a new dispatcher lane (lanes.py) without losing queued mail; [notifications] (the daemon's
+_swap_config: the notice mailbox and timing, the notice round's and disk check's thresholds,
+the jobs themselves) and [bounces] apart from its IMAP account apply too. What is bound or
+opened at start (listen addresses, the queue backend and path, the admin listener, the log
+format, the [bounces.imap] session) is kept as it was and `config_reload_restart_needed`
+names the keys.
 """
 
 from __future__ import annotations
@@ -23,29 +26,36 @@ from relayd.notify import NoticeKind, Notifier
 
 log = get_logger("reload")
 
-# Keys whose value is used once, at start: a change needs a restart.
+# Keys (or whole tables) whose value is used once, at start: a change needs a restart.
+# "bounces.imap": the poller and its IDLE session are built once (report_tasks.bounce_poller);
+# any change to the table (server, account, password, folders, poll_interval, idle), or adding
+# or removing it, waits for a restart. The rest of [bounces] is read per message.
 RESTART_KEYS = (
-    ("server", "listen"),
-    ("server", "workers"),
-    ("server", "tls_cert"),
-    ("server", "tls_key"),
-    ("queue", "backend"),
-    ("queue", "path"),
-    ("queue", "dsn"),
-    ("admin", "listen"),
-    ("log", "format"),
+    "server.listen",
+    "server.workers",
+    "server.tls_cert",
+    "server.tls_key",
+    "queue.backend",
+    "queue.path",
+    "queue.dsn",
+    "admin.listen",
+    "log.format",
+    "bounces.imap",
 )
 
 
+def _value(config: Config, dotted: str) -> object:
+    """The value at a dotted key; None where an optional table on the way is absent."""
+    value: object = config
+    for name in dotted.split("."):
+        value = getattr(value, name, None)
+    return value
+
+
 def restart_needed(old: Config, new: Config) -> list[str]:
-    """The dotted keys in RESTART_KEYS whose values differ."""
-    changed = []
-    for section, key in RESTART_KEYS:
-        before = getattr(getattr(old, section), key, None)
-        after = getattr(getattr(new, section), key, None)
-        if before != after:
-            changed.append(f"{section}.{key}")
-    return changed
+    """The dotted keys in RESTART_KEYS whose values differ (names only: never a value, which
+    may be a secret)."""
+    return [key for key in RESTART_KEYS if _value(old, key) != _value(new, key)]
 
 
 def changed_upstreams(old: Config, new: Config) -> dict[str, list[str]]:

@@ -90,12 +90,19 @@ async def poll_bounces(poller: BouncePoller, store: Store, now: float) -> None:
         )
 
 
+def retarget_poller(poller: BouncePoller, config: Config) -> None:
+    """A reload: matched reports go to the new bounces.mailbox over the new routes. The IMAP
+    session itself keeps its start-up settings ([bounces.imap] needs a restart, reload.py)."""
+    if isinstance(poller.store, QueueBounceStore):
+        poller.store.config = config
+
+
 class QueueNoticeSink:
     """A NoticeSink: the rendered notice, from notifications.from to notifications.mailbox,
     through the queue (via notifications.via when set)."""
 
     def __init__(self, config: Config) -> None:
-        self.config = config
+        self.config = config  # replaced on reload (reconfigure_notices)
         self.store: Store | None = None  # set when the daemon has opened the store
 
     async def enqueue_notice(self, subject: str, body: str, now: float) -> None:
@@ -118,18 +125,28 @@ class QueueNoticeSink:
         )
 
 
+def notify_settings(config: Config) -> NotifySettings:
+    n = config.notifications
+    if n is None:
+        return NotifySettings(hostname=config.server.hostname)
+    return NotifySettings(
+        hostname=config.server.hostname,
+        digest_interval=n.digest_interval,
+        remind_after=n.remind_after,
+        grace={NoticeKind.UPSTREAM_UNREACHABLE: n.unreachable_after},
+    )
+
+
 def make_notifier(config: Config) -> tuple[Notifier, QueueNoticeSink]:
     sink = QueueNoticeSink(config)
-    n = config.notifications
-    settings = NotifySettings(hostname=config.server.hostname)
-    if n is not None:
-        settings = NotifySettings(
-            hostname=config.server.hostname,
-            digest_interval=n.digest_interval,
-            remind_after=n.remind_after,
-            grace={NoticeKind.UPSTREAM_UNREACHABLE: n.unreachable_after},
-        )
-    return Notifier(sink, settings), sink
+    return Notifier(sink, notify_settings(config)), sink
+
+
+def reconfigure_notices(notifier: Notifier, sink: QueueNoticeSink, config: Config) -> None:
+    """A reload: the next digest goes to the new mailbox (from, via) on the new timing; the
+    same Notifier keeps the conditions already raised."""
+    sink.config = config
+    notifier.reconfigure(notify_settings(config))
 
 
 class QueueWatch:
@@ -143,7 +160,7 @@ class QueueWatch:
 
     def __init__(self, notifier: Notifier, notifications: NotificationsConfig) -> None:
         self.notifier = notifier
-        self.n = notifications
+        self.n = notifications  # replaced on reload; the failure samples carry over
         self._failures: deque[tuple[float, int]] = deque()  # (when, failed + bounced)
         self._raised: set[tuple[NoticeKind, str]] = set()
 
@@ -180,6 +197,13 @@ class QueueWatch:
         self._set(
             NoticeKind.BOUNCE_RATE, rate_key, recent > self.n.bounce_rate, rate_detail, recent, now
         )
+        # The keys name the thresholds: one raised under a threshold a reload has changed is
+        # no longer measured, so it ends here (the new key is raised if it holds).
+        measured = {(NoticeKind.QUEUE_BACKLOG, age_key), (NoticeKind.QUEUE_BACKLOG, depth_key)}
+        measured.add((NoticeKind.BOUNCE_RATE, rate_key))
+        for kind, key in sorted(self._raised - measured):
+            self.notifier.clear(kind, key, now)
+            self._raised.discard((kind, key))
 
     def _recent_failures(self, total: int, now: float) -> int:
         samples = self._failures
@@ -219,6 +243,10 @@ class NoticeRound:
         self.notifier = notifier
         self.store = store
         self.watch = QueueWatch(notifier, notifications)
+
+    def reconfigure(self, notifications: NotificationsConfig) -> None:
+        """A reload's thresholds, from the next round on."""
+        self.watch.n = notifications
 
     async def __call__(self, now: float) -> None:
         try:
@@ -260,12 +288,23 @@ class DiskWatch:
         self.paths = list(dict.fromkeys(paths))
         self.usage = usage
 
+    def retarget(self, minimum: int, paths: Sequence[Path], now: float) -> None:
+        """A reload's minimum and paths (none: the check is off). A path no longer watched
+        has its disk_low cleared: nothing would ever clear it otherwise."""
+        kept = list(dict.fromkeys(paths))
+        for path in self.paths:
+            if path not in kept:
+                self.notifier.clear(NoticeKind.DISK_LOW, str(path), now)
+        self.minimum, self.paths = minimum, kept
+
     async def check(self, now: float) -> None:
         for path in self.paths:
             try:
                 total, _used, free = await asyncio.to_thread(self.usage, path)
             except OSError as exc:  # not there (yet): nothing to measure, nothing to clear
                 log.warning("disk_check_failed", path=str(path), error=str(exc))
+                continue
+            if path not in self.paths:  # dropped by a reload while measured: retarget cleared it
                 continue
             if free < self.minimum:
                 detail = (

@@ -9,6 +9,8 @@ with max_instances=1 (a slow round never overlaps the next), coalesce=True (roun
 while the loop was busy run once, not in a burst) and a misfire_grace_time of one interval
 (a round later than that is skipped: the next one is due soon anyway). The wrapper reads the
 injected clock for `now` and logs a job that raises (`job_failed`); the scheduler goes on.
+A reload does not restart the scheduler: DaemonJobs.apply gives it the new configuration's
+jobs ([notifications], queue.retention), keeping each unchanged job's next run time.
 
 Not jobs, but tasks of the daemon: the IMAP IDLE session (report_tasks.polls_with_idle; one
 long-lived connection that the server wakes, not a periodic round) and the systemd watchdog
@@ -24,7 +26,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Collection, Mapping
 from datetime import UTC, datetime
 from functools import partial
 from typing import Any
@@ -38,13 +40,21 @@ from relayd.config import Config
 from relayd.heartbeat import update_status
 from relayd.logs import get_logger
 from relayd.notify import Notifier
-from relayd.report_tasks import DiskWatch, NoticeRound, disk_paths, poll_bounces, polls_with_idle
+from relayd.report_tasks import (
+    DiskWatch,
+    NoticeRound,
+    disk_paths,
+    poll_bounces,
+    polls_with_idle,
+    retarget_poller,
+)
 from relayd.retention import purge_history
 from relayd.store.base import Store
 
 log = get_logger("schedule")
 
 JobBody = Callable[[float], Awaitable[object]]  # called with the injected clock's `now`
+Job = tuple[float, JobBody, float | None]  # Schedule.every's interval, body and first
 
 NOTICES_EVERY = 5.0  # seconds between notice rounds (a digest at most every digest_interval)
 DISK_EVERY = 60.0  # seconds between free-space checks
@@ -90,7 +100,17 @@ class Schedule:
         self, name: str, interval: float, body: JobBody, *, first: float | None = None
     ) -> None:
         """Run `body(now)` every `interval` seconds; the first time after `first` seconds
-        when given (0: at start), else after one interval."""
+        when given (0: at start), else after one interval.
+
+        A name already scheduled at the same interval gets the new body and keeps its next
+        run time (a reload neither runs it early nor puts it off); at another interval it
+        starts over. A run in progress finishes, and max_instances counts it (per name)."""
+        job = self.scheduler.get_job(name)
+        if job is not None:
+            if job.trigger.interval_length == interval:
+                job.modify(args=(name, body))
+                return
+            self.scheduler.remove_job(name)
         when: dict[str, Any] = {}
         if first is not None:
             # On APScheduler's timeline, which is the system clock whatever clock the jobs
@@ -111,6 +131,12 @@ class Schedule:
 
     def job_names(self) -> list[str]:
         return sorted(job.id for job in self.scheduler.get_jobs())
+
+    def keep_only(self, names: Collection[str]) -> None:
+        """Remove the other jobs (a run in progress finishes)."""
+        for name in self.job_names():
+            if name not in names:
+                self.scheduler.remove_job(name)
 
     async def run(self) -> None:
         """Start the scheduler and hold it until cancelled; then shut it down (which cancels
@@ -151,6 +177,75 @@ class Schedule:
             del self._running[task]
 
 
+class DaemonJobs:
+    """The daemon's jobs on one Schedule, for the configuration in force: `apply` at start
+    and after every reload adds, keeps and removes them. The notice round and the disk watch
+    are kept across reloads and take the new thresholds, so the bounce-rate window and the
+    record of what they raised carry over; a condition they can no longer measure is cleared
+    (QueueWatch.check, DiskWatch.retarget), not left raised for ever."""
+
+    def __init__(
+        self,
+        store: Store,
+        clock: Clock,
+        notifier: Notifier,
+        poller: BouncePoller | None,
+        environ: Mapping[str, str],
+        *,
+        grace: float = 1.0,
+    ) -> None:
+        self.schedule = Schedule(clock, grace)
+        self.store = store
+        self.notifier = notifier
+        self.poller = poller  # built once at start: [bounces.imap] needs a restart
+        self.environ = dict(environ)
+        self.notices: NoticeRound | None = None
+        self.disk: DiskWatch | None = None
+
+    def apply(self, config: Config, now: float) -> None:
+        """Schedule the jobs `config` asks for, with its values; remove the others."""
+        store, poller = self.store, self.poller
+        jobs = self._notice_jobs(config, now)
+        if poller is not None:
+            retarget_poller(poller, config)
+            if not polls_with_idle(poller, store):
+                poll = partial(poll_bounces, poller, store)
+                jobs["bounces"] = (poller.settings.poll_interval, poll, 0.0)
+        if config.queue.retention > 0:
+            purge = partial(purge_history, store, retention=config.queue.retention)
+            jobs["retention"] = (RETENTION_EVERY, purge, RETENTION_FIRST)
+        if self.environ.get("NOTIFY_SOCKET"):
+            status = partial(update_status, store, environ=self.environ)
+            jobs["status"] = (STATUS_EVERY, status, 0.0)
+        self.schedule.keep_only(jobs)
+        for name, (interval, body, first) in jobs.items():
+            self.schedule.every(name, interval, body, first=first)
+
+    def _notice_jobs(self, config: Config, now: float) -> dict[str, Job]:
+        jobs: dict[str, Job] = {}
+        n = config.notifications
+        if n is None:
+            if self.notices is not None:
+                self.notices.watch.release(now)  # no longer measured, and no mailbox to tell
+            self.notices = None
+        else:
+            if self.notices is None:
+                self.notices = NoticeRound(self.notifier, self.store, n)
+            self.notices.reconfigure(n)
+            jobs["notices"] = (NOTICES_EVERY, self.notices, None)
+        paths = disk_paths(config)
+        minimum = n.disk_free_min if n is not None else None
+        if minimum is not None and paths:
+            if self.disk is None:
+                self.disk = DiskWatch(self.notifier, minimum, paths)
+            self.disk.retarget(minimum, paths, now)
+            jobs["disk"] = (DISK_EVERY, self.disk.check, 0.0)
+        elif self.disk is not None:
+            self.disk.retarget(0, [], now)
+            self.disk = None
+        return jobs
+
+
 def daemon_schedule(
     config: Config,
     store: Store,
@@ -161,22 +256,8 @@ def daemon_schedule(
     *,
     grace: float = 1.0,
 ) -> Schedule:
-    """The daemon's jobs for `config`; `environ` says whether systemd listens (STATUS=)."""
-    schedule = Schedule(clock, grace)
-    notifications = config.notifications
-    if notifications is not None:
-        schedule.every("notices", NOTICES_EVERY, NoticeRound(notifier, store, notifications))
-        paths = disk_paths(config)
-        if notifications.disk_free_min is not None and paths:
-            watch = DiskWatch(notifier, notifications.disk_free_min, paths)
-            schedule.every("disk", DISK_EVERY, watch.check, first=0.0)
-    if poller is not None and not polls_with_idle(poller, store):
-        poll = partial(poll_bounces, poller, store)
-        schedule.every("bounces", poller.settings.poll_interval, poll, first=0.0)
-    if config.queue.retention > 0:
-        purge = partial(purge_history, store, retention=config.queue.retention)
-        schedule.every("retention", RETENTION_EVERY, purge, first=RETENTION_FIRST)
-    if environ.get("NOTIFY_SOCKET"):
-        status = partial(update_status, store, environ=dict(environ))
-        schedule.every("status", STATUS_EVERY, status, first=0.0)
-    return schedule
+    """The daemon's jobs for `config`; `environ` says whether systemd listens (STATUS=).
+    The daemon keeps the DaemonJobs instead, to apply a reload's configuration."""
+    jobs = DaemonJobs(store, clock, notifier, poller, environ, grace=grace)
+    jobs.apply(config, clock.now())
+    return jobs.schedule

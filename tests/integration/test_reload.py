@@ -9,8 +9,10 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+import pytest
 from structlog.testing import capture_logs
 
+from relayd import schedule
 from relayd.config import Config
 from relayd.daemon import Relayd
 from relayd.types import RecipientState, UpstreamHold
@@ -147,3 +149,78 @@ async def test_listen_changes_need_a_restart_and_holds_follow_the_settings(
                     return len(await store.list_messages(state=RecipientState.DELIVERED)) == 1
 
                 await until(delivered)
+
+
+NOTIFICATIONS = """
+[notifications]
+mailbox = "ops@old.example"
+from = "relayd@relay.test"
+digest_interval = "1s"
+"""
+
+
+async def test_a_reload_sends_the_next_notice_to_the_new_mailbox_and_keeps_raised_ones(
+    make_config: ConfigFactory, upstream: FakeUpstream, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(schedule, "NOTICES_EVERY", 0.1)
+    config = make_config(generic(upstream.port), extra=NOTIFICATIONS)
+    path = source(config)
+
+    async def notices(count: int) -> bool:
+        return sum(r.mail_from == "relayd@relay.test" for r in upstream.received) >= count
+
+    with capture_logs() as logs:
+        async with running(config) as daemon:
+            refused = "535 5.7.8 bad login"
+            daemon.notifier.raise_("auth_failed", "practice", refused, now=daemon.clock.now())
+            await until(lambda: notices(1))
+            path.write_text(path.read_text().replace("ops@old.example", "ops@new.example"))
+            assert (await reload(daemon, logs))["event"] == "config_reloaded"
+            daemon.notifier.raise_("disk_low", "/srv/relayd", "1 MiB free", now=daemon.clock.now())
+            await until(lambda: notices(2))
+            active = [kind for kind, _, _ in daemon.notifier.active()]
+    first, second = [r for r in upstream.received if r.mail_from == "relayd@relay.test"]
+    assert first.recipients == ["ops@old.example"]
+    assert second.recipients == ["ops@new.example"]
+    assert b"Disk space is low (/srv/relayd)" in second.data
+    assert b"refuses relayd's credentials" not in second.data  # still raised, told already
+    assert active == ["auth_failed", "disk_low"]
+
+
+async def test_notifications_added_by_a_reload_start_the_notice_round(
+    make_config: ConfigFactory, upstream: FakeUpstream, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A daemon started without [notifications] mails what it has raised meanwhile once a
+    reload adds the table."""
+    monkeypatch.setattr(schedule, "NOTICES_EVERY", 0.1)
+    config = make_config(generic(upstream.port))
+    path = source(config)
+    with capture_logs() as logs:
+        async with running(config) as daemon:
+            daemon.notifier.raise_("disk_low", "/srv/relayd", "1 MiB free", now=daemon.clock.now())
+            path.write_text(path.read_text() + NOTIFICATIONS)
+            assert (await reload(daemon, logs))["event"] == "config_reloaded"
+            (notice,) = await upstream.wait_for(1)
+    assert notice.recipients == ["ops@old.example"]
+    assert b"Disk space is low (/srv/relayd)" in notice.data
+
+
+async def test_a_changed_bounce_imap_account_needs_a_restart(
+    make_config: ConfigFactory, upstream: FakeUpstream, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The IMAP poller is built at start: a new [bounces.imap] is named, its password never."""
+    monkeypatch.setenv("RELAYD_TEST_IMAP_PASSWORD", "imap-secret-9")
+    config = make_config(generic(upstream.port), extra='[bounces]\nmailbox = "b@x.example"\n')
+    path = source(config)
+    with capture_logs() as logs:
+        async with running(config) as daemon:
+            imap = '[bounces.imap]\nhost = "127.0.0.1"\nusername = "u"\n'
+            path.write_text(
+                path.read_text() + imap + 'password_env = "RELAYD_TEST_IMAP_PASSWORD"\n'
+            )
+            result = await reload(daemon, logs)
+            assert result["event"] == "config_reloaded"
+            assert daemon.config.bounces is not None and daemon.config.bounces.imap is not None
+    (restart,) = [e for e in logs if e["event"] == "config_reload_restart_needed"]
+    assert restart["keys"] == ["bounces.imap"]
+    assert "imap-secret-9" not in repr(logs)

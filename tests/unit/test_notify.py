@@ -249,6 +249,31 @@ async def test_a_long_condition_is_repeated_after_a_day(notifier: Notifier, sink
     assert "(24 h)" in sink.sent[1][1]
 
 
+async def test_new_settings_apply_to_the_conditions_already_raised(
+    notifier: Notifier, sink: Sink
+) -> None:
+    """A reload's settings: what was raised stays raised and reported (no second "PROBLEM"),
+    and the new digest interval, reminder age, grace and hostname apply from now on."""
+    auth_failed(notifier, T0)
+    notifier.raise_("upstream_unreachable", "backup", "connection refused", now=T0)
+    assert await notifier.flush(T0)  # auth_failed only: unreachable is in its 10-minute grace
+    notifier.reconfigure(
+        NotifySettings(
+            hostname="relay2.test",
+            digest_interval=60,
+            remind_after=3600,
+            grace={NoticeKind.UPSTREAM_UNREACHABLE: 30},
+        )
+    )
+    assert await notifier.flush(T0 + 60)  # 900 s before; past the new 30 s grace
+    subject, body, _ = sink.sent[1]
+    assert subject == "[relayd relay2.test] Upstream backup cannot be reached"
+    assert "refuses relayd's credentials" not in body  # reported before the new settings
+    assert await notifier.flush(T0 + 3600)
+    assert "STILL A PROBLEM: Upstream practice refuses" in sink.sent[2][1]
+    assert [kind for kind, _, _ in notifier.active()] == ["auth_failed", "upstream_unreachable"]
+
+
 async def test_a_digest_that_cannot_be_enqueued_is_sent_later(
     notifier: Notifier, sink: Sink
 ) -> None:

@@ -23,8 +23,9 @@ from relayd.errors import StoreError
 from relayd.notify import Notifier
 from relayd.report_tasks import bounce_poller, poll_bounces, polls_with_idle
 from relayd.retention import purge_history
-from relayd.schedule import Schedule, daemon_schedule, quiet_apscheduler
+from relayd.schedule import DaemonJobs, Schedule, daemon_schedule, quiet_apscheduler
 from relayd.store.base import Leadership
+from relayd.types import RecipientState
 from tests.conftest import ConfigFactory
 
 T0 = 1_704_189_600.0  # 2024-01-02 10:00 UTC: far from the real time the scheduler keeps
@@ -392,3 +393,72 @@ def test_misfire_grace_is_one_interval_in_whole_seconds() -> None:
         "fast": 1,
         "slow": math.ceil(90.5),
     }
+
+
+# -- a reload ----------------------------------------------------------------------------
+
+
+@dataclass
+class DepthStore:
+    """store.counts() and list_messages(), as metrics.queue_depth reads them."""
+
+    queued: int = 0
+
+    async def counts(self) -> dict[RecipientState, int]:
+        return {**dict.fromkeys(RecipientState, 0), RecipientState.QUEUED: self.queued}
+
+    async def list_messages(self, state: RecipientState, limit: int) -> list[Any]:
+        return []
+
+
+def next_runs(schedule: Schedule) -> dict[str, Any]:
+    return {job.id: job.next_run_time for job in schedule.scheduler.get_jobs()}
+
+
+async def test_a_reload_gives_the_jobs_new_values_and_drops_what_is_no_longer_asked_for(
+    make_config: ConfigFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Same round object (its state carries over) with the new thresholds; a backlog raised
+    under the old threshold ends; the disk check goes and its disk_low with it; unchanged
+    jobs keep their next run; the poller forwards to the new bounce mailbox."""
+    monkeypatch.setenv("IMAP_TEST_PASSWORD", "pw")
+    imap = IMAP.format(idle="false")
+    first = make_config(DIRECTORY, extra=NOTIFICATIONS + "backlog_depth = 1\n" + imap)
+    store = DepthStore(queued=2)
+    notifier = Notifier(Sink())
+    poller = bounce_poller(first, store, FakeClock())  # type: ignore[arg-type]
+    assert poller is not None
+    env = {"NOTIFY_SOCKET": "/run/systemd/notify"}
+    jobs = DaemonJobs(store, FakeClock(), notifier, poller, env)  # type: ignore[arg-type]
+    jobs.apply(first, T0)
+    jobs.schedule.scheduler.start(paused=True)  # next run times, and no run: rounds by hand
+    assert jobs.schedule.job_names() == ["bounces", "disk", "notices", "retention", "status"]
+    before = next_runs(jobs.schedule)
+    notices = jobs.notices
+    assert notices is not None
+    await notices(T0)
+    queue_dir = str(first.queue.path.parent)
+    notifier.raise_("disk_low", queue_dir, "1 MiB free", now=T0)  # as the disk check would
+    assert sorted(notifier.active()) == [
+        ("disk_low", queue_dir, T0),
+        ("queue_backlog", "more than 1 recipients waiting", T0),
+    ]
+
+    text = NOTIFICATIONS.replace('disk_free_min = "1GiB"', "backlog_depth = 5")
+    changed = imap.replace("bounces@x.example", "dsn@x.example")
+    second = make_config(DIRECTORY, extra=text + changed, queue='retention = "0s"')
+    jobs.apply(second, T0 + 60)
+    assert jobs.schedule.job_names() == ["bounces", "notices", "status"]
+    assert jobs.notices is notices and notices.watch.n.backlog_depth == 5
+    after = next_runs(jobs.schedule)
+    assert all(after[name] == before[name] for name in ("bounces", "notices", "status"))
+    assert notifier.active() == [("queue_backlog", "more than 1 recipients waiting", T0)]
+    assert poller.store.config is second  # type: ignore[attr-defined]
+    store.queued = 6
+    await notices(T0 + 65)
+    assert notifier.active() == [("queue_backlog", "more than 5 recipients waiting", T0 + 65)]
+
+    jobs.apply(make_config(DIRECTORY, extra=changed), T0 + 120)  # [notifications] removed
+    assert jobs.schedule.job_names() == ["bounces", "retention", "status"]
+    assert jobs.notices is None and notifier.active() == []
+    jobs.schedule.scheduler.shutdown(wait=False)
