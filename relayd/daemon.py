@@ -122,15 +122,15 @@ class Relayd:
             await self._start_admin(store)
             self._start_side_tasks(store)
             self._install_signals()
-            await self._workers_ready()
-            notify("READY=1")
-            self.started.set()
-            log.info(
-                "started",
-                listen=[f"{h}:{p}" for h, p in self.addresses],
-                upstreams=list(self.config.upstreams),
-                worker=self.worker,
-            )
+            if await self._workers_ready():
+                notify("READY=1")
+                self.started.set()
+                log.info(
+                    "started",
+                    listen=self.listening(),
+                    upstreams=list(self.config.upstreams),
+                    worker=self.worker,
+                )
             await self._run(delivery)
         finally:
             await self._shutdown(dispatcher, delivery)
@@ -188,15 +188,16 @@ class Relayd:
                 self.workers.run(), name="intake-workers"
             )
 
-    async def _workers_ready(self) -> None:
-        """Wait until every intake worker listens, or until one of them fails (then _run
-        sees the failure and stops the daemon)."""
+    async def _workers_ready(self) -> bool:
+        """Wait until every intake worker listens (True), or until one of them fails (False:
+        the daemon never says READY=1, and _run reports the failure and stops it)."""
         if self.workers is None:
-            return
+            return True
         ready = asyncio.ensure_future(self.workers.ready.wait())
         supervisor = self._side_tasks["intake-workers"]
         await asyncio.wait({ready, supervisor}, return_when=asyncio.FIRST_COMPLETED)
         ready.cancel()
+        return self.workers.ready.is_set()
 
     def listening(self) -> list[str]:
         """The intake addresses that accept connections now."""

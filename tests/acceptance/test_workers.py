@@ -8,6 +8,7 @@ import json
 import os
 import signal
 import smtplib
+import socket
 import time
 import urllib.request
 from pathlib import Path
@@ -61,7 +62,8 @@ async def test_two_intake_processes_share_the_port_and_every_message_is_delivere
 ) -> None:
     daemon, pids, admin = await start_workers(tmp_path, launch, upstream, port)
     assert len(pids) == 2 and daemon.pid not in pids
-    for event in await daemon.wait_event("intake_worker_started", count=2):
+    workers_started = await daemon.wait_event("intake_worker_started", count=2)
+    for event in [*daemon.find("started"), *workers_started]:
         assert event["listen"] == [f"127.0.0.1:{port}"]
     # "started" (READY=1) comes only once both workers listen: /readyz says so at once.
     status, body = await asyncio.to_thread(get, admin, "/readyz")
@@ -131,6 +133,21 @@ def _running(pid: int) -> bool:
             return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
     except FileNotFoundError:
         return False
+
+
+async def test_a_worker_that_cannot_listen_fails_the_daemon_before_it_says_ready(
+    tmp_path: Path, launch: Launcher, upstream: FakeUpstream, port: int
+) -> None:
+    taken = socket.socket()  # without SO_REUSEPORT: the workers cannot bind beside it
+    taken.bind(("127.0.0.1", port))
+    taken.listen()
+    try:
+        daemon = launch.start(workers_config(tmp_path, port, upstream.port, free_port()), port)
+        assert await daemon.wait_exit(20) == 1
+    finally:
+        taken.close()
+    assert daemon.find("service_failed", service="intake-workers")
+    assert not daemon.find("started")  # no READY=1 either: it comes with this event
 
 
 async def test_workers_need_a_fixed_port(tmp_path: Path) -> None:
