@@ -97,6 +97,8 @@ class LaneSet:
             self.notices,
         )
         await lane.start()
+        if self.stopping:  # stop() came while lane.start() read the store: it missed this lane
+            return
         self.lanes[upstream.name] = lane
         for index in range(upstream.max_connections):
             task = asyncio.create_task(lane.run_worker(), name=f"lane-{lane.name}-{index}")

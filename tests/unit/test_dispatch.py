@@ -20,6 +20,7 @@ import pytest
 from relayd.config import Config
 from relayd.delivery import SendResult
 from relayd.dispatch import Dispatcher, iso
+from relayd.lanes import LaneSet
 from relayd.limits import next_permitted
 from relayd.store.sqlite import SqliteStore
 from relayd.types import (
@@ -417,3 +418,34 @@ async def test_a_lane_sends_the_next_message_while_the_last_outcome_is_written(
             view = await store.show(queue_id)
             assert view is not None
             assert [r.state for r in view.recipients] == [RecipientState.DELIVERED]
+
+
+class SlowHoldStore(SqliteStore):
+    """The real store, whose upstream_hold (read by Lane.start) waits until `gate` opens."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path)
+        self.asked = asyncio.Event()
+        self.gate = asyncio.Event()
+
+    async def upstream_hold(self, upstream: str) -> UpstreamHold | None:
+        self.asked.set()
+        await self.gate.wait()
+        return await super().upstream_hold(upstream)
+
+
+async def test_a_stop_while_a_lane_starts_stops_that_lane_too(
+    make_config: ConfigFactory, tmp_path: Path
+) -> None:
+    """The daemon stops its LaneSet at once when startup fails right after it (say intake
+    cannot bind): a lane still reading its hold must not start workers that nobody stops."""
+    async with SlowHoldStore(tmp_path / "virtual.db") as store:
+        clock = FakeClock(T0)
+        session = FakeSession(clock)
+        lanes = LaneSet(make_config(UPSTREAM), store, clock, "worker", lambda _u, _h: session)
+        run = asyncio.ensure_future(lanes.run())
+        await asyncio.wait_for(store.asked.wait(), 5)
+        lanes.stop()
+        store.gate.set()
+        await asyncio.wait_for(run, 5)
+        assert lanes.lanes == {}
