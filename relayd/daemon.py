@@ -42,7 +42,7 @@ from relayd.store import store_for
 from relayd.store.base import Store
 from relayd.types import NoticeHook
 from relayd.upstream_notices import UpstreamNotices
-from relayd.workers import IntakeWorkers, check_workers, report_to_main
+from relayd.workers import KILL_WAIT, IntakeWorkers, check_workers, report_to_main
 
 log = get_logger("daemon")
 
@@ -104,9 +104,15 @@ class Relayd:
         await self.store.open()
         store = instrument(self.store)  # metrics at the verbs (instrumented.py)
         log_config = self.config.log
-        transcripts.configure(
-            log_config.transcript_dir, log_config.transcript_max_size, log_config.transcript_files
-        )
+        try:
+            transcripts.configure(
+                log_config.transcript_dir,
+                log_config.transcript_max_size,
+                log_config.transcript_files,
+            )
+        except BaseException:
+            await self.store.close()
+            raise
         dispatcher = self.lanes = LaneSet(
             self.config,
             store,
@@ -194,10 +200,12 @@ class Relayd:
         if self.workers is None:
             return True
         ready = asyncio.ensure_future(self.workers.ready.wait())
+        stop = asyncio.ensure_future(self.stop_event.wait())  # SIGTERM while they start
         supervisor = self._side_tasks["intake-workers"]
-        await asyncio.wait({ready, supervisor}, return_when=asyncio.FIRST_COMPLETED)
+        await asyncio.wait({ready, stop, supervisor}, return_when=asyncio.FIRST_COMPLETED)
         ready.cancel()
-        return self.workers.ready.is_set()
+        stop.cancel()
+        return self.workers.ready.is_set() and not self.stop_event.is_set()
 
     def listening(self) -> list[str]:
         """The intake addresses that accept connections now."""
@@ -216,7 +224,7 @@ class Relayd:
         notify("RELOADING=1")
         config = await reload_config(self.config, self.lanes, self._swap_config, self.notifier)
         if self.workers is not None and config is not self.config:
-            self.workers.send_signal(signal.SIGHUP)  # they read the new file themselves
+            self.workers.reload(config)  # SIGHUP: they read the new file themselves
         self.config = config
         notify("READY=1")
 
@@ -260,8 +268,8 @@ class Relayd:
             # Intake workers finish their SMTP transactions like this process does, and are
             # reaped here: they must not outlive the daemon.
             grace = CANCEL_GRACE
-            if "intake-workers" in self._side_tasks:
-                grace += self.config.queue.shutdown_timeout + 1
+            if self.workers is not None:  # workers.py's _stop: its TERM wait, then KILL's
+                grace += self.workers.shutdown_timeout + 1 + KILL_WAIT
             await asyncio.wait(self._side_tasks.values(), timeout=grace)
         for server in self.servers:
             server.close()

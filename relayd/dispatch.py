@@ -172,7 +172,7 @@ class Lane:
         """Wait for a batch's outcome writes: the next lease sees every outcome recorded."""
         for result in await asyncio.gather(*writes, return_exceptions=True):
             if isinstance(result, Exception):  # _record logs store errors itself
-                log.error("lane_error", upstream=self.name, error=repr(result))
+                log.error("lane_error", upstream=self.name, exc_info=result)
 
     async def _gate(self, now: float) -> Wait | None:
         """Why the upstream may not send now (hold, closed window, ledger), or None."""

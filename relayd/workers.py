@@ -35,6 +35,7 @@ log = get_logger("workers")
 _MAIN_ONLY = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "LISTEN_FDS", "LISTEN_PID")
 REPORT_FD = "RELAYD_REPORT_FD"  # the child's end of its report pipe
 REPORT_INTERVAL = 1.0  # seconds between a child's reports
+KILL_WAIT = 5.0  # seconds to reap the children SIGKILLed after shutdown_timeout + 1
 
 
 def check_workers(config: Config) -> None:
@@ -54,18 +55,24 @@ class IntakeWorkers:
         self.config = config
         self.ready = asyncio.Event()  # every child listens
         self.children: list[asyncio.subprocess.Process] = []
+        self.shutdown_timeout = config.queue.shutdown_timeout  # a reload may change it
         self._ready_pids: set[int] = set()
+        self._reload_pending: set[int] = set()  # SIGHUP for when these children are ready
 
     def listening(self) -> list[str]:
         """The configured addresses while every child is ready and running, else none."""
         running = all(child.returncode is None for child in self.children)
         return list(self.config.server.listen) if self.ready.is_set() and running else []
 
-    def send_signal(self, sig: int) -> None:
+    def reload(self, config: Config) -> None:
+        """Pass a reload on: SIGHUP to every worker, which reads the file itself. One still
+        starting gets it once it is ready: until its handler is in place SIGHUP kills it."""
+        self.shutdown_timeout = config.queue.shutdown_timeout
         for child in self.children:
-            if child.returncode is None:
-                with suppress(ProcessLookupError):
-                    child.send_signal(sig)
+            if child.pid in self._ready_pids:
+                _signal(child, signal.SIGHUP)
+            else:
+                self._reload_pending.add(child.pid)
 
     async def run(self) -> None:
         """Run the children until cancelled; a child that dies is a failure of the daemon
@@ -94,34 +101,45 @@ class IntakeWorkers:
             codes = [task.result() for task in done]
             raise RelaydError(f"an intake worker exited (code {codes[0]})")
         finally:
+            # Stop the children first: a child whose report pipe closes stops as an orphan.
+            await _stop(self.children, self.shutdown_timeout)
             for follower in followers:
                 follower.cancel()
-            await _stop(self.children, self.config.queue.shutdown_timeout)
 
     async def _follow(self, pid: int, read_fd: int) -> None:
         """Read one child's reports until its pipe closes."""
         reader = asyncio.StreamReader()
-        pipe = os.fdopen(read_fd, "rb", buffering=0)
-        loop = asyncio.get_running_loop()
-        transport, _ = await loop.connect_read_pipe(
-            lambda: asyncio.StreamReaderProtocol(reader), pipe
-        )
+        pipe = os.fdopen(read_fd, "rb", buffering=0)  # closes read_fd when it is closed
+        transport: asyncio.BaseTransport | None = None
         counted: dict[str, int] = {}
         try:
+            protocol = asyncio.StreamReaderProtocol(reader)
+            transport, _ = await asyncio.get_running_loop().connect_read_pipe(
+                lambda: protocol, pipe
+            )
             async for line in reader:
                 self._report(pid, line, counted)
         finally:
-            transport.close()
+            if transport is not None:
+                transport.close()
+            else:
+                pipe.close()
 
     def _report(self, pid: int, line: bytes, counted: dict[str, int]) -> None:
         if line == b"ready\n":
             self._ready_pids.add(pid)
             if len(self._ready_pids) == self.config.server.workers:
                 self.ready.set()
+            if pid in self._reload_pending:
+                self._reload_pending.discard(pid)
+                for child in self.children:
+                    if child.pid == pid:
+                        _signal(child, signal.SIGHUP)
             return
         try:
-            totals = json.loads(line)["accepted"]
-        except (ValueError, KeyError, TypeError):
+            reported = json.loads(line)["accepted"].items()
+            totals = {str(upstream): int(total) for upstream, total in reported}
+        except (ValueError, KeyError, TypeError, AttributeError):
             log.warning("intake_worker_report_unreadable", pid=pid)
             return
         for upstream, total in totals.items():
@@ -155,19 +173,22 @@ async def report_to_main(environ: Mapping[str, str], main_gone: Callable[[], Non
         os.close(fd)
 
 
+def _signal(child: asyncio.subprocess.Process, sig: int) -> None:
+    if child.returncode is None:
+        with suppress(ProcessLookupError):
+            child.send_signal(sig)
+
+
 async def _stop(children: list[asyncio.subprocess.Process], timeout: float) -> None:
     """SIGTERM (the workers finish their SMTP transactions), then SIGKILL after `timeout`."""
     running = [child for child in children if child.returncode is None]
     for child in running:
-        with suppress(ProcessLookupError):
-            child.send_signal(signal.SIGTERM)
+        _signal(child, signal.SIGTERM)
     if not running:
         return
     waits = [asyncio.ensure_future(child.wait()) for child in running]
     _, pending = await asyncio.wait(waits, timeout=timeout + 1)
     for child in running:
-        if child.returncode is None:
-            with suppress(ProcessLookupError):
-                child.kill()
+        _signal(child, signal.SIGKILL)
     if pending:
-        await asyncio.wait(pending, timeout=5)
+        await asyncio.wait(pending, timeout=KILL_WAIT)

@@ -65,6 +65,7 @@ def _wrap(exc: Exception) -> Exception:
     return translate(exc) if isinstance(exc, sqlite3.Error) else exc
 
 
+IDLE_CHECK = 0.5  # seconds the idle write thread waits before it checks the loop is alive
 _SYNC_FULL = "PRAGMA synchronous = FULL"
 _SYNC_NORMAL = "PRAGMA synchronous = NORMAL"
 
@@ -221,7 +222,9 @@ class Database:
     async def data_version(self) -> int:
         """SQLite's data_version of the write connection: it changes only when another
         connection (another process; not this one's writes) commits."""
-        row = await self.write(lambda conn: conn.execute("PRAGMA data_version").fetchone())
+        row = await self.write(
+            lambda conn: conn.execute("PRAGMA data_version").fetchone(), durable=False
+        )
         return int(row[0])
 
     async def write(self, op: Callable[[sqlite3.Connection], T], *, durable: bool = True) -> T:
@@ -242,7 +245,12 @@ class Database:
         """The write thread, until close()'s sentinel: a batch at a time (module docstring)."""
         stopping = False
         while not stopping:
-            first = self._requests.get()
+            try:
+                first = self._requests.get(timeout=IDLE_CHECK)
+            except queue.Empty:
+                if loop.is_closed():  # never closed (a failed start): let the process exit
+                    return
+                continue
             if first is None:
                 return
             batch = [first]
@@ -252,7 +260,10 @@ class Database:
                     results = self._run_batch(batch)
             except Exception as exc:  # the writer must outlive any one batch
                 results = [_Result(error=StoreError(f"write batch failed: {exc}")) for _ in batch]
-            loop.call_soon_threadsafe(_answer, batch, results)
+            try:
+                loop.call_soon_threadsafe(_answer, batch, results)
+            except RuntimeError:  # the loop is closed: nobody is waiting any more
+                return
 
     def _take_waiting(self, batch: list[_Request]) -> bool:
         """Add the requests queued now to `batch`; True once close()'s sentinel is seen."""

@@ -112,6 +112,21 @@ async def test_sighup_reaches_the_intake_workers(
         assert refused.value.smtp_code == 552
 
 
+async def test_a_sighup_while_the_workers_start_reaches_them_once_they_listen(
+    tmp_path: Path, launch: Launcher, upstream: FakeUpstream, port: int
+) -> None:
+    """Until a worker's handler is installed SIGHUP would kill it (and fail the daemon): the
+    main process holds the reload back and sends it when the worker says it is ready."""
+    config = workers_config(tmp_path, port, upstream.port, free_port())
+    daemon = launch.start(config, port)
+    (started,) = await daemon.wait_event("intake_workers_started")
+    daemon.send_signal(signal.SIGHUP)  # the workers are still starting (no "ready" yet)
+    await daemon.wait_started()
+    reloaded = await daemon.wait_event("config_reloaded", count=3)
+    assert {e.get("intake_worker") for e in reloaded} == {None, *started["pids"]}
+    assert not daemon.find("service_failed")
+
+
 async def test_workers_stop_when_the_main_process_is_killed(
     tmp_path: Path, launch: Launcher, upstream: FakeUpstream, port: int
 ) -> None:

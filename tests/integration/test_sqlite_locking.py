@@ -7,6 +7,8 @@ import asyncio
 import fcntl
 import os
 import sqlite3
+import subprocess
+import sys
 from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -144,3 +146,28 @@ async def test_a_dropped_body_is_not_zeroed_page_by_page(db: Database) -> None:
     rewrites every freed page of a delivered body with zeros inside the writer lock)."""
     (mode,) = await db.write(lambda conn: conn.execute("PRAGMA secure_delete").fetchone())
     assert mode == 2  # FAST
+
+
+NEVER_CLOSED = """
+import asyncio, sys
+from pathlib import Path
+from relayd.store.sqlite_db import Database
+
+async def main() -> None:
+    db = Database(Path(sys.argv[1]), busy_timeout=5.0)
+    await db.open()  # and never closed, as after a failed start
+
+asyncio.run(main())
+"""
+
+
+def test_a_store_never_closed_does_not_keep_the_process_alive(tmp_path: Path) -> None:
+    """The idle write thread notices that its event loop is gone and ends, so the
+    interpreter can exit (a failed start must not hang the daemon)."""
+    result = subprocess.run(
+        [sys.executable, "-c", NEVER_CLOSED, str(tmp_path / "queue.db")],
+        timeout=30,
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 0, result.stderr
