@@ -10,8 +10,8 @@ writer, and delivery's Python work no longer holds up intake's SQLite thread.
 
 Each child reports to the main process on a pipe, one line at a time: `ready` once it
 listens, then every second its accepted-message totals per upstream (JSON), which the main
-process adds to /metrics. The daemon is ready (READY=1, /readyz)
-when every child is. A child whose pipe breaks (the main process was killed) stops.
+process adds to /metrics. The daemon is ready (READY=1, /readyz) when every child is. A
+child whose pipe breaks (the main process was killed) stops.
 """
 
 from __future__ import annotations
@@ -94,7 +94,7 @@ class IntakeWorkers:
                 finally:
                     os.close(write_fd)
                 self.children.append(child)
-                followers.append(asyncio.create_task(self._follow(child.pid, read_fd)))
+                followers.append(asyncio.create_task(self._follow(child, read_fd)))
             log.info("intake_workers_started", pids=[child.pid for child in self.children])
             exits = [asyncio.ensure_future(child.wait()) for child in self.children]
             done, _ = await asyncio.wait(exits, return_when=asyncio.FIRST_COMPLETED)
@@ -106,7 +106,7 @@ class IntakeWorkers:
             for follower in followers:
                 follower.cancel()
 
-    async def _follow(self, pid: int, read_fd: int) -> None:
+    async def _follow(self, child: asyncio.subprocess.Process, read_fd: int) -> None:
         """Read one child's reports until its pipe closes."""
         reader = asyncio.StreamReader()
         pipe = os.fdopen(read_fd, "rb", buffering=0)  # closes read_fd when it is closed
@@ -118,23 +118,24 @@ class IntakeWorkers:
                 lambda: protocol, pipe
             )
             async for line in reader:
-                self._report(pid, line, counted)
+                self._report(child, line, counted)
         finally:
             if transport is not None:
                 transport.close()
             else:
                 pipe.close()
 
-    def _report(self, pid: int, line: bytes, counted: dict[str, int]) -> None:
+    def _report(
+        self, child: asyncio.subprocess.Process, line: bytes, counted: dict[str, int]
+    ) -> None:
+        pid = child.pid
         if line == b"ready\n":
             self._ready_pids.add(pid)
             if len(self._ready_pids) == self.config.server.workers:
                 self.ready.set()
             if pid in self._reload_pending:
                 self._reload_pending.discard(pid)
-                for child in self.children:
-                    if child.pid == pid:
-                        _signal(child, signal.SIGHUP)
+                _signal(child, signal.SIGHUP)
             return
         try:
             reported = json.loads(line)["accepted"].items()
