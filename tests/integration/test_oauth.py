@@ -28,6 +28,7 @@ from relayd.types import Notice, RecipientState
 from tests.conftest import running
 from tests.support.client import message, send
 from tests.support.fake_provider import FakeProvider, Login
+from tests.support.fakes import FakeClock
 from tests.support.tls import PrivateCA
 from tests.support.token_endpoint import TokenEndpoint, grant, refusal
 
@@ -35,21 +36,6 @@ REFRESH = "1//refresh-DISTINCTIVE-token-0001"
 SECRET = "client-SECRET-distinctive-42"
 USER = "reception@thepractice.example"
 DAY = 86400.0
-
-
-class FakeClock:
-    def __init__(self, now: float = 1_800_000_000.0) -> None:
-        self.at = now
-
-    def now(self) -> float:
-        return self.at
-
-    def monotonic(self) -> float:
-        return self.at
-
-    async def sleep(self, seconds: float) -> None:
-        self.at += seconds
-        await asyncio.sleep(0)
 
 
 @pytest.fixture

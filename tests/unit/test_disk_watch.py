@@ -15,36 +15,14 @@ from relayd.config import Config, render_effective
 from relayd.errors import ConfigError
 from relayd.notify import Notifier, NotifySettings
 from relayd.report_tasks import DiskWatch, disk_paths
-from relayd.schedule import daemon_schedule
+from relayd.schedule import DaemonJobs
 from tests.conftest import ConfigFactory
+from tests.support.fakes import T0, FakeClock, Sink
 
-T0 = 1_704_189_600.0
 GIB = 1024**3
 MIB = 1024**2
 DIRECTORY = 'provider = "directory"\npath = "outbox"'
 QUEUE, TRANSCRIPTS = Path("/srv/relayd/queue"), Path("/srv/relayd/transcripts")
-
-
-@dataclass
-class Sink:
-    sent: list[tuple[str, str, float]] = field(default_factory=list)
-
-    async def enqueue_notice(self, subject: str, body: str, now: float) -> None:
-        self.sent.append((subject, body, now))
-
-
-@dataclass
-class FakeClock:
-    at: float = T0
-
-    def now(self) -> float:
-        return self.at
-
-    def monotonic(self) -> float:
-        return self.at
-
-    async def sleep(self, seconds: float) -> None:
-        self.at += seconds
 
 
 @dataclass
@@ -180,5 +158,6 @@ def test_the_disk_job_is_scheduled_only_with_a_minimum_and_a_directory(
     }
     for name, (config, expected) in cases.items():
         notices, _ = notifier()
-        schedule = daemon_schedule(config, store, FakeClock(), notices, None, {})
-        assert ("disk" in schedule.job_names()) is expected, name
+        jobs = DaemonJobs(store, FakeClock(), notices, None, {})
+        jobs.apply(config, T0)
+        assert ("disk" in jobs.schedule.job_names()) is expected, name

@@ -16,16 +16,7 @@ from relayd.outcome import Action
 from relayd.report_tasks import NoticeRound, QueueWatch
 from relayd.types import MessageView, QueueId, RecipientState, SmtpReply
 from relayd.upstream_notices import UpstreamNotices
-
-T0 = 1_704_189_600.0
-
-
-@dataclass
-class Sink:
-    sent: list[tuple[str, str, float]] = field(default_factory=list)
-
-    async def enqueue_notice(self, subject: str, body: str, now: float) -> None:
-        self.sent.append((subject, body, now))
+from tests.support.fakes import T0, FakeClock, Sink
 
 
 @dataclass
@@ -144,20 +135,6 @@ class NodeStore(CountingStore):
 
     async def resign(self, name: str) -> None:
         self.leading = False
-
-
-@dataclass
-class FakeClock:
-    at: float = T0
-
-    def now(self) -> float:
-        return self.at
-
-    def monotonic(self) -> float:
-        return self.at
-
-    async def sleep(self, seconds: float) -> None:
-        self.at += seconds
 
 
 def _backlogged(leading: bool) -> NodeStore:

@@ -4,7 +4,6 @@ time (every call is given `now`; the NoticeHook reads an injected clock)."""
 from __future__ import annotations
 
 import email
-from dataclasses import dataclass, field
 from email import policy
 
 import pytest
@@ -13,36 +12,9 @@ from structlog.testing import capture_logs
 from relayd.dsn import is_dsn
 from relayd.notify import NoticeKind, Notifier, NotifySettings, render_notice
 from relayd.types import Notice
+from tests.support.fakes import T0, FakeClock, Sink
 
-T0 = 1_704_189_600.0  # 2024-01-02 10:00 UTC
 HINT = "Gmail needs an app password: turn on 2-Step Verification, then create one."
-
-
-@dataclass
-class Sink:
-    """A NoticeSink that keeps what it is given (or fails when told to)."""
-
-    sent: list[tuple[str, str, float]] = field(default_factory=list)
-    failing: bool = False
-
-    async def enqueue_notice(self, subject: str, body: str, now: float) -> None:
-        if self.failing:
-            raise OSError("queue store unavailable")
-        self.sent.append((subject, body, now))
-
-
-@dataclass
-class FakeClock:
-    at: float = T0
-
-    def now(self) -> float:
-        return self.at
-
-    def monotonic(self) -> float:
-        return self.at
-
-    async def sleep(self, seconds: float) -> None:
-        self.at += seconds
 
 
 @pytest.fixture

@@ -23,34 +23,14 @@ from relayd.errors import StoreError
 from relayd.notify import Notifier
 from relayd.report_tasks import bounce_poller, poll_bounces, polls_with_idle
 from relayd.retention import purge_history
-from relayd.schedule import DaemonJobs, Schedule, daemon_schedule, quiet_apscheduler
+from relayd.schedule import DaemonJobs, Schedule, quiet_apscheduler
 from relayd.store.base import Leadership
 from relayd.types import RecipientState
 from tests.conftest import ConfigFactory
+from tests.support.fakes import T0, FakeClock, Sink
 
-T0 = 1_704_189_600.0  # 2024-01-02 10:00 UTC: far from the real time the scheduler keeps
 WAIT = 10.0  # generous: only a broken scheduler takes this long
 DIRECTORY = 'provider = "directory"\npath = "outbox"'
-
-
-@dataclass
-class FakeClock:
-    at: float = T0
-
-    def now(self) -> float:
-        return self.at
-
-    def monotonic(self) -> float:
-        return self.at
-
-    async def sleep(self, seconds: float) -> None:
-        self.at += seconds
-
-
-@dataclass
-class Sink:
-    async def enqueue_notice(self, subject: str, body: str, now: float) -> None:
-        return None
 
 
 async def until(check: Callable[[], bool]) -> None:
@@ -257,7 +237,9 @@ def test_the_daemon_gets_every_periodic_job_as_one_coalesced_instance(
     store: Any = object()
     poller = bounce_poller(config, store, FakeClock())
     env = {"NOTIFY_SOCKET": "/run/systemd/notify"}
-    schedule = daemon_schedule(config, store, FakeClock(), Notifier(Sink()), poller, env)
+    jobs = DaemonJobs(store, FakeClock(), Notifier(Sink()), poller, env)
+    jobs.apply(config, T0)
+    schedule = jobs.schedule
     assert jobs_of(schedule) == {
         "bounces": (1, True, 120),  # IDLE off: a poll round every poll_interval
         "disk": (1, True, 60),
@@ -275,13 +257,17 @@ def test_an_idle_poller_is_a_task_not_a_job_unless_the_store_elects_a_leader(
     single: Any = object()
     poller = bounce_poller(config, single, FakeClock())
     assert poller is not None and polls_with_idle(poller, single)
-    alone = daemon_schedule(config, single, FakeClock(), Notifier(Sink()), poller, {})
-    assert alone.job_names() == []  # no notifications, retention off, no systemd, IDLE task
+    alone = DaemonJobs(single, FakeClock(), Notifier(Sink()), poller, {})
+    alone.apply(config, T0)
+    assert (
+        alone.schedule.job_names() == []
+    )  # no notifications, retention off, no systemd, IDLE task
     assert isinstance(LeaderStore(), Leadership)
     leader: Any = LeaderStore()
     assert not polls_with_idle(poller, leader)
-    shared = daemon_schedule(config, leader, FakeClock(), Notifier(Sink()), poller, {})
-    assert shared.job_names() == ["bounces"]
+    shared = DaemonJobs(leader, FakeClock(), Notifier(Sink()), poller, {})
+    shared.apply(config, T0)
+    assert shared.schedule.job_names() == ["bounces"]
 
 
 # -- job bodies ---------------------------------------------------------------------------
