@@ -1,6 +1,6 @@
 """The daemon's one APScheduler (3.x AsyncIOScheduler) and the periodic jobs it runs.
 
-Jobs (`daemon_schedule`): "notices" (the queue checks, then this node's digest), "disk"
+Jobs (`DaemonJobs`): "notices" (the queue checks, then this node's digest), "disk"
 (disk_low), "bounces" (one late-bounce poll round, when IMAP IDLE is not in use),
 "retention" (the history purge) and "status" (systemd STATUS=). Each body is a plain async
 function of `now` from report_tasks, retention or heartbeat, so it is tested on an injected
@@ -244,20 +244,3 @@ class DaemonJobs:
             self.disk.retarget(0, [], now)
             self.disk = None
         return jobs
-
-
-def daemon_schedule(
-    config: Config,
-    store: Store,
-    clock: Clock,
-    notifier: Notifier,
-    poller: BouncePoller | None,
-    environ: Mapping[str, str],
-    *,
-    grace: float = 1.0,
-) -> Schedule:
-    """The daemon's jobs for `config`; `environ` says whether systemd listens (STATUS=).
-    The daemon keeps the DaemonJobs instead, to apply a reload's configuration."""
-    jobs = DaemonJobs(store, clock, notifier, poller, environ, grace=grace)
-    jobs.apply(config, clock.now())
-    return jobs.schedule
