@@ -8,10 +8,11 @@ from __future__ import annotations
 import asyncio
 import smtplib
 
+from relayd.daemon import Relayd
 from relayd.types import RecipientState
 from tests.conftest import ConfigFactory, running
 from tests.support.client import message
-from tests.support.fake_upstream import FakeUpstream
+from tests.support.fake_upstream import FakeUpstream, Received
 
 from .test_delivery import generic, port_of, states, until
 
@@ -42,6 +43,18 @@ def _submit(port: int, data: bytes) -> None:
         assert code == 250, reply
 
 
+async def _deliver(daemon: Relayd, upstream: FakeUpstream) -> Received:
+    """Submit the message; return what the upstream got once every recipient is delivered."""
+    await asyncio.to_thread(_submit, port_of(daemon), message())
+    (received,) = await upstream.wait_for(1)
+
+    async def all_delivered() -> bool:
+        return set((await states(daemon)).values()) == {RecipientState.DELIVERED}
+
+    await until(all_delivered)
+    return received
+
+
 async def test_dsn_parameters_reach_an_upstream_that_advertises_dsn(
     make_config: ConfigFactory,
 ) -> None:
@@ -49,13 +62,7 @@ async def test_dsn_parameters_reach_an_upstream_that_advertises_dsn(
         # from_policy "bare" puts PolicySession around the SMTP session: it passes them on too.
         config = make_config(generic(upstream.port, 'from_policy = "bare"'))
         async with running(config) as daemon:
-            await asyncio.to_thread(_submit, port_of(daemon), message())
-            (received,) = await upstream.wait_for(1)
-
-            async def all_delivered() -> bool:
-                return set((await states(daemon)).values()) == {RecipientState.DELIVERED}
-
-            await until(all_delivered)
+            received = await _deliver(daemon, upstream)
     assert received.recipients == list(RCPTS)
     assert upstream.mail_options == [[f"SIZE={len(received.data)}", *MAIL_OPTIONS]]
     assert upstream.rcpt_options == [
@@ -75,13 +82,7 @@ async def test_nothing_extra_to_an_upstream_without_dsn_and_the_mail_is_delivere
     recipient would have been refused and the mail not delivered."""
     config = make_config(generic(upstream.port))
     async with running(config) as daemon:
-        await asyncio.to_thread(_submit, port_of(daemon), message())
-        (received,) = await upstream.wait_for(1)
-
-        async def all_delivered() -> bool:
-            return set((await states(daemon)).values()) == {RecipientState.DELIVERED}
-
-        await until(all_delivered)
+        received = await _deliver(daemon, upstream)
     assert received.recipients == list(RCPTS)
     assert upstream.mail_options == [[f"SIZE={len(received.data)}"]]
     assert upstream.rcpt_options == [(rcpt, []) for rcpt in RCPTS]

@@ -54,12 +54,18 @@ async def test_a_refused_message_raises_data_error(upstream: FakeUpstream) -> No
     assert (refused.value.code, refused.value.message) == (554, "5.7.1 message refused")
 
 
-async def test_a_stall_after_the_body_times_out_and_closes(upstream: FakeUpstream) -> None:
-    upstream.script.stall = 2.0
-    smtp = RelaySMTP(hostname="127.0.0.1", port=upstream.port, timeout=0.3)
+async def _at_data(upstream: FakeUpstream, timeout: float) -> RelaySMTP:
+    """A RelaySMTP connected, with MAIL and RCPT accepted: ready for DATA."""
+    smtp = RelaySMTP(hostname="127.0.0.1", port=upstream.port, timeout=timeout)
     await smtp.connect()
     await smtp.mail("a@example.com")
     await smtp.rcpt("b@example.com")
+    return smtp
+
+
+async def test_a_stall_after_the_body_times_out_and_closes(upstream: FakeUpstream) -> None:
+    upstream.script.stall = 2.0
+    smtp = await _at_data(upstream, timeout=0.3)
     with pytest.raises(aiosmtplib.SMTPTimeoutError):
         await smtp.data(CLEAN)
     assert not smtp.is_connected
@@ -67,10 +73,7 @@ async def test_a_stall_after_the_body_times_out_and_closes(upstream: FakeUpstrea
 
 async def test_a_drop_in_data_raises_disconnected(upstream: FakeUpstream) -> None:
     upstream.script.drop_in_data = 1
-    smtp = RelaySMTP(hostname="127.0.0.1", port=upstream.port, timeout=5)
-    await smtp.connect()
-    await smtp.mail("a@example.com")
-    await smtp.rcpt("b@example.com")
+    smtp = await _at_data(upstream, timeout=5)
     with pytest.raises(aiosmtplib.SMTPServerDisconnected):
         await smtp.data(CLEAN)
     assert not smtp.is_connected
