@@ -1,10 +1,13 @@
-"""A fake clock and a recording NoticeSink, shared by the notice, schedule, disk-watch and
-OAuth2 tests."""
+"""A fake clock, a recording NoticeSink and a queue-depth store, shared by the notice,
+schedule, heartbeat, disk-watch and OAuth2 tests."""
 
 from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass, field
+
+from relayd.errors import StoreError
+from relayd.types import MessageView, QueueId, RecipientState
 
 T0 = 1_704_189_600.0  # 2024-01-02 10:00 UTC: far from the real time APScheduler keeps
 
@@ -37,3 +40,26 @@ class FakeClock:
     async def sleep(self, seconds: float) -> None:
         self.at += seconds
         await asyncio.sleep(0)  # a sleep still lets other tasks run
+
+
+@dataclass
+class QueueStore:
+    """store.counts() and list_messages(), as metrics.queue_depth reads them (or `error`)."""
+
+    counts_: dict[RecipientState, int] = field(
+        default_factory=lambda: dict.fromkeys(RecipientState, 0)
+    )
+    oldest: float | None = None
+    error: StoreError | None = None
+
+    async def counts(self) -> dict[RecipientState, int]:
+        if self.error is not None:
+            raise self.error
+        return dict(self.counts_)
+
+    async def list_messages(
+        self, state: RecipientState | None = None, upstream: str | None = None, limit: int = 1000
+    ) -> list[MessageView]:
+        if self.oldest is None or state is not RecipientState.QUEUED:
+            return []
+        return [MessageView(QueueId("Q"), "main", "a@b", "<m>", self.oldest, 1)]

@@ -8,7 +8,6 @@ import os
 import socket
 import tempfile
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
@@ -17,7 +16,8 @@ from structlog.testing import capture_logs
 from relayd.errors import StoreError
 from relayd.heartbeat import run_watchdog, status_line, update_status, watchdog_interval
 from relayd.metrics import Depth
-from relayd.types import MessageView, QueueId, RecipientState
+from relayd.types import RecipientState
+from tests.support.fakes import QueueStore
 
 T0 = 1_704_189_600.0
 
@@ -56,29 +56,6 @@ def notify_socket() -> Iterator[tuple[socket.socket, dict[str, str]]]:
             sock.bind(path)
             sock.setblocking(False)
             yield sock, {"NOTIFY_SOCKET": path}
-
-
-@dataclass
-class QueueStore:
-    """store.counts() and list_messages(), as metrics.queue_depth reads them."""
-
-    counts_: dict[RecipientState, int] = field(
-        default_factory=lambda: dict.fromkeys(RecipientState, 0)
-    )
-    oldest: float | None = None
-    error: StoreError | None = None
-
-    async def counts(self) -> dict[RecipientState, int]:
-        if self.error is not None:
-            raise self.error
-        return dict(self.counts_)
-
-    async def list_messages(
-        self, state: RecipientState | None = None, upstream: str | None = None, limit: int = 1000
-    ) -> list[MessageView]:
-        if self.oldest is None or state is not RecipientState.QUEUED:
-            return []
-        return [MessageView(QueueId("Q"), "main", "a@b", "<m>", self.oldest, 1)]
 
 
 async def test_the_status_job_sends_the_queue_depth_at_the_time_it_is_given(

@@ -14,35 +14,15 @@ from relayd.errors import StoreError
 from relayd.notify import Notifier, NotifySettings
 from relayd.outcome import Action
 from relayd.report_tasks import NoticeRound, QueueWatch
-from relayd.types import MessageView, QueueId, RecipientState, SmtpReply
+from relayd.types import RecipientState, SmtpReply
 from relayd.upstream_notices import UpstreamNotices
-from tests.support.fakes import T0, FakeClock, Sink
+from tests.support.fakes import T0, FakeClock, QueueStore, Sink
 
 
 @dataclass
 class Upstream:
     name: str = "main"
     provider: str = "gmail"
-
-
-@dataclass
-class CountingStore:
-    """store.counts() and list_messages(state, limit=1), as metrics.queue_depth reads them."""
-
-    counts_: dict[RecipientState, int] = field(
-        default_factory=lambda: dict.fromkeys(RecipientState, 0)
-    )
-    oldest: float | None = None
-
-    async def counts(self) -> dict[RecipientState, int]:
-        return dict(self.counts_)
-
-    async def list_messages(
-        self, state: RecipientState | None = None, upstream: str | None = None, limit: int = 1000
-    ) -> list[MessageView]:
-        if self.oldest is None or state is not RecipientState.QUEUED:
-            return []
-        return [MessageView(QueueId("Q"), "main", "a@b", "<m>", self.oldest, 1)]
 
 
 def _kinds(notifier: Notifier) -> list[tuple[str, str]]:
@@ -96,7 +76,7 @@ async def test_queue_watch_raises_backlog_and_bounce_rate_and_clears_them() -> N
         }
     )
     watch = QueueWatch(notifier, n)
-    store = CountingStore()
+    store = QueueStore()
     await watch.check(store, T0)  # type: ignore[arg-type]
     assert notifier.active() == []
     store.counts_[RecipientState.QUEUED] = 11
@@ -123,7 +103,7 @@ def test_a_throttle_raises_upstream_throttled_and_a_delivery_clears_it() -> None
 
 
 @dataclass
-class NodeStore(CountingStore):
+class NodeStore(QueueStore):
     """A PostgreSQL node's store as NoticeRound sees it: counts, plus Leadership."""
 
     leading: bool = False
