@@ -5,7 +5,7 @@ knobs). Not collected by pytest.
 
 It pushes a batch of messages arriving at once (an ERP's month-end run at 09:00) plus a
 background trickle through one upstream lane that sends each message, oldest first, at the
-earliest instant both `relayd.limits.next_permitted` and `relayd.windows.next_open` allow --
+earliest instant both `policy.limits.next_permitted` and `policy.windows.next_open` allow --
 the decision the dispatcher makes, without the I/O. Then it checks the promise from first
 principles: the largest count in ANY trailing window of each ceiling (every window, exactly),
 that nothing went outside the sending hours, how much of the binding allowance was used while
@@ -32,19 +32,19 @@ from zoneinfo import ZoneInfo
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout
 
-from relayd.limits import ledger_horizon, next_permitted
-from relayd.types import Ceiling
-from relayd.units import (
-    format_duration,
-    parse_duration,
-    parse_rate,
-)
-from relayd.windows import (
+from relayd.policy.limits import ledger_horizon, next_permitted
+from relayd.policy.windows import (
     SendWindow,
     is_open,
     next_close,
     next_open,
     parse_window,
+)
+from relayd.types import Ceiling
+from relayd.units import (
+    format_duration,
+    parse_duration,
+    parse_rate,
 )
 
 RATE_LIMITS = ("3/minute", "200/hour", "2000/day")

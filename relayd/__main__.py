@@ -2,6 +2,6 @@
 
 from __future__ import annotations
 
-from relayd.cli import main
+from relayd.cli.main import main
 
 main()

@@ -52,7 +52,7 @@ class UpstreamUnavailable(UpstreamError):
 class UpstreamAuthError(UpstreamError):
     """The upstream account's credentials cannot be used; an operator must renew them.
 
-    Raised by oauth.py when the token endpoint refuses the grant (`invalid_grant`: the
+    Raised by delivery/oauth.py when the token endpoint refuses the grant (`invalid_grant`: the
     refresh token expired or was revoked; `invalid_client`: a wrong client secret) or the
     token files cannot be read. Delivery turns it into a hold of the upstream, like a `535`.
     """

@@ -2,7 +2,7 @@
 
 One registry for the process (not prometheus_client's global one, so nothing else a library
 registers leaks into /metrics). Callers record facts through the small functions below, by
-upstream name; the gauges that describe the queue are refreshed from the store when scraped
+upstream name; the gauges that describe the queue are set from the store's depth when scraped
 (`refresh_queue`), because the queue tool and other nodes change the queue too.
 """
 
@@ -22,8 +22,7 @@ from prometheus_client import (
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from relayd import __version__
-from relayd.store.base import Store
-from relayd.types import PENDING_STATES, RecipientOutcome, RecipientState
+from relayd.types import QueueDepth, RecipientOutcome, RecipientState
 
 disable_created_metrics()  # type: ignore[no-untyped-call]  # no `*_created` series
 REGISTRY = CollectorRegistry(auto_describe=True)
@@ -110,7 +109,7 @@ def accepted(upstream: str, count: int = 1) -> None:
 
 
 def accepted_totals() -> dict[str, int]:
-    """This process's accepted count per upstream (an intake worker reports it: workers.py)."""
+    """This process's accepted count per upstream (an intake worker reports it)."""
     return {
         sample.labels["upstream"]: int(sample.value)
         for metric in ACCEPTED.collect()
@@ -155,34 +154,11 @@ def last_result(upstream: str) -> LastResult | None:
     return _last.get(upstream)
 
 
-@dataclass(frozen=True)
-class Depth:
-    """Recipients per state and the arrival time of the oldest pending message."""
-
-    counts: dict[RecipientState, int]
-    oldest_pending: float | None
-
-    def oldest_age(self, now: float) -> float:
-        return 0.0 if self.oldest_pending is None else max(0.0, now - self.oldest_pending)
-
-
-async def queue_depth(store: Store) -> Depth:
-    counts = await store.counts()
-    oldest: float | None = None
-    for state in PENDING_STATES:
-        views = await store.list_messages(state=state, limit=1)
-        if views and (oldest is None or views[0].received_at < oldest):
-            oldest = views[0].received_at
-    return Depth(counts, oldest)
-
-
-async def refresh_queue(store: Store, now: float) -> Depth:
-    """Set the queue gauges from the store (at scrape time)."""
-    depth = await queue_depth(store)
+def refresh_queue(depth: QueueDepth, now: float) -> None:
+    """Set the queue gauges from the store's depth (read at scrape time)."""
     for state, count in depth.counts.items():
         QUEUE_DEPTH.labels(state.value).set(count)
     OLDEST_AGE.set(depth.oldest_age(now))
-    return depth
 
 
 def render() -> bytes:

@@ -180,7 +180,7 @@ class MessageView:
 class Notice:
     """Something only an operator can fix (a refused OAuth2 grant, a token about to expire).
 
-    Producers call a NoticeHook with it; notify.py will turn notices into mail to the
+    Producers call a NoticeHook with it; notices/notifier.py will turn notices into mail to the
     notification mailbox, with de-duplication. `kind` is the log event's name.
     """
 
@@ -211,3 +211,14 @@ def new_queue_id(now: float, entropy: bytes | None = None) -> QueueId:
             digits.append(_ID_ALPHABET[rem])
         out.append("".join(reversed(digits)))
     return QueueId("".join(out))
+
+
+@dataclass(frozen=True)
+class QueueDepth:
+    """Recipients per state and the arrival time of the oldest pending message."""
+
+    counts: dict[RecipientState, int]
+    oldest_pending: float | None
+
+    def oldest_age(self, now: float) -> float:
+        return 0.0 if self.oldest_pending is None else max(0.0, now - self.oldest_pending)

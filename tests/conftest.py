@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from relayd.config import Config, load
-from relayd.daemon import Relayd
+from relayd.config.model import Config, load
+from relayd.daemon.relayd import Relayd
 from tests.support.fake_upstream import FakeUpstream
 
 

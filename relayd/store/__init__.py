@@ -12,11 +12,11 @@ from typing import Protocol
 
 from relayd.errors import StoreError
 from relayd.store.base import Store
-from relayd.store.sqlite import SqliteStore
-from relayd.store.sqlite_ops import SCHEMA_VERSION as SQLITE_SCHEMA_VERSION
+from relayd.store.sqlite.ops import SCHEMA_VERSION as SQLITE_SCHEMA_VERSION
+from relayd.store.sqlite.store import SqliteStore
 
 BACKENDS = ("sqlite", "postgres")
-DEFAULT_POOL_SIZE = 10  # as postgres_db's; the postgres modules load only when used
+DEFAULT_POOL_SIZE = 10  # as store/postgres/db.py's; the postgres modules load only when used
 
 
 class QueueSettings(Protocol):
@@ -54,7 +54,7 @@ def open_store(
             raise StoreError("the postgres backend needs a DSN (queue.dsn)")
         # Imported here: asyncpg and the PostgreSQL modules cost a single-node SQLite
         # install (and every `relayd sendmail` run) 60 ms of start-up for nothing.
-        from relayd.store.postgres import PostgresStore
+        from relayd.store.postgres.store import PostgresStore
 
         return PostgresStore(dsn, pool_size=pool_size)
     raise StoreError(f"unknown queue backend {backend!r} (known: {', '.join(BACKENDS)})")

@@ -11,12 +11,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
-from relayd.dsn_parse import ParsedDsn
+from relayd.dsn.parse import ParsedDsn
 from relayd.types import (
+    PENDING_STATES,
     Ceiling,
     Lease,
     MessageView,
     NewMessage,
+    QueueDepth,
     QueueId,
     RcptDsn,
     RecipientOutcome,
@@ -179,7 +181,7 @@ class Store(Protocol):
         """Delete messages whose recipients were all final (delivered, failed, bounced) and
         last updated before `before` (queue.retention); returns how many."""
 
-    # --- delivery reports (bounces.py, bounce_reports.py) -----------------------------
+    # --- delivery reports (bounces/poller.py, reports/dsn_reports.py) -----------------------------
 
     async def report_info(self, queue_id: QueueId) -> ReportInfo | None:
         """The message's envelope, recipients and their DSN parameters, or None."""
@@ -216,3 +218,19 @@ class Leadership(Protocol):
 
     async def resign(self, name: str) -> None:
         """Give up the lead of `name` (on a graceful stop, so another node takes over)."""
+
+
+async def leads(store: Store, name: str) -> bool:
+    """Whether this node runs the job `name` now: always on a store without leadership."""
+    return await store.try_lead(name) if isinstance(store, Leadership) else True
+
+
+async def queue_depth(store: Store) -> QueueDepth:
+    """Recipients per state and the arrival time of the oldest pending message."""
+    counts = await store.counts()
+    oldest: float | None = None
+    for state in PENDING_STATES:
+        views = await store.list_messages(state=state, limit=1)
+        if views and (oldest is None or views[0].received_at < oldest):
+            oldest = views[0].received_at
+    return QueueDepth(counts, oldest)

@@ -1,7 +1,7 @@
 """Group commit's batch bound, and the PostgreSQL writer's step: take every request waiting.
 
 The PostgreSQL writer queues its requests in an asyncio.Queue closed by a None sentinel;
-SQLite's write thread drains its own queue once it holds the write lock (sqlite_db.py).
+SQLite's write thread drains its own queue once it holds the write lock (sqlite/db.py).
 """
 
 from __future__ import annotations

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from relayd.store.sqlite import SqliteStore
+from relayd.store.sqlite.store import SqliteStore
 from relayd.types import UpstreamHold
 from tests.acceptance.process import REPO_ROOT, Launcher, free_port
 from tests.support.client import message, send

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from relayd.store.sqlite import SqliteStore
+from relayd.store.sqlite.store import SqliteStore
 from relayd.types import NewMessage, QueueId
 from tests.acceptance.process import Launcher, arun_cli, write_config
 from tests.support.client import message, send

@@ -15,15 +15,15 @@ pytestmark = pytest.mark.slow
 # Fault injection: the real CLI, with a lane worker replaced by one that fails at once (the
 # lane supervisor, lanes.LaneSet, must take the daemon down).
 BROKEN_DISPATCHER = """\
-from relayd import dispatch
-from relayd.cli import main
+from relayd.delivery import lane
+from relayd.cli.main import main
 
 
 async def broken(self):
     raise RuntimeError("injected dispatcher failure")
 
 
-dispatch.Lane.run_worker = broken
+lane.Lane.run_worker = broken
 main()
 """
 

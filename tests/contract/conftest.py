@@ -20,8 +20,8 @@ from typing import Protocol
 import pytest
 
 from relayd.store.base import Store
-from relayd.store.postgres import PostgresStore
-from relayd.store.sqlite import SqliteStore
+from relayd.store.postgres.store import PostgresStore
+from relayd.store.sqlite.store import SqliteStore
 from tests.support import postgres
 
 # Short, so that the "database is locked" test fails fast; nothing else contends.

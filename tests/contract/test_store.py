@@ -14,7 +14,7 @@ import pytest
 
 from relayd.errors import LeaseLost, StoreError, StoreUnavailable
 from relayd.store import open_store
-from relayd.store.sqlite import SqliteStore
+from relayd.store.sqlite.store import SqliteStore
 from relayd.types import (
     Ceiling,
     Lease,

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from relayd.dsn_parse import ParsedDsn, ParsedRecipient
+from relayd.dsn.parse import ParsedDsn, ParsedRecipient
 from relayd.types import RcptDsn, RecipientState
 
 from .conftest import ContractStore

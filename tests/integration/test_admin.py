@@ -9,8 +9,8 @@ import time
 
 import pytest
 
-from relayd.config import Config, load
-from relayd.daemon import Relayd
+from relayd.config.model import Config, load
+from relayd.daemon.relayd import Relayd
 from relayd.store.base import Store
 from relayd.types import UpstreamHold
 from tests.conftest import ConfigFactory, running

@@ -1,5 +1,5 @@
 """The IMAP bounce poller against a real, private Dovecot (tests/support/dovecot.py) and the
-real queue store: relayd.bounce_store.QueueBounceStore over SQLite, as the daemon wires it.
+real queue store: relayd.bounces.store.QueueBounceStore over SQLite, as the daemon wires it.
 
 The inbox holds provider bounces (Gmail, Microsoft 365, Postfix, Exim, a delay warning)
 among ordinary mail; the store holds the originals relayd sent, which the upstream accepted.
@@ -25,13 +25,13 @@ import aioimaplib  # type: ignore[import-untyped]
 import pytest
 from structlog.testing import capture_logs
 
-from relayd.bounce_store import QueueBounceStore
-from relayd.bounces import BouncePoller, ImapSettings
+from relayd.bounces.imap import ImapAuthError, ImapSession
+from relayd.bounces.poller import BouncePoller, ImapSettings
+from relayd.bounces.store import QueueBounceStore
 from relayd.clock import SystemClock
-from relayd.config import Config
-from relayd.dsn_parse import ParsedDsn
+from relayd.config.model import Config
+from relayd.dsn.parse import ParsedDsn
 from relayd.errors import StoreUnavailable
-from relayd.imap import ImapAuthError, ImapSession
 from relayd.store import store_for
 from relayd.store.base import Store
 from relayd.types import (
@@ -460,7 +460,7 @@ async def test_a_first_poll_with_only_old_mail_starts_after_it(
 async def test_a_store_failure_stops_the_poll_at_that_message(
     dovecot: Dovecot, relay: ObservedStore
 ) -> None:
-    """bounces.py: match, forward, move, then save the UID. A store failure ends the poll
+    """bounces/poller.py: match, forward, move, then save the UID. A store failure ends the poll
     at that message; the next poll starts there, and nothing is forwarded twice."""
     await send_originals(relay.store)
     uids = fill(dovecot)

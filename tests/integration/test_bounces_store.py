@@ -9,10 +9,10 @@ from collections.abc import Iterator
 
 import pytest
 
-from relayd.bounce_store import QueueBounceStore
-from relayd.bounces import BouncePoller
+from relayd.bounces.poller import BouncePoller
+from relayd.bounces.store import QueueBounceStore
 from relayd.clock import SystemClock
-from relayd.store.sqlite import SqliteStore
+from relayd.store.sqlite.store import SqliteStore
 from relayd.types import NewMessage, QueueId, RecipientOutcome, RecipientState
 from tests.conftest import ConfigFactory, running
 from tests.support.dovecot import Dovecot, private_dovecot

@@ -8,7 +8,7 @@ from collections.abc import Callable
 import pytest
 from structlog.testing import capture_logs
 
-from relayd.daemon import Relayd
+from relayd.daemon.relayd import Relayd
 from relayd.store import open_store
 from relayd.types import MessageView, NewMessage, RecipientState
 from tests.conftest import ConfigFactory, running

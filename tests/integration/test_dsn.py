@@ -10,7 +10,7 @@ import smtplib
 from email import policy
 from email.message import EmailMessage
 
-from relayd.daemon import Relayd
+from relayd.daemon.relayd import Relayd
 from relayd.types import RecipientState
 from tests.conftest import ConfigFactory, running
 from tests.support.client import message, send

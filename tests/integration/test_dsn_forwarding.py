@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import smtplib
 
-from relayd.daemon import Relayd
+from relayd.daemon.relayd import Relayd
 from relayd.types import RecipientState
 from tests.conftest import ConfigFactory, running
 from tests.support.client import message

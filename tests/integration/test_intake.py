@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from relayd import intake
-from relayd.config import Config
+from relayd.config.model import Config
+from relayd.intake import server as intake
 from tests.conftest import ConfigFactory, running
 from tests.support.client import RawClient, message, send
 

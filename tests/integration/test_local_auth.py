@@ -1,7 +1,7 @@
 """Authenticated local apps over loopback: STARTTLS, AUTH PLAIN/LOGIN, lockout, routing.
 
 Clients are the stdlib smtplib in a worker thread, as an app would be. A client "from
-another host" is simulated by making intake_auth.is_loopback answer False (every test
+another host" is simulated by making auth.is_loopback answer False (every test
 connection comes from 127.0.0.1, and the rule under test is "loopback or TLS").
 """
 
@@ -17,10 +17,10 @@ from typing import Any
 import pytest
 from structlog.testing import capture_logs
 
-from relayd import intake_auth
-from relayd.config import Config
-from relayd.intake_auth import R454_AUTH_LOCKED, R535_AUTH_FAILED, R553_SENDER_NOT_ALLOWED
-from relayd.localauth import hash_password
+from relayd.config.model import Config
+from relayd.intake import auth as intake_auth
+from relayd.intake.auth import R454_AUTH_LOCKED, R535_AUTH_FAILED, R553_SENDER_NOT_ALLOWED
+from relayd.policy.localauth import hash_password
 from relayd.types import RecipientState
 from tests.conftest import ConfigFactory, running
 from tests.support.client import message

@@ -26,8 +26,8 @@ from pathlib import Path
 import pytest
 
 from relayd.errors import LeaseLost, StoreUnavailable
-from relayd.store.postgres import PostgresStore
-from relayd.store.postgres_sql import SCHEMA_VERSION
+from relayd.store.postgres.sql import SCHEMA_VERSION
+from relayd.store.postgres.store import PostgresStore
 from relayd.types import Ceiling, NewMessage, RecipientOutcome, RecipientState
 from tests.acceptance.process import (
     DaemonProcess,

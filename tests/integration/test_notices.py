@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from relayd import schedule
-from relayd.config import load
+from relayd.config.model import load
+from relayd.daemon import schedule
 from tests.conftest import ConfigFactory, running
 from tests.support.client import message, send
 from tests.support.fake_provider import FakeProvider

@@ -20,10 +20,10 @@ from typing import Any
 import pytest
 from structlog.testing import capture_logs
 
-from relayd.config import Config, UpstreamConfig, load
+from relayd.cli.probe import probe_upstream
+from relayd.config.model import Config, UpstreamConfig, load
+from relayd.delivery.oauth import OAuthRefused, TokenSource, TokenSources
 from relayd.errors import UpstreamUnavailable
-from relayd.oauth import OAuthRefused, TokenSource, TokenSources
-from relayd.probe import probe_upstream
 from relayd.types import Notice, RecipientState
 from tests.conftest import running
 from tests.support.client import message, send
@@ -389,7 +389,7 @@ async def test_test_upstream_masks_a_token_the_server_echoes(
 
 
 def test_token_files_keep_their_owner_only_mode(tmp_path: Path) -> None:
-    from relayd.oauth import write_private
+    from relayd.delivery.oauth import write_private
 
     path = tmp_path / "t"
     write_private(path, "x\n")

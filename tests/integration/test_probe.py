@@ -18,12 +18,12 @@ from pathlib import Path
 
 import pytest
 
-from relayd.cli import main
-from relayd.config import Config, load
-from relayd.delivery import SmtpSession
+from relayd.cli.main import main
+from relayd.cli.probe import MASK, Step, probe_upstream
+from relayd.config.model import Config, load
+from relayd.delivery.session import SmtpSession
 from relayd.errors import UpstreamUnavailable
-from relayd.hints import Problem, hint_for
-from relayd.probe import MASK, Step, probe_upstream
+from relayd.policy.hints import Problem, hint_for
 from tests.support.fake_provider import FakeProvider, Login
 from tests.support.tls import PrivateCA
 

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 from structlog.testing import capture_logs
 
-from relayd.config import Config, load
+from relayd.config.model import Config, load
 from relayd.types import RecipientState
 from tests.conftest import running
 from tests.support.client import message, send

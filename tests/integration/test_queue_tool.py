@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from relayd.cli import main
+from relayd.cli.main import main
 from relayd.store import open_store
 from relayd.types import UpstreamHold
 from tests.conftest import ConfigFactory

@@ -12,9 +12,9 @@ from typing import Any
 import pytest
 from structlog.testing import capture_logs
 
-from relayd import schedule
-from relayd.config import Config
-from relayd.daemon import Relayd
+from relayd.config.model import Config
+from relayd.daemon import schedule
+from relayd.daemon.relayd import Relayd
 from relayd.types import RecipientState, UpstreamHold
 from tests.conftest import ConfigFactory, running
 from tests.support.client import message, send

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from relayd.cli import main
-from relayd.config import Config
-from relayd.sendtest import SendTestError, plan_send_test, send_test
+from relayd.cli.main import main
+from relayd.cli.sendtest import SendTestError, plan_send_test, send_test
+from relayd.config.model import Config
 from tests.conftest import ConfigFactory, running
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import aiosmtplib
 import pytest
 
-from relayd.smtp_client import RelaySMTP, is_wire_clean
+from relayd.delivery.client import RelaySMTP, is_wire_clean
 from tests.support.fake_upstream import FakeUpstream
 
 CLEAN = b"Subject: hi\r\n\r\nline one\r\nline. with a dot inside\r\n"

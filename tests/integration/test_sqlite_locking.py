@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from relayd.store.sqlite import EXTERNAL_POLL, SqliteStore
-from relayd.store.sqlite_db import Database
+from relayd.store.sqlite.db import Database
+from relayd.store.sqlite.store import EXTERNAL_POLL, SqliteStore
 
 
 @pytest.fixture
@@ -151,7 +151,7 @@ async def test_a_dropped_body_is_not_zeroed_page_by_page(db: Database) -> None:
 NEVER_CLOSED = """
 import asyncio, sys
 from pathlib import Path
-from relayd.store.sqlite_db import Database
+from relayd.store.sqlite.db import Database
 
 async def main() -> None:
     db = Database(Path(sys.argv[1]), busy_timeout=5.0)

@@ -21,12 +21,12 @@ from typing import Any
 
 import pytest
 
-from relayd.dsn_parse import ParsedDsn, ParsedRecipient
+from relayd.dsn.parse import ParsedDsn, ParsedRecipient
 from relayd.errors import LeaseLost, StoreError
 from relayd.store import sqlfile
 from relayd.store.base import ReportRecipient
-from relayd.store.sqlite import SqliteStore
-from relayd.store.sqlite_ops import SCHEMA_VERSION
+from relayd.store.sqlite.ops import SCHEMA_VERSION
+from relayd.store.sqlite.store import SqliteStore
 from relayd.types import (
     Ceiling,
     Lease,

@@ -20,8 +20,8 @@ from itertools import pairwise
 import pytest
 from structlog.testing import capture_logs
 
-from relayd.daemon import Relayd
-from relayd.dispatch import iso
+from relayd.daemon.relayd import Relayd
+from relayd.delivery.lane import iso
 from relayd.types import MessageView, RecipientState
 from tests.conftest import ConfigFactory, running
 from tests.support.client import message, send

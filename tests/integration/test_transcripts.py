@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from relayd import transcripts
-from relayd.config import Config, load
-from relayd.transcripts import MASK, Transcript, redact_command, secret_forms
+from relayd.config.model import Config, load
+from relayd.delivery import transcripts
+from relayd.delivery.transcripts import MASK, Transcript, redact_command, secret_forms
 from tests.conftest import ConfigFactory, running
 from tests.support.client import message, send
 from tests.support.fake_provider import FakeProvider

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from relayd.config import Config, load
+from relayd.config.model import Config, load
 from relayd.errors import ConfigError
 
 

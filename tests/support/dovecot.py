@@ -37,7 +37,7 @@ from typing import Any
 
 import pytest
 
-from relayd.bounces import ImapSettings
+from relayd.bounces.poller import ImapSettings
 from tests.support.tls import PrivateCA
 
 USERNAME = "office@practice.example"

@@ -44,7 +44,7 @@ class FakeClock:
 
 @dataclass
 class QueueStore:
-    """store.counts() and list_messages(), as metrics.queue_depth reads them (or `error`)."""
+    """store.counts() and list_messages(), as store.base.queue_depth reads them (or `error`)."""
 
     counts_: dict[RecipientState, int] = field(
         default_factory=lambda: dict.fromkeys(RecipientState, 0)

@@ -1,4 +1,4 @@
-"""relayd.config: good files load into the right values; every bad one names its key and line."""
+"""config.model: good files load into the right values; every bad one names its key and line."""
 
 from __future__ import annotations
 
@@ -15,8 +15,7 @@ from typing import Any
 import pytest
 from pydantic import BaseModel
 
-from relayd import providers
-from relayd.config import (
+from relayd.config.model import (
     Config,
     UpstreamConfig,
     default_config_path,
@@ -24,9 +23,10 @@ from relayd.config import (
     parse_listen,
     render_effective,
 )
-from relayd.config_text import KeyLocator
+from relayd.config.text import KeyLocator
 from relayd.errors import ConfigError
-from relayd.providers import Preset
+from relayd.policy import providers
+from relayd.policy.providers import Preset
 from relayd.types import Ceiling
 from tests.support.config_files import error_of, load_text, write
 
@@ -635,8 +635,8 @@ def test_example_file_loads() -> None:
 
 # -- the example file documents every key the models accept --------------------------------
 #
-# The keys come from the pydantic models (Config and every model below it: config.py,
-# config_account.py, config_reports.py ...), so a new field fails the test until the example
+# The keys come from the pydantic models (Config and every model below it: config/model.py,
+# config/account.py, config/reports.py ...), so a new field fails the test until the example
 # shows it or it is listed below with a reason. A key counts as documented when a line of its
 # table in the example, commented out or not, starts with `key =`; a table when its header
 # (`[table]`, `# [table]`, `# [[table]]`) is there. Every [upstreams.NAME] is `upstreams.<name>`.

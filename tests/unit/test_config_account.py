@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from relayd.config import Config, load, render_effective
+from relayd.config.model import Config, load, render_effective
 from relayd.errors import ConfigError
-from relayd.providers import token_url_for
+from relayd.policy.providers import token_url_for
 
 
 def load_upstream(tmp_path: Path, body: str) -> Config:

@@ -1,4 +1,4 @@
-"""relayd.config_reports: the [bounces], [bounces.imap] and [notifications] tables.
+"""relayd.config.reports: the [bounces], [bounces.imap] and [notifications] tables.
 
 Loaded from TOML text as relayd loads its file (config.load), so every error is checked as
 the operator reads it: the dotted key, the message, and the line.
@@ -12,11 +12,11 @@ from pathlib import Path
 
 import pytest
 
-from relayd.bounces import ImapSettings
-from relayd.config import Config, render_effective
-from relayd.config_reports import BouncesConfig, BouncesImapConfig, NotificationsConfig
-from relayd.providers import IMAP_HOSTS
-from relayd.report_tasks import imap_settings
+from relayd.bounces.jobs import imap_settings
+from relayd.bounces.poller import ImapSettings
+from relayd.config.model import Config, render_effective
+from relayd.config.reports import BouncesConfig, BouncesImapConfig, NotificationsConfig
+from relayd.policy.providers import IMAP_HOSTS
 from tests.support.config_files import error_of, load_text
 
 SECRET = "Imap-distinctive-SECRET-9Qx"
@@ -437,7 +437,7 @@ def test_an_unset_from_is_shown_by_its_key(tmp_path: Path) -> None:
     assert rendered.count("# from is not set") == 2
 
 
-# -- booleans and numbers are TOML booleans and numbers, as in config.py ------------------
+# -- booleans and numbers are TOML booleans and numbers, as in config/model.py ------------------
 
 
 @pytest.mark.parametrize(

@@ -1,4 +1,4 @@
-"""disk_low: report_tasks.DiskWatch with an injected disk-usage function and clock (never
+"""disk_low: notices/watches.DiskWatch with an injected disk-usage function and clock (never
 this machine's free space), which directories it watches per backend, and the
 [notifications] disk_free_min key."""
 
@@ -11,11 +11,11 @@ from typing import Any
 import pytest
 from structlog.testing import capture_logs
 
-from relayd.config import Config, render_effective
+from relayd.config.model import Config, render_effective
+from relayd.daemon.schedule import DaemonJobs
 from relayd.errors import ConfigError
-from relayd.notify import Notifier, NotifySettings
-from relayd.report_tasks import DiskWatch, disk_paths
-from relayd.schedule import DaemonJobs
+from relayd.notices.notifier import Notifier, NotifySettings
+from relayd.notices.watches import DiskWatch, disk_paths
 from tests.conftest import ConfigFactory
 from tests.support.fakes import T0, FakeClock, Sink
 

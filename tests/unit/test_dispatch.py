@@ -17,12 +17,13 @@ from pathlib import Path
 
 import pytest
 
-from relayd.config import Config
-from relayd.delivery import SendResult
-from relayd.dispatch import Dispatcher, iso
-from relayd.lanes import LaneSet
-from relayd.limits import next_permitted
-from relayd.store.sqlite import SqliteStore
+from relayd.config.model import Config
+from relayd.delivery.lane import iso
+from relayd.delivery.lanes import LaneSet
+from relayd.delivery.session import SendResult
+from relayd.policy.limits import next_permitted
+from relayd.policy.windows import SendWindow, is_open, next_open, parse_window
+from relayd.store.sqlite.store import SqliteStore
 from relayd.types import (
     Ceiling,
     Lease,
@@ -35,7 +36,6 @@ from relayd.types import (
     UpstreamHold,
 )
 from relayd.units import parse_rate
-from relayd.windows import SendWindow, is_open, next_open, parse_window
 from tests.conftest import ConfigFactory
 
 UPSTREAM = 'provider = "generic"\nhost = "127.0.0.1"\nport = 2\nsecurity = "none"\nauth = "none"\n'
@@ -138,7 +138,7 @@ class Harness:
 
     async def run(self, *, sends: int | None = None, until: float | None = None) -> list[Sent]:
         """Run the dispatcher until `sends` messages went out or the clock passed `until`."""
-        dispatcher = Dispatcher(
+        dispatcher = LaneSet(
             self.config, self.store, self.clock, "worker", lambda _up, _host: self.session
         )
 

@@ -1,4 +1,4 @@
-"""relayd.dsn and relayd.dsn_parse: reports relayd builds, read back with the stdlib `email`
+"""relayd.dsn.build and relayd.dsn.parse: reports relayd builds, read back with the stdlib `email`
 package field by field; the reports Gmail, Microsoft 365, Postfix and Exim send; loops."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from relayd.dsn import (
+from relayd.dsn.build import (
     DSN_MARKER,
     FULL_RETURN_LIMIT,
     SUBJECT_DELAYED,
@@ -22,15 +22,15 @@ from relayd.dsn import (
     is_dsn,
     status_for,
 )
-from relayd.dsn_params import rcpt_params, xtext_decode, xtext_encode
-from relayd.dsn_parse import (
+from relayd.dsn.params import rcpt_params, xtext_decode, xtext_encode
+from relayd.dsn.parse import (
     BounceParseError,
     ParsedRecipient,
     might_be_bounce,
     parse_dsn,
     relayd_queue_id,
 )
-from relayd.headers import header_block
+from relayd.policy.headers import header_block
 
 SAMPLES = Path(__file__).parent.parent / "support" / "dsn_samples"
 ARRIVED = 1_704_190_300.0  # 2024-01-02 10:11:40 UTC
@@ -110,7 +110,7 @@ def test_top_level_headers() -> None:
     assert message[DSN_MARKER] == "yes"
     assert message["MIME-Version"] == "1.0"
     assert message["In-Reply-To"] == MESSAGE_ID
-    assert message["Message-ID"].startswith("<relayd.dsn.")
+    assert message["Message-ID"].startswith("<relayd.dsn.build.")
     assert parsedate_to_datetime(message["Date"]).timestamp() == NOW
     assert message.get_content_type() == "multipart/report"
     assert message.get_param("report-type") == "delivery-status"
@@ -476,6 +476,6 @@ def test_ordinary_and_auto_generated_mail_is_not() -> None:
 def test_relayd_queue_id() -> None:
     assert relayd_queue_id("<relayd.238HJPJKCKJLFMR2K@relay.test>") == "238HJPJKCKJLFMR2K"
     assert relayd_queue_id(" <relayd.238HJPJKCKJLFMR2K@relay.test> ") == "238HJPJKCKJLFMR2K"
-    assert relayd_queue_id("<relayd.dsn.0a1b2c@relay.test>") is None  # relayd's own DSNs
+    assert relayd_queue_id("<relayd.dsn.build.0a1b2c@relay.test>") is None  # relayd's own DSNs
     assert relayd_queue_id("<abc@example.com>") is None
     assert relayd_queue_id(None) is None

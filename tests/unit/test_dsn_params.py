@@ -1,4 +1,4 @@
-"""relayd.dsn_params: RFC 3461 MAIL and RCPT parameters as intake checks and keeps them, and
+"""relayd.dsn.params: RFC 3461 MAIL and RCPT parameters as intake checks and keeps them, and
 the RCPT parameters delivery forwards to an upstream that advertises DSN, which must say
 again exactly what the app said."""
 
@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from relayd.dsn_params import (
+from relayd.dsn.params import (
     MAX_ENVID,
     MAX_ORCPT,
     DsnParamError,

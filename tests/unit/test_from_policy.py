@@ -1,10 +1,10 @@
-"""relayd.from_policy: header-level rewrites on the raw bytes, checked byte for byte."""
+"""relayd.policy.from_policy: header-level rewrites on the raw bytes, checked byte for byte."""
 
 from __future__ import annotations
 
 import pytest
 
-from relayd.from_policy import apply_from_policy, bare_from, envelope_sender, rewrite_from
+from relayd.policy.from_policy import apply_from_policy, bare_from, envelope_sender, rewrite_from
 
 ACCOUNT = "practice@gmail.com"
 BODY = b"\r\nDear patient,\r\nFrom: this line is body text, not a header.\r\n"

@@ -1,4 +1,4 @@
-"""heartbeat.py: when the watchdog is on, what STATUS= says, the STATUS= job (on a fake
+"""daemon/heartbeat.py: when the watchdog is on, what STATUS= says, the STATUS= job (on a fake
 NOTIFY_SOCKET, with the time it is given) and the watchdog loop."""
 
 from __future__ import annotations
@@ -13,10 +13,9 @@ from pathlib import Path
 import pytest
 from structlog.testing import capture_logs
 
+from relayd.daemon.heartbeat import run_watchdog, status_line, update_status, watchdog_interval
 from relayd.errors import StoreError
-from relayd.heartbeat import run_watchdog, status_line, update_status, watchdog_interval
-from relayd.metrics import Depth
-from relayd.types import RecipientState
+from relayd.types import QueueDepth, RecipientState
 from tests.support.fakes import QueueStore
 
 T0 = 1_704_189_600.0
@@ -39,10 +38,10 @@ def test_status_line() -> None:
         RecipientState.HELD: 1,
         RecipientState.DELIVERED: 900,
     }
-    assert status_line(Depth(counts, 1000.0), 1300.0) == (
+    assert status_line(QueueDepth(counts, 1000.0), 1300.0) == (
         "queue: 12 queued, 3 deferred, 1 held; oldest 5m"
     )
-    assert status_line(Depth(dict.fromkeys(RecipientState, 0), None), 0) == (
+    assert status_line(QueueDepth(dict.fromkeys(RecipientState, 0), None), 0) == (
         "queue: 0 queued, 0 deferred, 0 held"
     )
 

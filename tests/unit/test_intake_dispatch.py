@@ -6,8 +6,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from relayd.clock import SystemClock
-from relayd.config import load
-from relayd.intake import IntakeHandler, RelaydSMTP, make_server_factory
+from relayd.config.model import load
+from relayd.intake.server import IntakeHandler, RelaydSMTP, make_server_factory
 
 DEV_CONFIG = Path(__file__).parents[2] / "config" / "relayd.dev.toml"
 

@@ -1,4 +1,4 @@
-"""relayd.limits: trailing-window ceilings, min_interval, the wait reason, the ledger horizon."""
+"""policy.limits: trailing-window ceilings, min_interval, the wait reason, the ledger horizon."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from relayd.limits import (
+from relayd.policy.limits import (
     describe_wait,
     in_window,
     ledger_horizon,

@@ -1,4 +1,4 @@
-"""relayd.localauth: scrypt hashes, the failed-login limiter (virtual time), allowed senders."""
+"""policy.localauth: scrypt hashes, the failed-login limiter (virtual time), allowed senders."""
 
 from __future__ import annotations
 
@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from relayd.cli import main
-from relayd.config import load
+from relayd.cli.main import main
+from relayd.config.model import load
 from relayd.errors import ConfigError
-from relayd.localauth import (
+from relayd.policy.localauth import (
     DECOY,
     FailureLimiter,
     hash_password,

@@ -1,6 +1,6 @@
-"""The notice producers outside notify.py: upstream_notices (what a lane saw) and
-report_tasks.QueueWatch (backlog and bounce rate from the store's counts), in virtual time;
-and report_tasks.NoticeRound on PostgreSQL nodes: queue checks only on the leader, every
+"""The notice producers outside notices/notifier.py: upstream_notices (what a lane saw) and
+notices/watches.QueueWatch (backlog and bounce rate from the store's counts), in virtual time;
+and notices/watches.NoticeRound on PostgreSQL nodes: queue checks only on the leader, every
 node's own conditions mailed by that node under its hostname."""
 
 from __future__ import annotations
@@ -9,13 +9,13 @@ from dataclasses import dataclass, field
 
 from structlog.testing import capture_logs
 
-from relayd.config_reports import NotificationsConfig
+from relayd.config.reports import NotificationsConfig
+from relayd.delivery.notices import UpstreamNotices
 from relayd.errors import StoreError
-from relayd.notify import Notifier, NotifySettings
-from relayd.outcome import Action
-from relayd.report_tasks import NoticeRound, QueueWatch
+from relayd.notices.notifier import Notifier, NotifySettings
+from relayd.notices.watches import NoticeRound, QueueWatch
+from relayd.policy.outcome import Action
 from relayd.types import RecipientState, SmtpReply
-from relayd.upstream_notices import UpstreamNotices
 from tests.support.fakes import T0, FakeClock, QueueStore, Sink
 
 

@@ -1,4 +1,4 @@
-"""relayd.notify: de-duplication, digests, grace periods and resolved notices, in virtual
+"""relayd.notices.notifier: de-duplication, digests, grace periods and resolved notices, in virtual
 time (every call is given `now`; the NoticeHook reads an injected clock)."""
 
 from __future__ import annotations
@@ -9,8 +9,8 @@ from email import policy
 import pytest
 from structlog.testing import capture_logs
 
-from relayd.dsn import is_dsn
-from relayd.notify import NoticeKind, Notifier, NotifySettings, render_notice
+from relayd.dsn.build import is_dsn
+from relayd.notices.notifier import NoticeKind, Notifier, NotifySettings, render_notice
 from relayd.types import Notice
 from tests.support.fakes import T0, FakeClock, Sink
 

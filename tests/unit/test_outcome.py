@@ -1,4 +1,4 @@
-"""relayd.outcome: reply classification (provider replies verbatim) and retry arithmetic."""
+"""relayd.policy.outcome: reply classification (provider replies verbatim) and retry arithmetic."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from relayd.outcome import (
+from relayd.policy.outcome import (
     RULES,
     Action,
     classify_reply,

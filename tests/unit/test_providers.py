@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from relayd.config import Config, load, render_effective
+from relayd.config.model import Config, load, render_effective
 from relayd.errors import ConfigError
-from relayd.hints import GOOGLE, MICROSOFT, PROBLEM_HINTS, REPLY_HINTS, Problem
-from relayd.providers import PRESETS, Preset, hint_for
+from relayd.policy.hints import GOOGLE, MICROSOFT, PROBLEM_HINTS, REPLY_HINTS, Problem
+from relayd.policy.providers import PRESETS, Preset, hint_for
 from relayd.types import Ceiling, SmtpReply
 from relayd.units import parse_rate
 

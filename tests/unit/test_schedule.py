@@ -1,4 +1,4 @@
-"""schedule.py: jobs run on the one AsyncIOScheduler with the injected clock's time, a job
+"""daemon/schedule.py: jobs run on the one AsyncIOScheduler with the injected clock's time, a job
 that raises is logged and runs again, runs never overlap, shutdown cancels and bounds running
 jobs, APScheduler's own logging stays out of the JSON log; which jobs the daemon gets for a
 configuration; and the job bodies that are not notices (bounce round, retention purge).
@@ -18,12 +18,12 @@ from typing import Any
 import pytest
 from structlog.testing import capture_logs
 
-from relayd.bounces import BouncePoller, ImapSettings, PollResult
+from relayd.bounces.jobs import bounce_poller, poll_bounces, polls_with_idle
+from relayd.bounces.poller import BouncePoller, ImapSettings, PollResult
+from relayd.daemon.retention import purge_history
+from relayd.daemon.schedule import DaemonJobs, Schedule, quiet_apscheduler
 from relayd.errors import StoreError
-from relayd.notify import Notifier
-from relayd.report_tasks import bounce_poller, poll_bounces, polls_with_idle
-from relayd.retention import purge_history
-from relayd.schedule import DaemonJobs, Schedule, quiet_apscheduler
+from relayd.notices.notifier import Notifier
 from relayd.store.base import Leadership
 from relayd.types import RecipientState
 from tests.conftest import ConfigFactory
@@ -386,7 +386,7 @@ def test_misfire_grace_is_one_interval_in_whole_seconds() -> None:
 
 @dataclass
 class DepthStore:
-    """store.counts() and list_messages(), as metrics.queue_depth reads them."""
+    """store.counts() and list_messages(), as store.base.queue_depth reads them."""
 
     queued: int = 0
 

@@ -1,4 +1,4 @@
-"""sendmail.py's pure parts: the flags cron, PHP and friends pass, stdin, headers, envelope."""
+"""cli/sendmail.py's pure parts: the flags cron, PHP and friends pass, stdin, headers, envelope."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from relayd.sendmail import (
+from relayd.cli.sendmail import (
     DataError,
     Options,
     UsageError,

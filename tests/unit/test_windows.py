@@ -1,4 +1,4 @@
-"""relayd.windows: parsing, open/closed, next_open / next_close, overnight ranges, DST.
+"""relayd.policy.windows: parsing, open/closed, next_open / next_close, overnight ranges, DST.
 
 2026 transitions used below (UTC): Europe/London springs forward 03-29 01:00 (01:00 GMT ->
 02:00 BST) and falls back 10-25 01:00 (02:00 BST -> 01:00 GMT); America/New_York springs
@@ -15,7 +15,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from relayd.windows import (
+from relayd.policy.windows import (
     HourRange,
     SendWindow,
     is_open,

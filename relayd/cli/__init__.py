@@ -1,0 +1,1 @@
+"""The command line: `relayd` subcommands, the queue tool, test-upstream, send-test and sendmail."""

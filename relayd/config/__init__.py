@@ -1,0 +1,1 @@
+"""The configuration file: value types, text positions, and the validated settings tree."""

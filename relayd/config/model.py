@@ -1,0 +1,391 @@
+"""The settings tree: one TOML file validated once, completely, into frozen pydantic models.
+
+Everything downstream reads `Config` and never re-checks it, so every rule that can be checked
+without the network lives here: unknown keys, durations and sizes ("5m", "25MB"), provider
+presets filled in (and remembered, so check-config can say where a value came from), secrets
+read from `password_file` / `password_env` into `SecretStr`, and the sender -> upstream routes
+proved unambiguous. Failures are `ConfigError`s naming the dotted key and its line. The value
+types ("5m", "25MB", patterns) live in config/values.py and the text work (key lines, error
+text, TOML rendering) in config/text.py. This module never prints and never exits.
+"""
+
+from __future__ import annotations
+
+import datetime
+import ipaddress
+import os
+import socket
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    SecretStr,
+    StrictBool,
+    StrictInt,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from relayd.config import reports
+from relayd.config.account import AccountFields
+from relayd.config.gates import dsn_has_password, read_secret, reject_internal_keys
+from relayd.config.reports import BouncesConfig, NotificationsConfig
+from relayd.config.text import KeyedValueError, KeyLocator, config_error, read_toml, render_model
+from relayd.config.values import (
+    AddressPattern,
+    ConfPath,
+    Days,
+    Duration,
+    Hostname,
+    Hours,
+    Listen,
+    Network,
+    PasswordHash,
+    Rate,
+    SenderPattern,
+    Size,
+    Timeout,
+    TimeZone,
+    UpstreamName,
+    durations,
+    parse_listen,
+)
+from relayd.policy.providers import DEFAULT_PORTS, PRESETS, default_port
+
+__all__ = ["Config", "default_config_path", "load", "parse_listen", "render_effective"]
+
+DEFAULT_PATH = Path("/etc/relayd/relayd.toml")
+
+
+class _Model(BaseModel):
+    # hide_input_in_errors: a chained ValidationError must not print what was in the file.
+    model_config = ConfigDict(extra="forbid", frozen=True, hide_input_in_errors=True)
+
+
+class UserConfig(_Model):
+    """One SMTP AUTH account for a local app ([[server.users]])."""
+
+    name: str = Field(min_length=1)
+    password_hash: PasswordHash
+    allowed_senders: list[AddressPattern] = Field(default_factory=list)
+
+
+class ServerConfig(_Model):
+    """The local SMTP intake."""
+
+    listen: list[Listen] = Field(default_factory=lambda: ["127.0.0.1:2525"], min_length=1)
+    hostname: Hostname = Field(default_factory=socket.getfqdn)
+    max_message_size: Size = 25_000_000
+    max_recipients: StrictInt = Field(default=100, ge=1)
+    allowed_networks: list[Network] = Field(
+        default_factory=lambda: [ipaddress.ip_network("127.0.0.0/8"), ipaddress.ip_network("::1")]
+    )
+    require_auth: StrictBool = False
+    tls_cert: ConfPath | None = None
+    tls_key: ConfPath | None = None
+    users: list[UserConfig] = Field(default_factory=list)
+    idle_timeout: Timeout = 300.0
+    workers: StrictInt = Field(default=1, ge=1)
+
+    @model_validator(mode="after")
+    def _check(self) -> ServerConfig:
+        if (self.tls_cert is None) != (self.tls_key is None):
+            missing = "tls_key" if self.tls_key is None else "tls_cert"
+            raise KeyedValueError((missing,), "tls_cert and tls_key go together; set both")
+        if self.require_auth and not self.users:
+            raise KeyedValueError(("require_auth",), "needs at least one [[server.users]] entry")
+        names = [user.name for user in self.users]
+        for index, name in enumerate(names):
+            if name in names[:index]:
+                raise KeyedValueError(("users", index, "name"), f'user "{name}" is defined twice')
+        return self
+
+
+class QueueConfig(_Model):
+    """The durable queue and the retry schedule."""
+
+    backend: Literal["sqlite", "postgres"] = "sqlite"
+    path: ConfPath = Path("/var/lib/relayd/queue.db")
+    dsn: SecretStr | None = None  # postgres; with a password only via dsn_file / dsn_env
+    dsn_file: ConfPath | None = None
+    dsn_env: str | None = None
+    pool_size: StrictInt = Field(default=10, ge=1)
+    retention: Duration = 30 * 86400.0  # finished messages kept this long; 0 = for ever
+    max_lifetime: Timeout = 5 * 86400.0
+    retry: list[Duration] = durations("1m", "5m", "15m", "30m", "1h", "2h", "4h")
+    lease_time: Timeout = 300.0
+    shutdown_timeout: Duration = 30.0
+
+    @model_validator(mode="after")
+    def _check_dsn(self) -> QueueConfig:
+        given = [key for key in ("dsn", "dsn_file", "dsn_env") if getattr(self, key) is not None]
+        if len(given) > 1:
+            raise KeyedValueError((given[1],), "set one of dsn, dsn_file or dsn_env")
+        if self.backend == "postgres" and not given:
+            raise KeyedValueError(("backend",), '"postgres" needs dsn, dsn_file or dsn_env')
+        if self.dsn is not None and dsn_has_password(self.dsn.get_secret_value()):
+            raise KeyedValueError(
+                ("dsn",), "secrets are not allowed inline; put the DSN in dsn_file or dsn_env"
+            )
+        return self
+
+    @property
+    def dsn_text(self) -> str | None:
+        return None if self.dsn is None else self.dsn.get_secret_value()
+
+
+class WindowConfig(_Model):
+    """Sending hours of one upstream; outside them mail waits, queued."""
+
+    timezone: TimeZone = "UTC"
+    days: Days = "mon-sun"
+    hours: list[Hours] = Field(default_factory=lambda: ["00:00-24:00"], min_length=1)
+    closed_dates: list[datetime.date] = Field(default_factory=list)
+
+
+class UpstreamConfig(AccountFields):
+    """One provider account mail is delivered through ([upstreams.NAME]); the OAuth2 keys
+    (client_id, refresh_token_file, ...) are in config/account.py."""
+
+    name: UpstreamName
+    provider: str = "generic"
+    host: str | None = None
+    port: StrictInt | None = Field(default=None, ge=1, le=65535)
+    security: Literal["starttls", "tls", "none"] | None = None
+    tls_verify: StrictBool = True
+    tls_ca_file: ConfPath | None = None
+    username: str | None = None
+    auth: Literal["password", "xoauth2", "none"] | None = None
+    password_file: ConfPath | None = None
+    password_env: str | None = None
+    password: SecretStr | None = None
+    allow_plaintext_auth: StrictBool = False
+    senders: list[SenderPattern] = Field(default_factory=list)
+    from_policy: Literal["keep", "bare", "rewrite"] = "keep"
+    rate_limits: list[Rate] = Field(default_factory=list)
+    min_interval: Duration = 0.0
+    max_connections: StrictInt = Field(default=1, ge=1)
+    count: Literal["messages", "recipients"] = "messages"
+    throttle_backoff: list[Duration] = durations("1m", "5m", "15m", "1h")
+    connect_timeout: Timeout = 30.0
+    timeout: Timeout = 60.0
+    path: ConfPath | None = None
+    window: WindowConfig | None = None
+    preset_fields: frozenset[str] = frozenset()
+
+    @field_validator("provider")
+    @classmethod
+    def _known_provider(cls, value: str) -> str:
+        if value not in PRESETS:
+            raise ValueError(f'unknown provider "{value}" (valid: {", ".join(sorted(PRESETS))})')
+        return value
+
+    @model_validator(mode="before")
+    @classmethod
+    def _apply_preset(cls, data: Any) -> Any:
+        provider = data.get("provider", "generic") if isinstance(data, dict) else None
+        preset = PRESETS.get(provider) if isinstance(provider, str) else None
+        if preset is None:
+            return data  # not a table, or an unknown provider that _known_provider reports
+        filled = {key: value for key, value in preset.defaults().items() if data.get(key) is None}
+        marked = set(filled)
+        security = data.get("security") or filled.get("security")
+        if data.get("port") is None and security in DEFAULT_PORTS:
+            filled["port"] = default_port(security)
+            if "security" in marked:
+                marked.add("port")
+        return {
+            **data,
+            **filled,
+            "preset_fields": frozenset(data.get("preset_fields", ())) | marked,
+        }
+
+    @model_validator(mode="after")
+    def _check(self) -> UpstreamConfig:
+        if PRESETS[self.provider].delivers_to_directory:
+            if self.path is None:
+                raise KeyedValueError(("path",), f'provider "{self.provider}" needs path = "DIR"')
+            return self
+        if self.host is None:
+            raise KeyedValueError(("host",), f'provider "{self.provider}" has no host; set host')
+        if self.port is None:
+            raise KeyedValueError(("port",), 'no port; set port or security ("starttls", "tls")')
+        if self.tls_ca_file is not None and not self.tls_ca_file.is_file():
+            raise KeyedValueError(("tls_ca_file",), f"{self.tls_ca_file} is not a file")
+        self._check_credentials()
+        return self
+
+    def _check_credentials(self) -> None:
+        if self.password_file is not None and self.password_env is not None:
+            raise KeyedValueError(("password_env",), "set password_file or password_env, not both")
+        if self.auth in ("password", "xoauth2") and self.username is None:
+            raise KeyedValueError(("username",), f'auth = "{self.auth}" needs a username')
+        no_secret = self.password is None and self.password_file is None and not self.password_env
+        if self.auth == "password" and no_secret:
+            raise KeyedValueError(
+                ("password_file",), 'auth = "password" needs password_file or password_env'
+            )
+        if (
+            self.auth not in (None, "none")
+            and self.security == "none"
+            and not self.allow_plaintext_auth
+        ):
+            raise KeyedValueError(
+                ("security",),
+                f'auth = "{self.auth}" with security = "none" would send the credentials '
+                'unencrypted; use "starttls" or "tls", or set allow_plaintext_auth = true',
+            )
+
+
+class RoutingConfig(_Model):
+    default: str | None = None
+
+
+class LogConfig(_Model):
+    format: Literal["json", "console"] = "json"
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    transcript_dir: ConfPath | None = None
+    transcript_max_size: Size = 10_000_000  # per upstream file, rotated beyond this
+    transcript_files: StrictInt = Field(default=5, ge=1)  # rotated files kept per upstream
+
+
+class AdminConfig(_Model):
+    listen: Listen | None = None
+
+
+class Config(_Model):
+    """The whole validated configuration; `route()` picks the upstream for a message."""
+
+    server: ServerConfig = Field(default_factory=ServerConfig)
+    queue: QueueConfig = Field(default_factory=QueueConfig)
+    upstreams: dict[str, UpstreamConfig] = Field(default_factory=dict)
+    routing: RoutingConfig = Field(default_factory=RoutingConfig)
+    log: LogConfig = Field(default_factory=LogConfig)
+    admin: AdminConfig = Field(default_factory=AdminConfig)
+    bounces: BouncesConfig | None = None
+    notifications: NotificationsConfig | None = None
+    source: Path | None = None
+    _routes: dict[str, str] = PrivateAttr(default_factory=dict)
+
+    @field_validator("upstreams", mode="before")
+    @classmethod
+    def _name_upstreams(cls, value: Any) -> Any:
+        if not isinstance(value, dict):
+            return value
+        return {
+            key: {**table, "name": key} if isinstance(table, dict) else table
+            for key, table in value.items()
+        }
+
+    @model_validator(mode="after")
+    def _check_routes(self) -> Config:
+        if not self.upstreams:
+            raise KeyedValueError(("upstreams",), "at least one [upstreams.NAME] table is required")
+        self._routes = self._route_table()
+        default = self.routing.default
+        if default is not None and default not in self.upstreams:
+            names = ", ".join(self.upstreams)
+            raise KeyedValueError(
+                ("routing", "default"), f'"{default}" is not an upstream (have: {names})'
+            )
+        via = self.notifications.via if self.notifications else None
+        if via is not None and via not in self.upstreams:
+            raise KeyedValueError(("notifications", "via"), f'"{via}" is not an upstream')
+        if default is None and len(self.upstreams) > 1 and "*" not in self._routes:
+            raise KeyedValueError(
+                ("routing", "default"),
+                'several upstreams: set routing.default or give one of them senders = ["*"]',
+            )
+        return self
+
+    def _route_table(self) -> dict[str, str]:
+        """sender pattern -> upstream name; a pattern claimed twice is ambiguous."""
+        users = {user.name for user in self.server.users}
+        routes: dict[str, str] = {}
+        for key, upstream in self.upstreams.items():
+            where = ("upstreams", key, "senders")
+            for pattern in upstream.senders:
+                other = routes.setdefault(pattern, key)
+                if other != key:
+                    raise KeyedValueError(
+                        where,
+                        f'"{pattern}" is routed by both upstreams.{other} and upstreams.{key}; '
+                        "a pattern may route to one upstream only",
+                    )
+                if pattern.startswith("user:") and pattern[5:] not in users:
+                    raise KeyedValueError(where, f'"{pattern}" names no [[server.users]] entry')
+        return routes
+
+    def route(self, mail_from: str, auth_user: str | None) -> str:
+        """The upstream for a message: user:NAME > exact address > *@domain > * > default."""
+        address = mail_from.strip().strip("<>").lower()
+        candidates = [f"user:{auth_user}"] if auth_user is not None else []
+        if address:
+            candidates.append(address)
+        if "@" in address:
+            candidates.append("*@" + address.rpartition("@")[2])
+        candidates.append("*")
+        for pattern in candidates:
+            if pattern in self._routes:
+                return self._routes[pattern]
+        # _check_routes guarantees a default, a sole upstream, or a "*" pattern (matched above).
+        return self.routing.default or next(iter(self.upstreams))
+
+
+def default_config_path(environ: Mapping[str, str] | None = None) -> Path:
+    """RELAYD_CONFIG when set, else /etc/relayd/relayd.toml."""
+    value = (os.environ if environ is None else environ).get("RELAYD_CONFIG", "")
+    return Path(value) if value else DEFAULT_PATH
+
+
+def load(path: Path | str, *, environ: Mapping[str, str] | None = None) -> Config:
+    """Read, validate and resolve the TOML file at `path` (secrets from files or `environ`)."""
+    source = Path(os.path.abspath(path))
+    data, locator = read_toml(source)
+    reject_internal_keys(data, locator)
+    context = {"toml": True, "base_dir": source.parent}
+    try:
+        config = Config.model_validate({**data, "source": source}, context=context)
+    except ValidationError as exc:
+        raise config_error(exc, locator) from exc
+    return _with_secrets(config, locator, os.environ if environ is None else environ)
+
+
+def render_effective(config: Config) -> str:
+    """The effective configuration as TOML for `relayd check-config`; secrets masked."""
+    hidden: set[tuple[type[BaseModel], str]] = {
+        (Config, "source"),
+        (UpstreamConfig, "name"),
+        (UpstreamConfig, "preset_fields"),
+    }
+    header = f"effective configuration from {config.source}" if config.source else ""
+    return render_model(config, hidden=hidden, header=header)
+
+
+def _with_secrets(config: Config, locator: KeyLocator, environ: Mapping[str, str]) -> Config:
+    upstreams = {
+        name: upstream.model_copy(update={"password": _secret(upstream, locator, environ)})
+        if upstream.password_file is not None or upstream.password_env is not None
+        else upstream
+        for name, upstream in config.upstreams.items()
+    }
+    queue = config.queue
+    if queue.dsn_file is not None or queue.dsn_env is not None:
+        loc = ("queue", "dsn_file" if queue.dsn_file else "dsn_env")
+        dsn = read_secret(queue.dsn_file, queue.dsn_env, loc, locator, environ)
+        queue = queue.model_copy(update={"dsn": dsn})
+    bounces = reports.with_secrets(config.bounces, locator, environ)
+    return config.model_copy(update={"upstreams": upstreams, "queue": queue, "bounces": bounces})
+
+
+def _secret(upstream: UpstreamConfig, locator: KeyLocator, environ: Mapping[str, str]) -> SecretStr:
+    """The password from its file (trailing newline dropped) or environment variable."""
+    key = "password_file" if upstream.password_file else "password_env"
+    loc = ("upstreams", upstream.name, key)
+    return read_secret(upstream.password_file, upstream.password_env, loc, locator, environ)

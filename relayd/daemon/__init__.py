@@ -1,0 +1,1 @@
+"""The daemon: wiring and lifecycle, schedule, reload, heartbeat, retention, admin endpoint."""

@@ -1,0 +1,373 @@
+"""The delivery loop: per-upstream lanes that lease due mail and deliver it within limits.
+
+A lane asks, in order: is the upstream held (throttled, auth failing)? is its send window open? did
+the rate ledger last say "not before T"? is there due mail? may it send now (the store's rate
+ledger reserves the slot atomically)? Then it delivers and records each recipient's outcome. Lanes
+of different upstreams never wait on each other.
+
+Oldest due first (the store leases by due time): fresh mail is due when it arrives, a retry
+when its backoff ends, so neither starves the other. A message the ledger turns away keeps
+its place; the lane sleeps until the ledger's time instead of leasing the next message.
+
+Why a lane waits ("window closed until ...", "rate limit 200/hour until ...") is logged and
+stored when it changes: one row per upstream, shown by the queue tool on every waiting
+message, so a long wait costs one write however long the backlog.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+
+from relayd.clock import Clock
+from relayd.config.model import Config, UpstreamConfig
+from relayd.delivery.notices import UpstreamNotices
+from relayd.delivery.session import SendResult, Session
+from relayd.errors import LeaseLost, StoreError, UpstreamUnavailable
+from relayd.logs import get_logger
+from relayd.policy.outcome import (
+    Action,
+    classify_reply,
+    is_expired,
+    next_attempt_at,
+    throttle_until,
+)
+from relayd.policy.providers import hint_for
+from relayd.policy.waits import MAX_SLEEP, UNKNOWN, Wait, hold_wait, iso, window_wait
+from relayd.policy.windows import parse_window
+from relayd.reports import dsn_reports
+from relayd.store.base import Store
+from relayd.types import Lease, RecipientOutcome, RecipientState, SmtpReply, UpstreamHold
+from relayd.units import format_duration
+
+log = get_logger("dispatch")
+
+IDLE_CLOSE = 30.0  # close an idle upstream connection after this many seconds
+BATCH = 32  # leases taken at once by an unthrottled lane
+STORE_BACKOFF = 1.0  # seconds to wait after a store error before trying again
+SHOW_MIN_WAIT = 1.0  # shorter waits (min_interval spacing) are neither logged nor stored
+
+SessionFactory = Callable[[UpstreamConfig, str], Session]
+Reply = tuple[str, Action, SmtpReply]  # one recipient's reply and what it means
+Writes = list[asyncio.Task[None]]  # a batch's outcome writes, made while the next sends
+
+
+class Lane:
+    """Delivery for one upstream account, with `max_connections` workers."""
+
+    def __init__(
+        self,
+        config: Config,
+        upstream: UpstreamConfig,
+        store: Store,
+        clock: Clock,
+        worker: str,
+        session_factory: SessionFactory,
+        notices: UpstreamNotices | None = None,
+    ) -> None:
+        self.config = config
+        self.upstream = upstream
+        self.notices = notices or UpstreamNotices()  # operator notices (delivery/notices.py)
+        self.name = upstream.name
+        self.store = store
+        self.clock = clock
+        self.worker = worker
+        self.session_factory = session_factory
+        w = upstream.window
+        self.window = parse_window(w.timezone, w.days, w.hours, w.closed_dates) if w else None
+        self.stopping = False
+        self._stopped = asyncio.Event()
+        self.in_flight = 0
+        self.throttled = False  # a hold was set by this lane and not yet cleared
+        self.ledger_wait: Wait | None = None  # the rate ledger's last "not before"
+        self._shown: Wait | None = UNKNOWN  # the wait this lane last wrote to the store
+
+    async def start(self) -> None:
+        """Lift an account hold left by an earlier run: a restart (after a configuration
+        change) tries the account again; a throttle hold stays, the provider still counts."""
+        try:
+            hold = await self.store.upstream_hold(self.name)
+            if hold is not None and hold.until is None:
+                await self.store.release_upstream(self.name)
+                log.info("upstream_released", upstream=self.name, reason=hold.reason, why="start")
+        except StoreError as exc:
+            log.error("store_error", upstream=self.name, error=str(exc))
+
+    def stop(self) -> None:
+        """Stop leasing; a worker sleeping for work wakes up and ends."""
+        self.stopping = True
+        self._stopped.set()
+
+    async def run_worker(self) -> None:
+        session = self.session_factory(self.upstream, self.config.server.hostname)
+        try:
+            while not self.stopping:
+                try:
+                    await self._step(session)
+                except Exception as exc:
+                    # A locked or full store, or a bug, must not stop every upstream's mail:
+                    # log it and go on; leases expire if need be.
+                    event = "store_error" if isinstance(exc, StoreError) else "lane_error"
+                    log.exception(event, upstream=self.name)
+                    await self._sleep(STORE_BACKOFF, session)
+        finally:
+            await session.close()
+
+    async def _step(self, session: Session) -> None:
+        now = self.clock.now()
+        wait = await self._gate(now)
+        await self._show(wait, now)
+        if wait is not None:
+            await self._sleep(wait.seconds(now), session)
+            return
+        limit = 1 if self.upstream.rate_limits or self.upstream.min_interval else BATCH
+        leases = await self.store.lease_due(
+            self.name, now, limit, self.config.queue.lease_time, self.worker
+        )
+        if not leases:
+            due = await self.store.next_due(self.name, now)
+            await self._sleep((due - now) if due is not None else MAX_SLEEP, session)
+            return
+        writes: Writes = []
+        try:
+            for index, lease in enumerate(leases):
+                if self.stopping:
+                    await self._put_back(leases[index:], "daemon stopping")
+                    return
+                wait = await self._attempt(session, lease, writes)
+                if wait is not None:  # held or refused: the rest of the batch waits too
+                    await self._put_back(leases[index + 1 :], wait.reason)
+                    return
+        finally:
+            await self._written(writes)
+
+    async def _written(self, writes: Writes) -> None:
+        """Wait for a batch's outcome writes: the next lease sees every outcome recorded."""
+        for result in await asyncio.gather(*writes, return_exceptions=True):
+            if isinstance(result, Exception):  # _record logs store errors itself
+                log.error("lane_error", upstream=self.name, exc_info=result)
+
+    async def _gate(self, now: float) -> Wait | None:
+        """Why the upstream may not send now (hold, closed window, ledger), or None."""
+        hold = await self.store.upstream_hold(self.name)
+        if hold is not None:
+            self.throttled = True  # a later success clears it, so the next backoff restarts
+            if hold.until is None or hold.until > now:
+                return hold_wait(hold)
+        if self.window is not None and (closed := window_wait(self.window, now)) is not None:
+            return closed
+        wait = self.ledger_wait
+        return wait if wait is not None and wait.seconds(now) > 0 else None
+
+    async def _show(self, wait: Wait | None, now: float) -> None:
+        """Log and store why the upstream waits, when that changes (one row, not one per
+        message); short waits such as min_interval spacing count as not waiting."""
+        if wait is not None and wait.seconds(now) < SHOW_MIN_WAIT:
+            wait = None
+        if wait == self._shown:
+            return
+        if wait is None:
+            await self.store.set_upstream_wait(self.name, None, None)
+        else:
+            await self.store.set_upstream_wait(self.name, wait.reason, wait.until)
+            until = iso(wait.until) if wait.until is not None else None
+            log.info(wait.event, upstream=self.name, reason=wait.reason, until=until)
+        self._shown = wait
+
+    async def _sleep(self, seconds: float, session: Session) -> None:
+        """Wait for new mail or `seconds`; close the upstream connection after IDLE_CLOSE."""
+        seconds = min(max(seconds, 0.0), MAX_SLEEP)
+        if seconds > IDLE_CLOSE:
+            if await self._wait(IDLE_CLOSE):
+                return
+            await session.close()
+            seconds -= IDLE_CLOSE
+        if seconds > 0:
+            await self._wait(seconds)
+
+    async def _wait(self, seconds: float) -> bool:
+        """Sleep up to `seconds`; True when new work or stop() cut it short."""
+        started = self.clock.monotonic()
+        waiters = [self.clock.sleep(seconds), self.store.wait_for_work(seconds)]
+        tasks = {asyncio.ensure_future(w) for w in [*waiters, self._stopped.wait()]}
+        try:
+            await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in tasks:
+                task.cancel()
+        return self.clock.monotonic() - started < seconds * 0.99
+
+    async def _put_back(self, leases: list[Lease], reason: str) -> None:
+        """End leases unattempted; release() only delays, so each message keeps its place."""
+        for lease in leases:
+            try:
+                await self.store.release(lease, lease.received_at, reason)
+            except LeaseLost:
+                log.warning("lease_lost", queue_id=lease.queue_id, upstream=self.name)
+
+    def _attempt_budget(self) -> float:
+        """How long one attempt may take (connect, a few commands, DATA), at most half a lease."""
+        attempt = self.upstream.connect_timeout + 3 * self.upstream.timeout
+        return min(attempt, self.config.queue.lease_time / 2)
+
+    async def _attempt(self, session: Session, lease: Lease, writes: Writes) -> Wait | None:
+        """Deliver one leased message (or put it back: the ledger says "not yet"); returns
+        the wait the ledger or a throttle reply imposed on the upstream, if any."""
+        now = self.clock.now()
+        if lease.lease_until - now < self._attempt_budget():
+            # Fencing: the lease could run out mid-send and another worker take the message;
+            # put it back rather than risk two nodes delivering it at once.
+            await self._put_back([lease], "lease too short to attempt; leased again")
+            return None
+        if is_expired(lease.received_at, now, self.config.queue.max_lifetime):
+            text = "4.4.7 expired: undelivered for longer than queue.max_lifetime"
+            outcomes = [RecipientOutcome(r, RecipientState.FAILED, text) for r in lease.recipients]
+            await self._record(lease, outcomes, now, event="expired")
+            return None
+        reservation: int | None = None  # no limits: no ledger row, no store write
+        if self.upstream.rate_limits or self.upstream.min_interval:
+            weight = 1 if self.upstream.count == "messages" else len(lease.recipients)
+            slot = await self.store.reserve_send(
+                self.name, now, self.upstream.rate_limits, self.upstream.min_interval, weight
+            )
+            if slot.reservation is None:
+                reason = f"{slot.reason or 'rate limit'} until {iso(slot.at)}"
+                self.ledger_wait = Wait(slot.at, reason, "rate_limited")
+                await self._put_back([lease], reason)
+                return self.ledger_wait
+            reservation = slot.reservation
+        self.in_flight += 1
+        try:
+            return await self._send(session, lease, reservation, writes)
+        finally:
+            self.in_flight -= 1
+
+    async def _send(
+        self, session: Session, lease: Lease, reservation: int | None, writes: Writes
+    ) -> Wait | None:
+        body = await self.store.load_body(lease.queue_id)
+        started = self.clock.monotonic()
+        log.info(
+            "delivery_attempt",
+            queue_id=lease.queue_id,
+            message_id=lease.message_id,
+            upstream=self.name,
+            recipients=len(lease.recipients),
+            attempt=lease.attempts + 1,
+        )
+        try:
+            result = await session.send(
+                lease.mail_from,
+                lease.recipients,
+                body,
+                name=lease.queue_id,
+                mail_options=lease.mail_options,
+                # NOTIFY/ORCPT per recipient (RFC 3461), for an upstream that offers DSN
+                rcpt_dsn=dict(zip(lease.recipients, lease.rcpt_dsn, strict=False)),
+            )
+        except UpstreamUnavailable as exc:
+            result = SendResult(reached_data=exc.reached_data)
+            reply = SmtpReply(0, str(exc))
+            result.replies = {rcpt: reply for rcpt in lease.recipients}
+        if not result.reached_data and reservation is not None:
+            # The upstream never saw the message: the slot goes back to the ledger.
+            await self.store.cancel_send(reservation)
+        elapsed = self.clock.monotonic() - started
+        return await self._apply(lease, result, elapsed, writes)
+
+    async def _apply(
+        self, lease: Lease, result: SendResult, elapsed: float, writes: Writes
+    ) -> Wait | None:
+        now = self.clock.now()
+        replies: list[Reply] = []
+        for rcpt in lease.recipients:
+            reply = result.replies.get(rcpt, SmtpReply(0, "no reply from the upstream"))
+            replies.append((rcpt, classify_reply(reply) if reply.code else Action.RETRY, reply))
+        held = next(
+            ((a, r) for _, a, r in replies if a in (Action.THROTTLED, Action.AUTH_FAILED)), None
+        )
+        wait = await self._hold(held[0], held[1], now) if held is not None else None
+        outcomes = [self._outcome(lease, item, now, wait) for item in replies]
+        self.notices.observe(self.upstream, replies, now)
+        if wait is None and self.throttled and any(a is Action.DELIVERED for _, a, _ in replies):
+            self.throttled = False
+            await self.store.release_upstream(self.name)
+        # Recorded while the lane sends the next message (the lease fences the write); the
+        # batch waits for its writes before it leases again (_step).
+        writes.append(asyncio.create_task(self._record(lease, outcomes, now, elapsed=elapsed)))
+        return wait
+
+    def _outcome(
+        self, lease: Lease, item: Reply, now: float, held: Wait | None
+    ) -> RecipientOutcome:
+        """One recipient's result; a held upstream's wait replaces the retry schedule's."""
+        rcpt, action, reply = item
+        text = str(reply)
+        if action is Action.DELIVERED:
+            return RecipientOutcome(rcpt, RecipientState.DELIVERED, text)
+        if action is Action.FAILED:
+            return RecipientOutcome(rcpt, RecipientState.FAILED, text)
+        retry = lease.attempts + 1  # the attempt just made was attempt `retry`; next: retry N
+        retry_at = next_attempt_at(retry, now, self.config.queue.retry)
+        reason = f"retry {retry} at {iso(retry_at)}"
+        if held is not None:
+            retry_at = held.until if held.until is not None else retry_at
+            reason = held.reason
+        if is_expired(lease.received_at, retry_at, self.config.queue.max_lifetime):
+            # The next try would fall past max_lifetime: fail now, keeping the last error.
+            return RecipientOutcome(rcpt, RecipientState.FAILED, text)
+        return RecipientOutcome(rcpt, RecipientState.DEFERRED, text, retry_at, reason)
+
+    async def _hold(self, action: Action, reply: SmtpReply, now: float) -> Wait:
+        """Pause the whole upstream: throttles back off, auth problems wait for an operator."""
+        previous = await self.store.upstream_hold(self.name)
+        level = previous.level + 1 if previous is not None else 0
+        until = None
+        fields = {"upstream": self.name, "smtp_code": reply.code, "smtp_response": reply.message}
+        fields["hint"] = hint_for(self.upstream.provider, reply, None) or ""  # what to do
+        if action is Action.AUTH_FAILED:
+            log.error("upstream_auth_failed", **fields)
+        else:
+            until = throttle_until(level, now, self.upstream.throttle_backoff)
+            pause = format_duration(until - now)
+            log.warning("upstream_throttled", **fields, resume_at=iso(until), pause=pause)
+        hold = UpstreamHold(self.name, until, str(reply), level)
+        await self.store.hold_upstream(hold)
+        self.throttled = True
+        return hold_wait(hold)
+
+    async def _record(
+        self,
+        lease: Lease,
+        outcomes: list[RecipientOutcome],
+        now: float,
+        *,
+        elapsed: float | None = None,
+        event: str | None = None,
+    ) -> None:
+        try:
+            await dsn_reports.before_record(self.config, self.store, lease, outcomes, now)
+            await self.store.record_outcome(lease, outcomes, now)
+        except LeaseLost:
+            log.warning("lease_lost", queue_id=lease.queue_id, upstream=self.name)
+            return
+        except StoreError as exc:
+            # The lease expires and the message is tried again (at-least-once).
+            log.error("store_error", queue_id=lease.queue_id, error=str(exc))
+            return
+        for outcome in outcomes:
+            name = event or outcome.state.value
+            fields: dict[str, object] = {
+                "queue_id": lease.queue_id,
+                "message_id": lease.message_id,
+                "upstream": self.name,
+                "recipient": outcome.recipient,
+                "smtp_response": outcome.reply,
+            }
+            if elapsed is not None:
+                fields["seconds"] = round(elapsed, 3)
+            if outcome.next_attempt_at is not None:
+                fields["next_attempt_at"] = iso(outcome.next_attempt_at)
+                fields["wait_reason"] = outcome.wait_reason
+            emit = log.info if outcome.state is RecipientState.DELIVERED else log.warning
+            emit(name, **fields)

@@ -1,0 +1,64 @@
+"""What a dispatcher lane tells the operator: account holds, throttles and outages.
+
+A lane calls `UpstreamNotices.observe` after every attempt with each recipient's reply.
+An account problem (auth_failed, with the provider's hint) or a throttle raises its notice;
+an attempt that never got an SMTP reply (UpstreamUnavailable: refused, timed out, dropped)
+raises upstream_unreachable, which the Notifier reports only once it has lasted longer than
+notifications.unreachable_after (its grace). A delivery through the upstream clears all
+three ("resolved" in the next digest). Without a Notifier it does nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from relayd.config.model import UpstreamConfig
+from relayd.notices.notifier import NoticeKind, Notifier
+from relayd.policy.hints import hint_for
+from relayd.policy.outcome import Action
+from relayd.types import SmtpReply
+
+UPSTREAM_KINDS = (
+    NoticeKind.AUTH_FAILED,
+    NoticeKind.UPSTREAM_THROTTLED,
+    NoticeKind.UPSTREAM_UNREACHABLE,
+)
+
+
+class UpstreamNotices:
+    """The lanes' side of the Notifier; one per daemon, shared by every lane."""
+
+    def __init__(self, notifier: Notifier | None = None) -> None:
+        self.notifier = notifier
+
+    def observe(
+        self,
+        upstream: UpstreamConfig,
+        replies: Sequence[tuple[str, Action, SmtpReply]],
+        now: float,
+    ) -> None:
+        """One attempt (one message) through `upstream`: raise or clear its conditions."""
+        notifier = self.notifier
+        if notifier is None or not replies:
+            return
+        name = upstream.name
+        actions = [action for _, action, _ in replies]
+        if Action.DELIVERED in actions:
+            for kind in UPSTREAM_KINDS:
+                notifier.clear(kind, name, now)
+            return
+        held = next(((a, r) for _, a, r in replies if a in _HOLDS), None)
+        if held is not None:
+            action, reply = held
+            kind = _HOLDS[action]
+            hint = hint_for(upstream.provider, reply, None)
+            notifier.raise_(kind, name, str(reply), affected=1, hint=hint, now=now)
+        elif all(reply.code == 0 for _, _, reply in replies):
+            detail = str(replies[0][2])
+            notifier.raise_(NoticeKind.UPSTREAM_UNREACHABLE, name, detail, affected=1, now=now)
+
+
+_HOLDS = {
+    Action.AUTH_FAILED: NoticeKind.AUTH_FAILED,
+    Action.THROTTLED: NoticeKind.UPSTREAM_THROTTLED,
+}

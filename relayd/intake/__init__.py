@@ -1,0 +1,1 @@
+"""Intake: the SMTP server local apps talk to, its AUTH layer, and the intake worker processes."""

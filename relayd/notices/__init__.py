@@ -1,0 +1,1 @@
+"""Operator notices: the notifier (dedup, digests), its sink, the queue and disk watches."""

@@ -1,0 +1,1 @@
+"""Reports relayd makes about its own queue (DSNs, delay warnings), and their outbox."""

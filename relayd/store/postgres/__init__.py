@@ -1,0 +1,1 @@
+"""The shared store backend: one PostgreSQL database for every relayd node."""

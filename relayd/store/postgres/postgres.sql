@@ -1,0 +1,459 @@
+-- relayd PostgreSQL schema (versioned migrations) and queries.
+--
+-- Each block starts with `-- name: <query_name>`; the comment lines right after it say
+-- what it is for. relayd/store/postgres/sql.py loads the blocks at import and turns each
+-- `:name` placeholder into a positional `$n` parameter (asyncpg's); nothing is ever
+-- formatted into SQL. Recipient states are the values of relayd.types.RecipientState;
+-- "pending" means queued or deferred, "final" means delivered, failed or bounced. Times
+-- are epoch seconds in double precision, as the store contract passes them in, so a
+-- value round-trips exactly (the contract tests compare with ==).
+--
+-- Migrations are the blocks named `migration_<N>`, applied in order by
+-- postgres/migrate.py inside one transaction under an advisory lock; a migration is never
+-- edited once released, a change is a new block.
+
+-- name: schema_version_create
+-- The one table every version has: which migrations were applied, and when.
+CREATE TABLE IF NOT EXISTS schema_version (
+    version    integer PRIMARY KEY,
+    applied_at timestamptz NOT NULL DEFAULT now()
+);
+
+-- name: schema_version_get
+SELECT coalesce(max(version), 0) FROM schema_version;
+
+-- name: schema_version_set
+INSERT INTO schema_version (version) VALUES (:version);
+
+-- name: migrate_lock
+-- Serialises migrations of this schema between nodes starting at once; released at COMMIT.
+SELECT pg_advisory_xact_lock(hashtextextended('relayd.migrate/' || current_schema(), 0));
+
+-- name: migration_1
+-- One row per accepted message; it stays as history for the queue tool once every
+-- recipient is final, until purge_finished() removes it (queue.retention).
+-- `next_attempt_at` is the earliest due time among pending recipients (NULL when none is
+-- pending), kept up to date by every write, so lease_due is one index range scan; the
+-- lease columns are the claim of one worker on one node (lease_token fences its writes).
+CREATE TABLE messages (
+    id              text PRIMARY KEY,
+    upstream        text NOT NULL,
+    mail_from       text NOT NULL,
+    message_id      text NOT NULL,
+    received_at     double precision NOT NULL,
+    size            bigint NOT NULL,
+    mail_options    jsonb NOT NULL DEFAULT '[]',
+    auth_user       text,
+    client          text NOT NULL DEFAULT '',
+    next_attempt_at double precision,
+    leased_by       text,
+    lease_token     text,
+    lease_until     double precision
+);
+-- Partial: finished history (next_attempt_at NULL) never enters the index.
+CREATE INDEX messages_due ON messages (upstream, next_attempt_at)
+    WHERE next_attempt_at IS NOT NULL;
+-- Bounce matching (an asynchronous DSN names the Message-ID).
+CREATE INDEX messages_message_id ON messages (message_id);
+
+-- The raw bytes, apart from the row that every lease and attempt rewrites: PostgreSQL
+-- writes a whole new row version on UPDATE, so a body inside `messages` would be copied
+-- (TOAST pointers aside) and leave dead tuples behind on every lease. Deleted once every
+-- recipient is final.
+CREATE TABLE bodies (
+    queue_id text PRIMARY KEY REFERENCES messages (id) ON DELETE CASCADE,
+    body     bytea NOT NULL
+);
+
+CREATE TABLE recipients (
+    queue_id        text NOT NULL REFERENCES messages (id) ON DELETE CASCADE,
+    idx             integer NOT NULL,
+    address         text NOT NULL,
+    state           text NOT NULL CHECK (
+        state IN ('queued', 'deferred', 'delivered', 'failed', 'held', 'bounced')
+    ),
+    attempts        integer NOT NULL DEFAULT 0,
+    next_attempt_at double precision,
+    last_reply      text,
+    wait_reason     text,
+    updated_at      double precision NOT NULL,
+    PRIMARY KEY (queue_id, idx)
+);
+-- The queue tool's `list --state held` and counts().
+CREATE INDEX recipients_state ON recipients (state, queue_id);
+
+-- One row per upstream that has ever reserved a send: reserve_send locks it FOR UPDATE,
+-- so the read-compute-insert of the ledger is serialised per upstream across every node.
+CREATE TABLE send_locks (
+    upstream text PRIMARY KEY
+);
+
+-- The rate ledger: one row per send (or recipient batch, by weight), kept for
+-- limits.ledger_horizon() seconds so ceilings hold across restarts and nodes.
+CREATE TABLE send_ledger (
+    id       bigserial PRIMARY KEY,
+    upstream text NOT NULL,
+    sent_at  double precision NOT NULL,
+    weight   integer NOT NULL
+);
+CREATE INDEX send_ledger_upstream ON send_ledger (upstream, sent_at);
+
+CREATE TABLE upstream_holds (
+    upstream text PRIMARY KEY,
+    until    double precision,
+    reason   text NOT NULL,
+    level    integer NOT NULL DEFAULT 0
+);
+
+-- Why an upstream sends nothing now, as its dispatcher lane last said (see sqlite.sql).
+CREATE TABLE upstream_waits (
+    upstream text PRIMARY KEY,
+    reason   text NOT NULL,
+    until    double precision
+);
+
+-- name: migration_2
+-- Delivery reports: RFC 3461 NOTIFY/ORCPT per recipient, the delay-warning flag per
+-- message, and the IMAP bounce poller's place per account and folder.
+ALTER TABLE recipients ADD COLUMN notify text, ADD COLUMN orcpt text;
+ALTER TABLE messages ADD COLUMN delay_warned boolean NOT NULL DEFAULT false;
+CREATE TABLE imap_state (
+    account     text PRIMARY KEY,
+    uidvalidity bigint NOT NULL,
+    last_uid    bigint NOT NULL
+);
+
+-- name: notify_work
+-- Wakes every node's wait_for_work(); delivered at COMMIT, dropped on ROLLBACK.
+SELECT pg_notify(:channel, :payload);
+
+-- name: insert_messages
+-- enqueue: every message of one group commit in one statement (parallel arrays).
+INSERT INTO messages (
+    id, upstream, mail_from, message_id, received_at, size, mail_options,
+    auth_user, client, next_attempt_at
+)
+SELECT id, upstream, mail_from, message_id, received_at, size, mail_options,
+       auth_user, client, received_at
+FROM unnest(
+    :ids::text[], :upstreams::text[], :mail_froms::text[], :message_ids::text[],
+    :received::float8[], :sizes::int8[], :options::jsonb[], :auth_users::text[],
+    :clients::text[]
+) AS t (id, upstream, mail_from, message_id, received_at, size, mail_options,
+        auth_user, client);
+
+-- name: insert_bodies
+INSERT INTO bodies (queue_id, body)
+SELECT queue_id, body FROM unnest(:ids::text[], :bodies::bytea[]) AS t (queue_id, body);
+
+-- name: insert_recipients
+-- A new recipient is queued and due when its message was received.
+INSERT INTO recipients (
+    queue_id, idx, address, state, attempts, next_attempt_at, updated_at, notify, orcpt
+)
+SELECT queue_id, idx, address, 'queued', 0, due, due, notify, orcpt
+FROM unnest(
+    :queue_ids::text[], :idxs::int4[], :addresses::text[], :dues::float8[],
+    :notifies::text[], :orcpts::text[]
+) AS t (queue_id, idx, address, due, notify, orcpt);
+
+-- name: lease_due_messages
+-- Claim the oldest due messages not under an unexpired lease. SKIP LOCKED: a message another
+-- node is claiming or finishing right now is passed over, never waited for, so N nodes lease
+-- disjoint sets without blocking each other. Each lease gets a fresh random token.
+WITH due AS (
+    SELECT id
+    FROM messages
+    WHERE upstream = :upstream
+      AND next_attempt_at <= :now
+      AND (lease_until IS NULL OR lease_until <= :now)
+    ORDER BY next_attempt_at, received_at
+    LIMIT :limit
+    FOR UPDATE SKIP LOCKED
+)
+UPDATE messages AS m
+SET leased_by = :worker, lease_token = gen_random_uuid()::text, lease_until = :lease_until
+FROM due
+WHERE m.id = due.id
+RETURNING m.id, m.upstream, m.mail_from, m.message_id, m.received_at, m.size,
+          m.mail_options::text, m.lease_token, m.next_attempt_at;
+
+-- name: due_recipients
+-- The recipients the new leases cover: pending and due (held ones are never leased), with
+-- their RFC 3461 parameters to forward upstream.
+SELECT queue_id, address, attempts, notify, orcpt
+FROM recipients
+WHERE queue_id = ANY(:ids::text[])
+  AND state IN ('queued', 'deferred')
+  AND next_attempt_at <= :now
+ORDER BY queue_id, idx;
+
+-- name: clear_leases
+-- Safety net of lease_due: a claimed message without a due recipient is let go at once.
+UPDATE messages SET leased_by = NULL, lease_token = NULL, lease_until = NULL
+WHERE id = ANY(:ids::text[]);
+
+-- name: lock_lease
+-- Fencing: the message's current lease token, row-locked until COMMIT so no other node
+-- can lease the message between this check and the writes that follow it.
+SELECT lease_token FROM messages WHERE id = :queue_id FOR UPDATE;
+
+-- name: record_recipients
+-- One attempt's result for each recipient; final recipients are never rewritten.
+UPDATE recipients AS r
+SET state = u.state,
+    attempts = r.attempts + 1,
+    last_reply = u.reply,
+    next_attempt_at = u.next_attempt_at,
+    wait_reason = u.wait_reason,
+    updated_at = :now
+FROM unnest(
+    :addresses::text[], :states::text[], :replies::text[], :next::float8[], :reasons::text[]
+) AS u (address, state, reply, next_attempt_at, wait_reason)
+WHERE r.queue_id = :queue_id
+  AND r.address = u.address
+  AND r.state NOT IN ('delivered', 'failed', 'bounced');
+
+-- name: delay_recipients
+-- release(): wait until at least :not_before for :reason; attempts unchanged. A due time
+-- later than :not_before is kept (release only ever delays).
+UPDATE recipients
+SET next_attempt_at = greatest(coalesce(next_attempt_at, :not_before), :not_before),
+    wait_reason = :reason
+WHERE queue_id = :queue_id
+  AND address = ANY(:addresses::text[])
+  AND state IN ('queued', 'deferred');
+
+-- name: end_lease
+-- Clear the lease and recompute the message's due time from its pending recipients.
+UPDATE messages
+SET leased_by = NULL, lease_token = NULL, lease_until = NULL,
+    next_attempt_at = (
+        SELECT min(r.next_attempt_at) FROM recipients AS r
+        WHERE r.queue_id = messages.id AND r.state IN ('queued', 'deferred')
+    )
+WHERE id = :queue_id;
+
+-- name: end_lease_and_drop_finished_body
+-- record_outcome's last step in one statement: end_lease, and once every recipient is final
+-- the bytes are no longer needed (the row stays as history). Both parts see the recipient
+-- updates of the statements before this one in the transaction.
+WITH ended AS (
+    UPDATE messages
+    SET leased_by = NULL, lease_token = NULL, lease_until = NULL,
+        next_attempt_at = (
+            SELECT min(r.next_attempt_at) FROM recipients AS r
+            WHERE r.queue_id = messages.id AND r.state IN ('queued', 'deferred')
+        )
+    WHERE id = :queue_id
+)
+DELETE FROM bodies
+WHERE queue_id = :queue_id
+  AND NOT EXISTS (
+      SELECT 1 FROM recipients AS r
+      WHERE r.queue_id = :queue_id AND r.state NOT IN ('delivered', 'failed', 'bounced')
+  );
+
+-- name: refresh_message
+-- Recompute one message's due time; run after any write that changes its recipients.
+UPDATE messages
+SET next_attempt_at = (
+    SELECT min(r.next_attempt_at) FROM recipients AS r
+    WHERE r.queue_id = messages.id AND r.state IN ('queued', 'deferred')
+)
+WHERE id = :queue_id;
+
+-- name: refresh_pending_messages
+-- refresh_message for every message with a pending recipient (retry_now over the queue).
+UPDATE messages
+SET next_attempt_at = (
+    SELECT min(r.next_attempt_at) FROM recipients AS r
+    WHERE r.queue_id = messages.id AND r.state IN ('queued', 'deferred')
+)
+WHERE id IN (SELECT queue_id FROM recipients WHERE state IN ('queued', 'deferred'));
+
+-- name: select_body
+-- One row when the message exists; body NULL once it was dropped.
+SELECT b.body FROM messages AS m LEFT JOIN bodies AS b ON b.queue_id = m.id
+WHERE m.id = :queue_id;
+
+-- name: next_due
+-- An unexpired lease counts from its expiry (the worker may still defer the message).
+SELECT min(
+    CASE WHEN lease_until > :now THEN greatest(next_attempt_at, lease_until)
+         ELSE next_attempt_at END
+)
+FROM messages
+WHERE upstream = :upstream AND next_attempt_at IS NOT NULL;
+
+-- name: lock_upstream_ledger
+-- reserve_send's serialisation point: one row lock per upstream, held until COMMIT, so
+-- the ledger read, the limits arithmetic and the insert are atomic across all nodes.
+SELECT upstream FROM send_locks WHERE upstream = :upstream FOR UPDATE;
+
+-- name: create_upstream_ledger
+INSERT INTO send_locks (upstream) VALUES (:upstream) ON CONFLICT DO NOTHING;
+
+-- name: prune_and_select_ledger
+-- Forget sends that can never count again, and read the rest (same predicate, so the
+-- statement's single snapshot seeing the deleted rows does not matter).
+WITH pruned AS (
+    DELETE FROM send_ledger WHERE upstream = :upstream AND sent_at < :before
+)
+SELECT sent_at, weight FROM send_ledger
+WHERE upstream = :upstream AND sent_at >= :before
+ORDER BY sent_at;
+
+-- name: insert_ledger
+INSERT INTO send_ledger (upstream, sent_at, weight)
+VALUES (:upstream, :sent_at, :weight)
+RETURNING id;
+
+-- name: delete_ledger
+DELETE FROM send_ledger WHERE id = :id;
+
+-- name: upsert_hold
+INSERT INTO upstream_holds (upstream, until, reason, level)
+VALUES (:upstream, :until, :reason, :level)
+ON CONFLICT (upstream) DO UPDATE
+SET until = excluded.until, reason = excluded.reason, level = excluded.level;
+
+-- name: delete_hold
+DELETE FROM upstream_holds WHERE upstream = :upstream;
+
+-- name: select_hold
+SELECT upstream, until, reason, level FROM upstream_holds WHERE upstream = :upstream;
+
+-- name: upsert_wait
+INSERT INTO upstream_waits (upstream, reason, until)
+VALUES (:upstream, :reason, :until)
+ON CONFLICT (upstream) DO UPDATE
+SET reason = excluded.reason, until = excluded.until;
+
+-- name: delete_wait
+DELETE FROM upstream_waits WHERE upstream = :upstream;
+
+-- name: list_messages
+-- The queue tool's list: optional filters by recipient state and upstream, oldest first.
+SELECT id, upstream, mail_from, message_id, received_at, size
+FROM messages AS m
+WHERE (:upstream::text IS NULL OR m.upstream = :upstream)
+  AND (
+      :state::text IS NULL
+      OR EXISTS (SELECT 1 FROM recipients AS r WHERE r.queue_id = m.id AND r.state = :state)
+  )
+ORDER BY received_at, id
+LIMIT :limit;
+
+-- name: show_message
+SELECT id, upstream, mail_from, message_id, received_at, size
+FROM messages
+WHERE id = :queue_id;
+
+-- name: recipients_of
+-- Recipients of the messages :ids. A pending recipient due before its upstream's wait ends
+-- is held back by that wait, so it shows the upstream's reason; any other shows its own.
+SELECT r.queue_id, r.address, r.state, r.attempts, r.next_attempt_at, r.last_reply,
+       CASE
+           WHEN r.state IN ('queued', 'deferred')
+                AND w.reason IS NOT NULL
+                AND (w.until IS NULL OR r.next_attempt_at < w.until)
+           THEN w.reason
+           ELSE r.wait_reason
+       END AS wait_reason
+FROM recipients AS r
+JOIN messages AS m ON m.id = r.queue_id
+LEFT JOIN upstream_waits AS w ON w.upstream = m.upstream
+WHERE r.queue_id = ANY(:ids::text[])
+ORDER BY r.queue_id, r.idx;
+
+-- name: counts
+SELECT state, count(*) FROM recipients GROUP BY state;
+
+-- name: retry_now
+-- Pending recipients (of one message, or all when :queue_id is NULL) become due now.
+UPDATE recipients
+SET next_attempt_at = least(coalesce(next_attempt_at, :now), :now), wait_reason = NULL
+WHERE state IN ('queued', 'deferred')
+  AND (:queue_id::text IS NULL OR queue_id = :queue_id);
+
+-- name: hold_recipients
+UPDATE recipients
+SET state = 'held', wait_reason = 'held by operator'
+WHERE queue_id = :queue_id AND state IN ('queued', 'deferred');
+
+-- name: release_recipients
+UPDATE recipients
+SET state = 'queued', next_attempt_at = :now, wait_reason = NULL, updated_at = :now
+WHERE queue_id = :queue_id AND state = 'held';
+
+-- name: delete_message
+-- Its recipients and body go with it (ON DELETE CASCADE).
+DELETE FROM messages WHERE id = :queue_id;
+
+-- name: purge_finished
+-- Remove history: messages whose recipients are all final and were last updated before
+-- :before. The freed rows are reclaimed by (auto)vacuum.
+DELETE FROM messages
+WHERE next_attempt_at IS NULL
+  AND NOT EXISTS (
+      SELECT 1 FROM recipients AS r
+      WHERE r.queue_id = messages.id
+        AND (r.state NOT IN ('delivered', 'failed', 'bounced') OR r.updated_at >= :before)
+  );
+
+-- name: try_lead
+-- Leadership: a session-level advisory lock on the leader's dedicated connection; it is
+-- released when that connection ends (node dead, network cut), and another node takes it.
+SELECT pg_try_advisory_lock(hashtextextended('relayd.leader/' || current_schema() || '/' || :name, 0));
+
+-- name: resign
+SELECT pg_advisory_unlock(hashtextextended('relayd.leader/' || current_schema() || '/' || :name, 0));
+
+-- name: current_schema
+SELECT current_schema();
+
+-- name: report_message
+SELECT id, upstream, mail_from, message_id, received_at, mail_options, delay_warned
+FROM messages WHERE id = :queue_id;
+
+-- name: report_recipients
+SELECT address, state, last_reply, notify, orcpt
+FROM recipients WHERE queue_id = :queue_id ORDER BY idx;
+
+-- name: mark_delay_warned
+UPDATE messages SET delay_warned = true WHERE id = :queue_id AND NOT delay_warned;
+
+-- name: message_by_id
+SELECT id FROM messages WHERE id = :queue_id;
+
+-- name: message_by_message_id
+-- The newest message with this Message-ID (uses messages_message_id).
+SELECT id FROM messages WHERE message_id = :message_id ORDER BY received_at DESC LIMIT 1;
+
+-- name: lock_message
+SELECT id FROM messages WHERE id = :queue_id FOR UPDATE;
+
+-- name: bounce_recipient
+-- A late bounce: the upstream had accepted the recipient; it is final now. Idempotent.
+UPDATE recipients
+SET state = 'bounced', last_reply = :reply, next_attempt_at = NULL, wait_reason = NULL,
+    updated_at = :now
+WHERE queue_id = :queue_id AND lower(address) = lower(:address) AND state <> 'bounced';
+
+-- name: drop_finished_body
+DELETE FROM bodies
+WHERE queue_id = :queue_id
+  AND NOT EXISTS (
+      SELECT 1 FROM recipients AS r
+      WHERE r.queue_id = :queue_id AND r.state NOT IN ('delivered', 'failed', 'bounced')
+  );
+
+-- name: select_imap_state
+SELECT uidvalidity, last_uid FROM imap_state WHERE account = :account;
+
+-- name: upsert_imap_state
+INSERT INTO imap_state (account, uidvalidity, last_uid)
+VALUES (:account, :uidvalidity, :last_uid)
+ON CONFLICT (account) DO UPDATE
+SET uidvalidity = excluded.uidvalidity, last_uid = excluded.last_uid;

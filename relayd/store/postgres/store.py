@@ -1,0 +1,273 @@
+"""The shared store backend: one PostgreSQL database for every relayd node.
+
+PostgresStore is the `Store` contract (store/base.py) over asyncpg. Several nodes behave
+as one relay: they claim mail with SELECT ... FOR UPDATE SKIP LOCKED and expiring leases
+(fenced by a token on every final write), reserve sends under a row lock per upstream (so
+the rate ceilings and min_interval hold across all of them), share holds and waits, and
+wake each other with LISTEN/NOTIFY. What lives here is which verbs write and which NOTIFY;
+the SQL is in postgres.sql, the transaction bodies in postgres/ops.py, the pool and error
+translation in postgres/db.py, group commit in postgres/batch.py, the listener in
+postgres/listen.py, migrations in postgres/migrate.py and leadership in postgres/leader.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Awaitable, Callable, Sequence
+from types import TracebackType
+from typing import TypeVar
+
+from relayd.dsn.parse import ParsedDsn
+from relayd.store.base import ReportInfo, SendSlot
+from relayd.store.postgres import ops, reports
+from relayd.store.postgres.batch import GroupCommit
+from relayd.store.postgres.db import (
+    DEFAULT_COMMAND_TIMEOUT,
+    DEFAULT_LOCK_TIMEOUT,
+    DEFAULT_POOL_SIZE,
+    Database,
+)
+from relayd.store.postgres.leader import Leadership
+from relayd.store.postgres.listen import CHANNEL, Listener
+from relayd.store.postgres.sql import Conn
+from relayd.types import (
+    Ceiling,
+    Lease,
+    MessageView,
+    NewMessage,
+    QueueId,
+    RecipientOutcome,
+    RecipientState,
+    UpstreamHold,
+)
+
+T = TypeVar("T")
+UNMETERED = 0  # the reservation of an unlimited upstream's send (ledger ids start at 1)
+
+
+class PostgresStore:
+    """The queue, the rate ledger and upstream holds in the PostgreSQL database at `dsn`.
+
+    `pool_size` bounds this store's pooled connections; it also opens one for LISTEN and,
+    once `try_lead` is used, one for leadership. `lock_timeout` is how long a statement
+    waits for a row or table lock before failing with StoreUnavailable.
+    """
+
+    def __init__(
+        self,
+        dsn: str,
+        *,
+        pool_size: int = DEFAULT_POOL_SIZE,
+        lock_timeout: float = DEFAULT_LOCK_TIMEOUT,
+        command_timeout: float = DEFAULT_COMMAND_TIMEOUT,
+    ) -> None:
+        self._db = Database(
+            dsn, pool_size=pool_size, lock_timeout=lock_timeout, command_timeout=command_timeout
+        )
+        self._work = asyncio.Event()
+        self._listener = Listener(self._db, uuid.uuid4().hex, self._work.set)
+        self._batch = GroupCommit(self._db, self._notify)
+        self._leadership = Leadership(self._db)
+
+    @property
+    def commits(self) -> int:
+        """Write transactions committed so far (fewer than writes: group commit)."""
+        return self._db.commits
+
+    @property
+    def migrated(self) -> tuple[int, int]:
+        """The schema version before and after open() migrated it."""
+        return self._db.migrated
+
+    async def open(self) -> None:
+        """Connect, migrate the schema (one node at a time), LISTEN; then usable."""
+        await self._db.open()
+        try:
+            await self._listener.start()
+        except BaseException:
+            await self._db.close()
+            raise
+        self._batch.start()
+
+    async def close(self) -> None:
+        """Commit every enqueue already submitted, then end every connection."""
+        await self._batch.close()
+        await self._listener.close()
+        await self._leadership.close()
+        await self._db.close()
+
+    async def __aenter__(self) -> PostgresStore:
+        await self.open()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    async def _notify(self, conn: Conn) -> None:
+        await ops.notify_work(conn, CHANNEL, self._listener.payload)
+
+    async def _write(
+        self, op: Callable[[Conn], Awaitable[T]], *, wake: bool = False, wake_self: bool = True
+    ) -> T:
+        """One write transaction; with `wake`, it NOTIFYs the other nodes at COMMIT and
+        (unless not `wake_self`) wakes this one directly."""
+        if not wake:
+            return await self._db.run(op, write=True)
+
+        async def op_and_notify(conn: Conn) -> T:
+            result = await op(conn)
+            await self._notify(conn)
+            return result
+
+        result = await self._db.run(op_and_notify, write=True)
+        if wake_self:
+            self._work.set()
+        return result
+
+    # --- the queue ------------------------------------------------------------------
+
+    async def enqueue(self, message: NewMessage) -> QueueId:
+        queue_id = await self._batch.submit(message)
+        self._work.set()
+        return queue_id
+
+    async def lease_due(
+        self, upstream: str, now: float, limit: int, lease_for: float, worker: str
+    ) -> list[Lease]:
+        return await self._write(
+            lambda conn: ops.lease_due(conn, upstream, now, limit, lease_for, worker)
+        )
+
+    async def load_body(self, queue_id: QueueId) -> bytes:
+        return await self._db.run(lambda conn: ops.load_body(conn, queue_id))
+
+    async def record_outcome(
+        self, lease: Lease, outcomes: Sequence[RecipientOutcome], now: float
+    ) -> None:
+        await self._write(lambda conn: ops.record_outcome(conn, lease, outcomes, now))
+
+    async def release(self, lease: Lease, not_before: float, reason: str) -> None:
+        """End a lease unattempted. The other nodes are woken (a stopping node's mail is due
+        now); this one is not: its lane released the lease because it must wait."""
+        await self._write(
+            lambda conn: ops.release(conn, lease, not_before, reason), wake=True, wake_self=False
+        )
+
+    async def next_due(self, upstream: str, now: float) -> float | None:
+        return await self._db.run(lambda conn: ops.next_due(conn, upstream, now))
+
+    async def wait_for_work(self, timeout: float) -> None:
+        """Return at once if work arrived since the last waiter returned, else wait for
+        it (a commit on any node: enqueue, retry, release) or `timeout` seconds."""
+        try:
+            async with asyncio.timeout(timeout):
+                await self._work.wait()
+        except TimeoutError:
+            return
+        self._work.clear()
+
+    # --- the send ledger ------------------------------------------------------------
+
+    async def reserve_send(
+        self,
+        upstream: str,
+        now: float,
+        ceilings: Sequence[Ceiling],
+        min_interval: float,
+        weight: int,
+    ) -> SendSlot:
+        """As the contract says; an upstream without ceilings or min_interval is not
+        metered: nothing would ever read its ledger (SQLite prunes it to `now` on every
+        reservation), so it costs no transaction and no lock shared by every node."""
+        if not ceilings and min_interval <= 0:
+            return SendSlot(UNMETERED, now)
+        return await self._write(
+            lambda conn: ops.reserve_send(conn, upstream, now, ceilings, min_interval, weight)
+        )
+
+    async def cancel_send(self, reservation_id: int) -> None:
+        if reservation_id == UNMETERED:
+            return
+        await self._write(lambda conn: ops.cancel_send(conn, reservation_id))
+
+    # --- upstream holds -------------------------------------------------------------
+
+    async def hold_upstream(self, hold: UpstreamHold) -> None:
+        await self._write(lambda conn: ops.hold_upstream(conn, hold))
+
+    async def release_upstream(self, upstream: str) -> None:
+        await self._write(lambda conn: ops.release_upstream(conn, upstream), wake=True)
+
+    async def upstream_hold(self, upstream: str) -> UpstreamHold | None:
+        """The stored hold, even if `until` has passed: the caller compares it with now."""
+        return await self._db.run(lambda conn: ops.upstream_hold(conn, upstream))
+
+    async def set_upstream_wait(
+        self, upstream: str, reason: str | None, until: float | None
+    ) -> None:
+        await self._write(lambda conn: ops.set_upstream_wait(conn, upstream, reason, until))
+
+    # --- the queue tool -------------------------------------------------------------
+
+    async def list_messages(
+        self, state: RecipientState | None = None, upstream: str | None = None, limit: int = 1000
+    ) -> list[MessageView]:
+        return await self._db.run(
+            lambda conn: ops.list_messages(conn, state, upstream, limit), snapshot=True
+        )
+
+    async def show(self, queue_id: QueueId) -> MessageView | None:
+        return await self._db.run(lambda conn: ops.show(conn, queue_id), snapshot=True)
+
+    async def counts(self) -> dict[RecipientState, int]:
+        """Recipients per state; every state is present, 0 when none."""
+        return await self._db.run(ops.counts)
+
+    async def retry_now(self, queue_id: QueueId | None, now: float) -> int:
+        return await self._write(lambda conn: ops.retry_now(conn, queue_id, now), wake=True)
+
+    async def hold_message(self, queue_id: QueueId) -> int:
+        return await self._write(lambda conn: ops.hold_message(conn, queue_id))
+
+    async def release_message(self, queue_id: QueueId, now: float) -> int:
+        return await self._write(lambda conn: ops.release_message(conn, queue_id, now), wake=True)
+
+    async def delete_message(self, queue_id: QueueId) -> bool:
+        return await self._write(lambda conn: ops.delete_message(conn, queue_id))
+
+    async def purge_finished(self, before: float) -> int:
+        """Delete messages whose recipients were all final before `before`; returns how many."""
+        return await self._write(lambda conn: ops.purge_finished(conn, before))
+
+    # --- delivery reports -------------------------------------------------------------
+
+    async def report_info(self, queue_id: QueueId) -> ReportInfo | None:
+        return await self._db.run(lambda conn: reports.report_info(conn, queue_id), snapshot=True)
+
+    async def mark_delay_warned(self, queue_id: QueueId) -> bool:
+        return await self._write(lambda conn: reports.mark_delay_warned(conn, queue_id))
+
+    async def match_bounce(self, parsed: ParsedDsn, now: float) -> QueueId | None:
+        return await self._write(lambda conn: reports.match_bounce(conn, parsed, now))
+
+    async def imap_state(self, account: str) -> tuple[int, int] | None:
+        return await self._db.run(lambda conn: reports.imap_state(conn, account))
+
+    async def save_imap_state(self, account: str, uidvalidity: int, last_uid: int) -> None:
+        await self._write(
+            lambda conn: reports.save_imap_state(conn, account, uidvalidity, last_uid)
+        )
+
+    # --- leadership (optional contract, see base.Leadership) ----------------------------
+
+    async def try_lead(self, name: str) -> bool:
+        return await self._leadership.try_lead(name)
+
+    async def resign(self, name: str) -> None:
+        await self._leadership.resign(name)

@@ -1,0 +1,1 @@
+"""The default store backend: one SQLite file (WAL, synchronous=FULL, group commit)."""

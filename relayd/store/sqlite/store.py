@@ -1,0 +1,248 @@
+"""The default store backend: one SQLite file, WAL, synchronous=FULL, group commit.
+
+SqliteStore is the `Store` contract (store/base.py) in async domain verbs. It owns no
+SQL and no threads itself: the transaction bodies are in sqlite/ops.py (over the named
+queries of sqlite.sql) and the connection, its thread and the group-committing writer are
+in sqlite/db.py. What lives here is which verbs are writes (batched, one fsync per batch)
+and which are reads, and the in-process "new work" event for wait_for_work().
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Sequence
+from pathlib import Path
+from types import TracebackType
+
+from relayd.dsn.parse import ParsedDsn
+from relayd.errors import StoreError
+from relayd.store.base import ReportInfo, SendSlot
+from relayd.store.sqlite import ops, reports
+from relayd.store.sqlite.db import Database
+from relayd.store.wakeup import Wakeup
+from relayd.types import (
+    Ceiling,
+    Lease,
+    MessageView,
+    NewMessage,
+    QueueId,
+    RecipientOutcome,
+    RecipientState,
+    UpstreamHold,
+)
+
+DEFAULT_BUSY_TIMEOUT = 5.0
+EXTERNAL_POLL = 1.0  # seconds between checks for commits made by other processes
+
+
+class SqliteStore:
+    """The queue, the rate ledger and upstream holds in one SQLite database at `path`.
+
+    `busy_timeout` is how long a write waits for another process's lock (the queue tool,
+    a backup) before failing with StoreUnavailable. Use as `async with SqliteStore(p)`,
+    or call open() and close().
+    """
+
+    def __init__(self, path: Path, *, busy_timeout: float = DEFAULT_BUSY_TIMEOUT) -> None:
+        self._db = Database(path, busy_timeout)
+        self._work = asyncio.Event()
+        self._wakeup = Wakeup(path)
+        self._external_poll: asyncio.Task[None] | None = None
+
+    @property
+    def path(self) -> Path:
+        return self._db.path
+
+    @property
+    def commits(self) -> int:
+        """Write transactions committed so far (fewer than writes: group commit)."""
+        return self._db.commits
+
+    async def open(self) -> None:
+        """Create the parent directory and the schema (or check it); then usable."""
+        await self._db.open()
+
+    async def close(self) -> None:
+        """Commit every write already submitted, then close the connection on its thread."""
+        self._wakeup.close()
+        if self._external_poll is not None:
+            self._external_poll.cancel()
+            await asyncio.gather(self._external_poll, return_exceptions=True)
+        await self._db.close()
+
+    async def __aenter__(self) -> SqliteStore:
+        await self.open()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    def _new_work(self) -> None:
+        """Wake a waiter in this process and, through the wake-up socket, in any other."""
+        self._work.set()
+        self._wakeup.poke()
+
+    # --- the queue ------------------------------------------------------------------
+
+    async def enqueue(self, message: NewMessage) -> QueueId:
+        queue_id = await self._db.write(lambda conn: ops.enqueue(conn, message))
+        self._new_work()
+        return queue_id
+
+    async def lease_due(
+        self, upstream: str, now: float, limit: int, lease_for: float, worker: str
+    ) -> list[Lease]:
+        return await self._db.write(
+            lambda conn: ops.lease_due(conn, upstream, now, limit, lease_for, worker), durable=False
+        )
+
+    async def load_body(self, queue_id: QueueId) -> bytes:
+        return await self._db.read(lambda conn: ops.load_body(conn, queue_id))
+
+    async def record_outcome(
+        self, lease: Lease, outcomes: Sequence[RecipientOutcome], now: float
+    ) -> None:
+        await self._db.write(
+            lambda conn: ops.record_outcome(conn, lease, outcomes, now), durable=False
+        )
+
+    async def release(self, lease: Lease, not_before: float, reason: str) -> None:
+        await self._db.write(
+            lambda conn: ops.release(conn, lease, not_before, reason), durable=False
+        )
+
+    async def next_due(self, upstream: str, now: float) -> float | None:
+        return await self._db.read(lambda conn: ops.next_due(conn, upstream, now))
+
+    async def wait_for_work(self, timeout: float) -> None:
+        """Return at once if work arrived since the last waiter returned, else wait for it
+        (enqueue, retry_now, release_message, release_upstream) or `timeout` seconds.
+
+        Another process's commit (`relayd queue retry`, a sendmail fallback, intake in
+        another process) wakes the waiter too: at once through the wake-up socket, or
+        within EXTERNAL_POLL seconds by SQLite's data_version (of the write connection),
+        which changes only for commits made through other connections. One poll per store,
+        not one per waiter: the daemon's every lane worker waits here after every message.
+        """
+        self._wakeup.listen(self._work)
+        if self._external_poll is None:
+            self._external_poll = asyncio.create_task(self._poll_external_commits())
+        try:
+            async with asyncio.timeout(timeout):
+                await self._work.wait()
+        except TimeoutError:
+            return
+        self._work.clear()
+
+    async def _poll_external_commits(self) -> None:
+        """Every EXTERNAL_POLL seconds: another connection committed? Then there may be work
+        (the fallback where the wake-up socket does not reach)."""
+        version: int | None = None
+        while True:
+            current: int | None = version
+            with contextlib.suppress(StoreError):  # closing, or briefly unavailable
+                current = await self._db.data_version()
+            if version is not None and current != version:
+                self._work.set()
+            version = current
+            await asyncio.sleep(EXTERNAL_POLL)
+
+    # --- the send ledger ------------------------------------------------------------
+
+    async def reserve_send(
+        self,
+        upstream: str,
+        now: float,
+        ceilings: Sequence[Ceiling],
+        min_interval: float,
+        weight: int,
+    ) -> SendSlot:
+        return await self._db.write(
+            lambda conn: ops.reserve_send(conn, upstream, now, ceilings, min_interval, weight),
+            durable=False,
+        )
+
+    async def cancel_send(self, reservation_id: int) -> None:
+        await self._db.write(lambda conn: ops.cancel_send(conn, reservation_id), durable=False)
+
+    # --- upstream holds -------------------------------------------------------------
+
+    async def hold_upstream(self, hold: UpstreamHold) -> None:
+        await self._db.write(lambda conn: ops.hold_upstream(conn, hold))
+
+    async def release_upstream(self, upstream: str) -> None:
+        await self._db.write(lambda conn: ops.release_upstream(conn, upstream))
+        self._new_work()
+
+    async def upstream_hold(self, upstream: str) -> UpstreamHold | None:
+        """The stored hold, even if `until` has passed: the caller compares it with now."""
+        return await self._db.read(lambda conn: ops.upstream_hold(conn, upstream))
+
+    async def set_upstream_wait(
+        self, upstream: str, reason: str | None, until: float | None
+    ) -> None:
+        await self._db.write(
+            lambda conn: ops.set_upstream_wait(conn, upstream, reason, until), durable=False
+        )
+
+    # --- the queue tool -------------------------------------------------------------
+
+    async def list_messages(
+        self, state: RecipientState | None = None, upstream: str | None = None, limit: int = 1000
+    ) -> list[MessageView]:
+        return await self._db.read(lambda conn: ops.list_messages(conn, state, upstream, limit))
+
+    async def show(self, queue_id: QueueId) -> MessageView | None:
+        return await self._db.read(lambda conn: ops.show(conn, queue_id))
+
+    async def counts(self) -> dict[RecipientState, int]:
+        """Recipients per state; every state is present, 0 when none."""
+        return await self._db.read(ops.counts)
+
+    async def retry_now(self, queue_id: QueueId | None, now: float) -> int:
+        changed = await self._db.write(lambda conn: ops.retry_now(conn, queue_id, now))
+        self._new_work()
+        return changed
+
+    async def hold_message(self, queue_id: QueueId) -> int:
+        return await self._db.write(lambda conn: ops.hold_message(conn, queue_id))
+
+    async def release_message(self, queue_id: QueueId, now: float) -> int:
+        changed = await self._db.write(lambda conn: ops.release_message(conn, queue_id, now))
+        self._new_work()
+        return changed
+
+    async def delete_message(self, queue_id: QueueId) -> bool:
+        return await self._db.write(lambda conn: ops.delete_message(conn, queue_id))
+
+    async def purge_finished(self, before: float) -> int:
+        """Delete messages whose recipients were all final before `before`; returns how many.
+
+        Not in the base contract yet: retention is a sqlite-side chore for the scheduler.
+        """
+        return await self._db.write(lambda conn: ops.purge_finished(conn, before))
+
+    # --- delivery reports -------------------------------------------------------------
+
+    async def report_info(self, queue_id: QueueId) -> ReportInfo | None:
+        return await self._db.read(lambda conn: reports.report_info(conn, queue_id))
+
+    async def mark_delay_warned(self, queue_id: QueueId) -> bool:
+        return await self._db.write(lambda conn: reports.mark_delay_warned(conn, queue_id))
+
+    async def match_bounce(self, parsed: ParsedDsn, now: float) -> QueueId | None:
+        return await self._db.write(lambda conn: reports.match_bounce(conn, parsed, now))
+
+    async def imap_state(self, account: str) -> tuple[int, int] | None:
+        return await self._db.read(lambda conn: reports.imap_state(conn, account))
+
+    async def save_imap_state(self, account: str, uidvalidity: int, last_uid: int) -> None:
+        await self._db.write(
+            lambda conn: reports.save_imap_state(conn, account, uidvalidity, last_uid)
+        )
