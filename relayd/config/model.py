@@ -5,13 +5,14 @@ without the network lives here: unknown keys, durations and sizes ("5m", "25MB")
 presets filled in (and remembered, so check-config can say where a value came from), secrets
 read from `password_file` / `password_env` into `SecretStr`, and the sender -> upstream routes
 proved unambiguous. Failures are `ConfigError`s naming the dotted key and its line. The value
-types ("5m", "25MB", patterns) live in config/values.py and the text work (key lines, error
-text, TOML rendering) in config/text.py. This module never prints and never exits.
+types ("5m", "25MB", patterns) live in config/values.py, the text work (key lines, error text,
+TOML rendering) in config/text.py, the [upstreams.NAME] tables in config/upstream.py (their
+account rules in config/account.py) and the secret readers in config/secrets.py. This module
+never prints and never exits.
 """
 
 from __future__ import annotations
 
-import datetime
 import ipaddress
 import os
 import socket
@@ -33,32 +34,33 @@ from pydantic import (
 )
 
 from relayd.config import reports
-from relayd.config.account import AccountFields
-from relayd.config.gates import dsn_has_password, read_secret, reject_internal_keys
+from relayd.config.gates import reject_internal_keys
 from relayd.config.reports import BouncesConfig, NotificationsConfig
+from relayd.config.secrets import dsn_has_password, read_secret
 from relayd.config.text import KeyedValueError, KeyLocator, config_error, read_toml, render_model
+from relayd.config.upstream import UpstreamConfig
 from relayd.config.values import (
     AddressPattern,
     ConfPath,
-    Days,
     Duration,
     Hostname,
-    Hours,
     Listen,
     Network,
     PasswordHash,
-    Rate,
-    SenderPattern,
     Size,
     Timeout,
-    TimeZone,
-    UpstreamName,
     durations,
     parse_listen,
 )
-from relayd.policy.providers import DEFAULT_PORTS, PRESETS, default_port
 
-__all__ = ["Config", "default_config_path", "load", "parse_listen", "render_effective"]
+__all__ = [
+    "Config",
+    "UpstreamConfig",
+    "default_config_path",
+    "load",
+    "parse_listen",
+    "render_effective",
+]
 
 DEFAULT_PATH = Path("/etc/relayd/relayd.toml")
 
@@ -138,109 +140,6 @@ class QueueConfig(_Model):
     @property
     def dsn_text(self) -> str | None:
         return None if self.dsn is None else self.dsn.get_secret_value()
-
-
-class WindowConfig(_Model):
-    """Sending hours of one upstream; outside them mail waits, queued."""
-
-    timezone: TimeZone = "UTC"
-    days: Days = "mon-sun"
-    hours: list[Hours] = Field(default_factory=lambda: ["00:00-24:00"], min_length=1)
-    closed_dates: list[datetime.date] = Field(default_factory=list)
-
-
-class UpstreamConfig(AccountFields):
-    """One provider account mail is delivered through ([upstreams.NAME]); the OAuth2 keys
-    (client_id, refresh_token_file, ...) are in config/account.py."""
-
-    name: UpstreamName
-    provider: str = "generic"
-    host: str | None = None
-    port: StrictInt | None = Field(default=None, ge=1, le=65535)
-    security: Literal["starttls", "tls", "none"] | None = None
-    tls_verify: StrictBool = True
-    tls_ca_file: ConfPath | None = None
-    username: str | None = None
-    auth: Literal["password", "xoauth2", "none"] | None = None
-    password_file: ConfPath | None = None
-    password_env: str | None = None
-    password: SecretStr | None = None
-    allow_plaintext_auth: StrictBool = False
-    senders: list[SenderPattern] = Field(default_factory=list)
-    from_policy: Literal["keep", "bare", "rewrite"] = "keep"
-    rate_limits: list[Rate] = Field(default_factory=list)
-    min_interval: Duration = 0.0
-    max_connections: StrictInt = Field(default=1, ge=1)
-    count: Literal["messages", "recipients"] = "messages"
-    throttle_backoff: list[Duration] = durations("1m", "5m", "15m", "1h")
-    connect_timeout: Timeout = 30.0
-    timeout: Timeout = 60.0
-    path: ConfPath | None = None
-    window: WindowConfig | None = None
-    preset_fields: frozenset[str] = frozenset()
-
-    @field_validator("provider")
-    @classmethod
-    def _known_provider(cls, value: str) -> str:
-        if value not in PRESETS:
-            raise ValueError(f'unknown provider "{value}" (valid: {", ".join(sorted(PRESETS))})')
-        return value
-
-    @model_validator(mode="before")
-    @classmethod
-    def _apply_preset(cls, data: Any) -> Any:
-        provider = data.get("provider", "generic") if isinstance(data, dict) else None
-        preset = PRESETS.get(provider) if isinstance(provider, str) else None
-        if preset is None:
-            return data  # not a table, or an unknown provider that _known_provider reports
-        filled = {key: value for key, value in preset.defaults().items() if data.get(key) is None}
-        marked = set(filled)
-        security = data.get("security") or filled.get("security")
-        if data.get("port") is None and security in DEFAULT_PORTS:
-            filled["port"] = default_port(security)
-            if "security" in marked:
-                marked.add("port")
-        return {
-            **data,
-            **filled,
-            "preset_fields": frozenset(data.get("preset_fields", ())) | marked,
-        }
-
-    @model_validator(mode="after")
-    def _check(self) -> UpstreamConfig:
-        if PRESETS[self.provider].delivers_to_directory:
-            if self.path is None:
-                raise KeyedValueError(("path",), f'provider "{self.provider}" needs path = "DIR"')
-            return self
-        if self.host is None:
-            raise KeyedValueError(("host",), f'provider "{self.provider}" has no host; set host')
-        if self.port is None:
-            raise KeyedValueError(("port",), 'no port; set port or security ("starttls", "tls")')
-        if self.tls_ca_file is not None and not self.tls_ca_file.is_file():
-            raise KeyedValueError(("tls_ca_file",), f"{self.tls_ca_file} is not a file")
-        self._check_credentials()
-        return self
-
-    def _check_credentials(self) -> None:
-        if self.password_file is not None and self.password_env is not None:
-            raise KeyedValueError(("password_env",), "set password_file or password_env, not both")
-        if self.auth in ("password", "xoauth2") and self.username is None:
-            raise KeyedValueError(("username",), f'auth = "{self.auth}" needs a username')
-        no_secret = self.password is None and self.password_file is None and not self.password_env
-        if self.auth == "password" and no_secret:
-            raise KeyedValueError(
-                ("password_file",), 'auth = "password" needs password_file or password_env'
-            )
-        if (
-            self.auth not in (None, "none")
-            and self.security == "none"
-            and not self.allow_plaintext_auth
-        ):
-            raise KeyedValueError(
-                ("security",),
-                f'auth = "{self.auth}" with security = "none" would send the credentials '
-                'unencrypted; use "starttls" or "tls", or set allow_plaintext_auth = true',
-            )
 
 
 class RoutingConfig(_Model):

@@ -26,7 +26,7 @@ from pydantic import (
     model_validator,
 )
 
-from relayd.config.gates import read_secret
+from relayd.config.secrets import read_secret
 from relayd.config.text import SIZE, KeyedValueError, KeyLocator
 from relayd.config.values import (
     ConfPath,
