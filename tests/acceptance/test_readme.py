@@ -19,3 +19,28 @@ def test_readme_dev_command_uses_a_valid_config() -> None:
     assert 'listen = ["127.0.0.1:2525"]' in result.stdout
     assert f'path = "{REPO_ROOT / "var" / "outbox"}"' in result.stdout
     assert "ls var/outbox/" in shell
+
+
+# The repository's own top-level entries: a README path that starts with one of them is a
+# file of this repository and must exist (runtime paths such as var/outbox/ start elsewhere).
+_TOP = ("bench/", "config/", "docker/", "docs/", "relayd/", "scripts/", "systemd/", "tests/")
+
+
+def readme_paths(readme: str) -> set[str]:
+    """Repository paths the README names: in `code`, in links, and in its shell blocks."""
+    tokens = set(re.findall(r"`([^`\s]+)`", readme)) | set(re.findall(r"\]\(([^)\s]+)\)", readme))
+    for block in re.findall(r"```\w*\n(.*?)```", readme, re.DOTALL):
+        tokens |= set(block.split())
+    return {
+        token.strip("\"'(),;")
+        for token in tokens
+        if token.startswith(_TOP) or re.fullmatch(r"[\w./-]+\.md", token)
+    }
+
+
+def test_every_file_the_readme_names_is_in_the_repository() -> None:
+    readme = (REPO_ROOT / "README.md").read_text()
+    named = readme_paths(readme)
+    assert "docs/ARCHITECTURE.md" in named  # the parser sees links and code alike
+    missing = sorted(path for path in named if not (REPO_ROOT / path).exists())
+    assert missing == []

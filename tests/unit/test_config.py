@@ -726,7 +726,7 @@ def test_the_keys_are_derived_from_every_model() -> None:
     for key in (
         "server.users.password_hash",  # an array of tables
         "upstreams.<name>.window.closed_dates",  # below a table of tables
-        "upstreams.<name>.client_id",  # config_account.AccountFields
+        "upstreams.<name>.client_id",  # config/upstream.py (OAuth2 keys)
         "bounces.from",  # the alias, not the field name from_
         "bounces.imap.move_to",  # config_reports
         "notifications.via",
