@@ -24,6 +24,7 @@ from relayd.dsn.build import DsnRecipient, build_dsn, is_dsn, status_for
 from relayd.dsn.params import mail_dsn
 from relayd.logs import get_logger
 from relayd.policy.headers import find_message_id, header_block
+from relayd.policy.routing import Routes
 from relayd.store.base import ReportInfo, ReportRecipient, Store
 from relayd.types import Lease, NewMessage, QueueId, RecipientOutcome, RecipientState, SmtpReply
 from relayd.types import new_queue_id as make_queue_id
@@ -177,7 +178,7 @@ async def enqueue_report(
 ) -> QueueId:
     """Enqueue a report or notice relayd made (from `<>` unless said otherwise); the route
     for the null sender decides the upstream, `via` overrides it."""
-    upstream = via or config.route(mail_from, None)
+    upstream = via or Routes.from_config(config).pick(mail_from, None)
     message_id = find_message_id(header_block(body)) or ""
     return await store.enqueue(
         NewMessage(
