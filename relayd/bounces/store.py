@@ -1,5 +1,5 @@
 """BounceStore (bounces/poller.py) over the real queue store: match, remember the IMAP place, and
-forward a matched report to the bounce mailbox through the queue (from `<>`, no loop: a
+forward a matched report to the bounce mailbox through the outbox (from `<>`, no loop: a
 report is never reported on, reports/dsn_reports.py)."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ from __future__ import annotations
 from relayd.config.model import Config
 from relayd.dsn.parse import ParsedDsn
 from relayd.logs import get_logger
-from relayd.reports.dsn_reports import enqueue_report
+from relayd.reports import outbox
 from relayd.store.base import Store
 
 log = get_logger("bounce_store")
@@ -33,5 +33,5 @@ class QueueBounceStore:
         bounces = self.config.bounces
         if bounces is None:
             return
-        forwarded = await enqueue_report(self.config, self.store, raw, (bounces.mailbox,), now)
+        forwarded = await outbox.submit(self.config, self.store, raw, (bounces.mailbox,), now)
         log.info("bounce_forwarded", queue_id=queue_id, forward_queue_id=forwarded)

@@ -36,6 +36,7 @@ from relayd.config.model import Config, default_config_path, load, parse_listen
 from relayd.errors import ConfigError, StoreError
 from relayd.policy.addresses import AddressError, check_address
 from relayd.policy.headers import prepare, rfc5322_date
+from relayd.policy.routing import Routes
 from relayd.store import store_for
 from relayd.types import NewMessage, new_queue_id
 
@@ -332,7 +333,7 @@ def enqueue_directly(config: Config, message: Composed, uid: int) -> Result:
         mail_from=message.sender,
         recipients=message.recipients,
         body=body,
-        upstream=config.route(message.sender, None),
+        upstream=Routes.from_config(config).pick(message.sender, None),
         message_id=message_id,
         received_at=now,
         client="local",

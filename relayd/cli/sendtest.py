@@ -16,6 +16,7 @@ from relayd.config.model import Config
 from relayd.errors import RelaydError
 from relayd.policy.addresses import AddressError, check_address
 from relayd.policy.headers import prepare, received_header, rfc5322_date
+from relayd.policy.routing import Routes
 from relayd.store import store_for
 from relayd.types import MessageView, NewMessage, QueueId, RecipientState, new_queue_id
 from relayd.units import format_duration, parse_duration
@@ -57,7 +58,7 @@ def plan_send_test(
         raise SendTestError("no recipient: give --to ADDRESS (there is no [notifications] mailbox)")
     if upstream is not None and upstream not in config.upstreams:
         raise SendTestError(f'no upstream "{upstream}" (known: {", ".join(config.upstreams)})')
-    name = upstream or config.route(sender or "", None)
+    name = upstream or Routes.from_config(config).pick(sender or "", None)
     chosen = config.upstreams[name]
     default_sender = chosen.username if chosen.username and "@" in chosen.username else None
     from_address = sender or default_sender or f"relayd@{config.server.hostname}"

@@ -24,7 +24,6 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
-    PrivateAttr,
     SecretStr,
     StrictBool,
     StrictInt,
@@ -159,7 +158,8 @@ class AdminConfig(_Model):
 
 
 class Config(_Model):
-    """The whole validated configuration; `route()` picks the upstream for a message."""
+    """The whole validated configuration; policy/routing.py's Routes picks from it the upstream
+    for a message."""
 
     server: ServerConfig = Field(default_factory=ServerConfig)
     queue: QueueConfig = Field(default_factory=QueueConfig)
@@ -170,7 +170,6 @@ class Config(_Model):
     bounces: BouncesConfig | None = None
     notifications: NotificationsConfig | None = None
     source: Path | None = None
-    _routes: dict[str, str] = PrivateAttr(default_factory=dict)
 
     @field_validator("upstreams", mode="before")
     @classmethod
@@ -186,7 +185,7 @@ class Config(_Model):
     def _check_routes(self) -> Config:
         if not self.upstreams:
             raise KeyedValueError(("upstreams",), "at least one [upstreams.NAME] table is required")
-        self._routes = self._route_table()
+        routes = self._route_table()
         default = self.routing.default
         if default is not None and default not in self.upstreams:
             names = ", ".join(self.upstreams)
@@ -196,7 +195,7 @@ class Config(_Model):
         via = self.notifications.via if self.notifications else None
         if via is not None and via not in self.upstreams:
             raise KeyedValueError(("notifications", "via"), f'"{via}" is not an upstream')
-        if default is None and len(self.upstreams) > 1 and "*" not in self._routes:
+        if default is None and len(self.upstreams) > 1 and "*" not in routes:
             raise KeyedValueError(
                 ("routing", "default"),
                 'several upstreams: set routing.default or give one of them senders = ["*"]',
@@ -220,21 +219,6 @@ class Config(_Model):
                 if pattern.startswith("user:") and pattern[5:] not in users:
                     raise KeyedValueError(where, f'"{pattern}" names no [[server.users]] entry')
         return routes
-
-    def route(self, mail_from: str, auth_user: str | None) -> str:
-        """The upstream for a message: user:NAME > exact address > *@domain > * > default."""
-        address = mail_from.strip().strip("<>").lower()
-        candidates = [f"user:{auth_user}"] if auth_user is not None else []
-        if address:
-            candidates.append(address)
-        if "@" in address:
-            candidates.append("*@" + address.rpartition("@")[2])
-        candidates.append("*")
-        for pattern in candidates:
-            if pattern in self._routes:
-                return self._routes[pattern]
-        # _check_routes guarantees a default, a sole upstream, or a "*" pattern (matched above).
-        return self.routing.default or next(iter(self.upstreams))
 
 
 def default_config_path(environ: Mapping[str, str] | None = None) -> Path:

@@ -22,6 +22,7 @@ from relayd.intake.auth import AuthSMTP, LocalAuth, prefixed_names
 from relayd.logs import get_logger
 from relayd.policy.addresses import AddressError, check_address, split_path
 from relayd.policy.headers import prepare, received_header
+from relayd.policy.routing import Routes
 from relayd.store.base import Store
 from relayd.types import NewMessage, RcptDsn, new_queue_id
 
@@ -307,7 +308,7 @@ class IntakeHandler:
             relayd_id=True,
         )
         auth_user = server.local_user()
-        upstream = self.config.route(mail_from, auth_user)
+        upstream = Routes.from_config(self.config).pick(mail_from, auth_user)
         log.info(
             "received",
             queue_id=queue_id,

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from relayd.config.model import Config
 from relayd.notices.notifier import NoticeKind, Notifier, NotifySettings, render_notice
-from relayd.reports.dsn_reports import enqueue_report
+from relayd.reports import outbox
 from relayd.store.base import Store
 from relayd.types import new_queue_id
 
@@ -35,8 +35,8 @@ class QueueNoticeSink:
             message_id=f"<relayd.notice.{new_queue_id(now)}@{host}>",
         )
         recipients = (notifications.mailbox,)
-        await enqueue_report(
-            self.config, self.store, raw, recipients, now, mail_from=sender, via=notifications.via
+        await outbox.submit(
+            self.config, self.store, raw, recipients, now, sender=sender, via=notifications.via
         )
 
 

@@ -1,5 +1,5 @@
-"""Delivery reports relayd makes about its own queue: the DSN when a message has failed, the
-delay warning when it has waited `bounces.delay_warning`, and enqueueing a report or notice.
+"""Delivery reports relayd makes about its own queue: the DSN when a message has failed, and the
+delay warning when it has waited `bounces.delay_warning`; both go out through reports/outbox.py.
 
 delivery/lane.py calls `before_record` once per attempt, with the outcomes it is about to record.
 The report is enqueued first and the outcome recorded after it: a crash in between sends the
@@ -23,10 +23,10 @@ from relayd.config.reports import BouncesConfig
 from relayd.dsn.build import DsnRecipient, build_dsn, is_dsn, status_for
 from relayd.dsn.params import mail_dsn
 from relayd.logs import get_logger
-from relayd.policy.headers import find_message_id, header_block
+from relayd.policy.headers import header_block
+from relayd.reports import outbox
 from relayd.store.base import ReportInfo, ReportRecipient, Store
-from relayd.types import Lease, NewMessage, QueueId, RecipientOutcome, RecipientState, SmtpReply
-from relayd.types import new_queue_id as make_queue_id
+from relayd.types import Lease, QueueId, RecipientOutcome, RecipientState, SmtpReply
 
 log = get_logger("bounce_reports")
 _PENDING = (RecipientState.QUEUED, RecipientState.DEFERRED, RecipientState.HELD)
@@ -131,7 +131,7 @@ async def _report(
     to = [bounces.mailbox]
     if bounces.notify_sender and info.mail_from and info.mail_from not in to:
         to.append(info.mail_from)
-    queue_id = await enqueue_report(config, store, report, tuple(to), now)
+    queue_id = await outbox.submit(config, store, report, tuple(to), now)
     log.info(
         "dsn_queued",
         queue_id=info.queue_id,
@@ -163,34 +163,6 @@ def _reply(text: str) -> SmtpReply:
     if len(code) == 3 and code.isdigit():
         return SmtpReply(int(code), rest)
     return SmtpReply(0, text)
-
-
-async def enqueue_report(
-    config: Config,
-    store: Store,
-    body: bytes,
-    recipients: tuple[str, ...],
-    now: float,
-    *,
-    mail_from: str = "",
-    via: str | None = None,
-) -> QueueId:
-    """Enqueue a report or notice relayd made (from `<>` unless said otherwise); the route
-    for the null sender decides the upstream, `via` overrides it."""
-    upstream = via or config.route(mail_from, None)
-    message_id = find_message_id(header_block(body)) or ""
-    return await store.enqueue(
-        NewMessage(
-            mail_from=mail_from,
-            recipients=recipients,
-            body=body,
-            upstream=upstream,
-            message_id=message_id,
-            received_at=now,
-            client="relayd",
-            queue_id=make_queue_id(now),
-        )
-    )
 
 
 DELETED = "5.0.0 deleted from the queue by an operator (relayd queue delete --dsn)"

@@ -530,7 +530,7 @@ def test_directory_preset(tmp_path: Path) -> None:
     assert capture.preset_fields == {"auth"}
 
 
-# -- routing ------------------------------------------------------------------------------
+# -- routing (the lookup itself: test_routing.py) -----------------------------------------
 
 ROUTES = f"""
 [[server.users]]
@@ -557,35 +557,6 @@ provider = "directory"
 path = "c"
 senders = ["*"]
 """
-
-
-@pytest.mark.parametrize(
-    ("mail_from", "auth_user", "expected"),
-    [
-        ("alerts@practice.example", "billing-app", "by_user"),
-        ("ALERTS@practice.EXAMPLE", None, "by_address"),
-        ("<alerts@practice.example>", "someone-else", "by_address"),
-        ("billing@practice.example", None, "by_domain"),
-        ("billing@elsewhere.example", None, "catch_all"),
-        ("", None, "catch_all"),
-    ],
-)
-def test_most_specific_sender_pattern_wins(
-    tmp_path: Path, mail_from: str, auth_user: str | None, expected: str
-) -> None:
-    config = load_text(tmp_path, ROUTES)
-    assert config.route(mail_from, auth_user) == expected
-
-
-def test_unmatched_senders_go_to_the_default(tmp_path: Path) -> None:
-    text = ROUTES.replace('senders = ["*"]', "") + '\n[routing]\ndefault = "catch_all"\n'
-    config = load_text(tmp_path, text)
-    assert config.route("x@elsewhere.example", None) == "catch_all"
-    assert config.route("x@practice.example", None) == "by_domain"
-
-
-def test_a_sole_upstream_takes_everything(tmp_path: Path) -> None:
-    assert load_text(tmp_path, CAPTURE).route("anyone@anywhere.example", None) == "capture"
 
 
 def test_the_same_pattern_on_two_upstreams_is_ambiguous(tmp_path: Path) -> None:

@@ -18,6 +18,7 @@ from relayd.policy.localauth import (
     sender_allowed,
     verify_password,
 )
+from relayd.policy.routing import Routes
 
 
 def test_a_hash_verifies_its_password_only() -> None:
@@ -182,4 +183,4 @@ def test_users_and_require_auth_load(tmp_path: Path) -> None:
     (user,) = config.server.users
     assert user.password_hash.get_secret_value() == stored
     assert stored not in repr(config)
-    assert config.route("x@y.example", "app") == "capture"
+    assert Routes.from_config(config).pick("x@y.example", "app") == "capture"

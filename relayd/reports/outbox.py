@@ -1,0 +1,39 @@
+"""The outbox: the one way mail relayd makes itself enters the queue, durable, rate-limited
+and retried like any mail. Its senders are the DSNs and delay warnings (reports/dsn_reports.py),
+the operator notices (notices/sink.py) and the bounce reports forwarded to the bounce mailbox
+(bounces/store.py).
+"""
+
+from __future__ import annotations
+
+from relayd.config.model import Config
+from relayd.policy.headers import find_message_id, header_block
+from relayd.policy.routing import Routes
+from relayd.store.base import Store
+from relayd.types import NewMessage, QueueId, new_queue_id
+
+
+async def submit(
+    config: Config,
+    store: Store,
+    raw: bytes,
+    recipients: tuple[str, ...],
+    now: float,
+    *,
+    sender: str = "",
+    via: str | None = None,
+) -> QueueId:
+    """Enqueue `raw` from `sender` (the null sender `<>` unless said otherwise); the route
+    for the sender picks the upstream, `via` overrides it."""
+    return await store.enqueue(
+        NewMessage(
+            mail_from=sender,
+            recipients=recipients,
+            body=raw,
+            upstream=via or Routes.from_config(config).pick(sender, None),
+            message_id=find_message_id(header_block(raw)) or "",
+            received_at=now,
+            client="relayd",
+            queue_id=new_queue_id(now),
+        )
+    )
