@@ -27,7 +27,7 @@ from relayd import metrics
 from relayd.clock import Clock
 from relayd.errors import StoreError
 from relayd.logs import get_logger
-from relayd.store.base import Store, queue_depth
+from relayd.store.base import Store
 
 log = get_logger("admin")
 
@@ -133,7 +133,7 @@ class AdminServer:
         if path == "/readyz":
             ready, document = await self.readiness()
             return _json(200 if ready else 503, document)
-        metrics.refresh_queue(await queue_depth(self.store), self.clock.now())
+        metrics.refresh_queue(await self.store.depth(), self.clock.now())
         return Response(200, metrics.CONTENT_TYPE, metrics.render())
 
     # -- readiness ----------------------------------------------------------------------

@@ -19,7 +19,7 @@ from relayd.config.model import Config
 from relayd.config.reports import NotificationsConfig
 from relayd.logs import get_logger
 from relayd.notices.notifier import NoticeKind, Notifier
-from relayd.store.base import Store, leads, queue_depth
+from relayd.store.base import Store, leads
 from relayd.types import PENDING_STATES, RecipientState
 from relayd.units import format_duration, format_size
 
@@ -45,7 +45,7 @@ class QueueWatch:
         self._raised: set[tuple[NoticeKind, str]] = set()
 
     async def check(self, store: Store, now: float) -> None:
-        depth = await queue_depth(store)
+        depth = await store.depth()
         pending = sum(depth.counts[state] for state in PENDING_STATES)
         oldest = depth.oldest_pending
         detail = f"{pending} recipients wait"

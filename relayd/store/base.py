@@ -13,7 +13,6 @@ from typing import Protocol, runtime_checkable
 
 from relayd.dsn.parse import ParsedDsn
 from relayd.types import (
-    PENDING_STATES,
     Ceiling,
     Lease,
     MessageView,
@@ -165,6 +164,10 @@ class Store(Protocol):
     async def counts(self) -> dict[RecipientState, int]:
         """Recipient count per state."""
 
+    async def depth(self) -> QueueDepth:
+        """counts() and the arrival time of the oldest message with a pending recipient
+        (queued or deferred; held ones wait for the operator, not for relayd), in one read."""
+
     async def retry_now(self, queue_id: QueueId | None, now: float) -> int:
         """Make pending recipients (of one message, or all if None) due now; returns how many."""
 
@@ -223,14 +226,3 @@ class Leadership(Protocol):
 async def leads(store: Store, name: str) -> bool:
     """Whether this node runs the job `name` now: always on a store without leadership."""
     return await store.try_lead(name) if isinstance(store, Leadership) else True
-
-
-async def queue_depth(store: Store) -> QueueDepth:
-    """Recipients per state and the arrival time of the oldest pending message."""
-    counts = await store.counts()
-    oldest: float | None = None
-    for state in PENDING_STATES:
-        views = await store.list_messages(state=state, limit=1)
-        if views and (oldest is None or views[0].received_at < oldest):
-            oldest = views[0].received_at
-    return QueueDepth(counts, oldest)
