@@ -17,7 +17,7 @@ from collections.abc import Mapping
 from relayd.daemon.sdnotify import notify
 from relayd.errors import StoreError
 from relayd.logs import get_logger
-from relayd.store.base import Store
+from relayd.store.base import QueueStats
 from relayd.types import QueueDepth, RecipientState
 from relayd.units import format_age
 
@@ -49,7 +49,7 @@ def status_line(depth: QueueDepth, now: float) -> str:
     return text
 
 
-async def update_status(store: Store, now: float, environ: Mapping[str, str]) -> bool:
+async def update_status(store: QueueStats, now: float, environ: Mapping[str, str]) -> bool:
     """One STATUS= update (a schedule job, when NOTIFY_SOCKET is set); whether it was sent.
 
     Bounded by STATUS_TIMEOUT: a slow store skips this update, logged, and the next one

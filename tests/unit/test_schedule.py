@@ -305,13 +305,13 @@ class Leads:
 async def test_a_bounce_round_polls_only_on_the_leader_and_logs_a_failure() -> None:
     poller = FakePoller()
     as_poller: BouncePoller = poller  # type: ignore[assignment]
-    await poll_bounces(as_poller, Leads(False), T0)  # type: ignore[arg-type]
+    await poll_bounces(as_poller, Leads(False), T0)
     assert poller.polls == []
-    await poll_bounces(as_poller, Leads(True), T0 + 120)  # type: ignore[arg-type]
+    await poll_bounces(as_poller, Leads(True), T0 + 120)
     assert poller.polls == [T0 + 120]
     poller.error = StoreError("database is locked")
     with capture_logs() as logs:
-        await poll_bounces(as_poller, Leads(True), T0 + 240)  # type: ignore[arg-type]
+        await poll_bounces(as_poller, Leads(True), T0 + 240)
     assert logs == [
         {
             "event": "bounce_poll_failed",
