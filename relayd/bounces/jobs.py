@@ -9,12 +9,12 @@ every round, so when the leader dies the next node to ask takes over. Without le
 from __future__ import annotations
 
 from relayd.bounces.poller import BouncePoller, ImapSettings
-from relayd.bounces.store import QueueBounceStore
+from relayd.bounces.store import BounceQueue, QueueBounceStore
 from relayd.clock import Clock
 from relayd.config.model import Config
 from relayd.config.reports import BouncesImapConfig
 from relayd.logs import get_logger
-from relayd.store.base import Leadership, Store, leads
+from relayd.store.base import Leadership, leads
 
 log = get_logger("report_tasks")
 
@@ -38,14 +38,14 @@ def imap_settings(imap: BouncesImapConfig) -> ImapSettings:
     )
 
 
-def bounce_poller(config: Config, store: Store, clock: Clock) -> BouncePoller | None:
+def bounce_poller(config: Config, store: BounceQueue, clock: Clock) -> BouncePoller | None:
     """The [bounces.imap] poller, or None without that table."""
     if config.bounces is None or config.bounces.imap is None:
         return None
     return BouncePoller(imap_settings(config.bounces.imap), QueueBounceStore(config, store), clock)
 
 
-def polls_with_idle(poller: BouncePoller, store: Store) -> bool:
+def polls_with_idle(poller: BouncePoller, store: object) -> bool:
     """Whether the poller runs as its own long-lived task (BouncePoller.run: one IMAP session
     that IDLEs between polls where the server offers it) rather than as a schedule job.
 
@@ -54,7 +54,7 @@ def polls_with_idle(poller: BouncePoller, store: Store) -> bool:
     return poller.settings.idle and not isinstance(store, Leadership)
 
 
-async def poll_bounces(poller: BouncePoller, store: Store, now: float) -> None:
+async def poll_bounces(poller: BouncePoller, store: object, now: float) -> None:
     """One scheduled poll round, on the node leading "bounces"; a failure is logged and the
     next round tries again."""
     if not await leads(store, "bounces"):

@@ -36,7 +36,7 @@ _MAX_IDLE = 29 * 60.0  # RFC 2177 3: re-issue IDLE at least every 29 minutes
 
 
 class BounceStore(Protocol):
-    """What the poller needs from the queue store (relayd.store implements it)."""
+    """What the poller needs from the queue store (bounces/store.py's QueueBounceStore)."""
 
     async def imap_state(self, account: str) -> tuple[int, int] | None:
         """(uidvalidity, last_uid) saved for `account`, or None before the first poll."""

@@ -4,19 +4,26 @@ report is never reported on, reports/dsn_reports.py)."""
 
 from __future__ import annotations
 
+from typing import Protocol
+
 from relayd.config.model import Config
 from relayd.dsn.parse import ParsedDsn
 from relayd.logs import get_logger
 from relayd.reports import outbox
-from relayd.store.base import Store
+from relayd.store.base import BounceMatching, MessageIntake
 
 log = get_logger("bounce_store")
+
+
+class BounceQueue(BounceMatching, MessageIntake, Protocol):
+    """What QueueBounceStore needs of the queue store: matching and the IMAP place, and
+    enqueue for the forwarded report."""
 
 
 class QueueBounceStore:
     """The poller's store: `config` gives the bounce mailbox and the route."""
 
-    def __init__(self, config: Config, store: Store) -> None:
+    def __init__(self, config: Config, store: BounceQueue) -> None:
         self.config = config
         self.store = store
 

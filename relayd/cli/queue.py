@@ -9,14 +9,19 @@ from __future__ import annotations
 
 import fnmatch
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from relayd.errors import StoreError
 from relayd.policy.headers import header_block
-from relayd.store.base import Store
+from relayd.store.base import QueueAdmin, UpstreamHolds
 from relayd.types import PENDING_STATES, MessageView, QueueId, RecipientState, UpstreamHold
 
 SCAN_LIMIT = 10_000_000  # "every message": filters the store cannot apply read them all
 CHANGES = ("retry", "hold", "release", "delete")
+
+
+class QueueToolStore(QueueAdmin, UpstreamHolds, Protocol):
+    """The queue tool's verbs, and the upstream pauses it shows and ends (`retry --all`)."""
 
 
 @dataclass(frozen=True)
@@ -36,7 +41,9 @@ class Filters:
         return self.older_than is None or view.received_at <= now - self.older_than
 
 
-async def list_views(store: Store, filters: Filters, now: float, limit: int) -> list[MessageView]:
+async def list_views(
+    store: QueueAdmin, filters: Filters, now: float, limit: int
+) -> list[MessageView]:
     """Messages matching `filters`, oldest first, at most `limit`."""
     client_side = filters.sender is not None or filters.older_than is not None
     views = await store.list_messages(
@@ -70,7 +77,7 @@ def parse_headers(block: bytes) -> list[tuple[str, str]]:
     return fields
 
 
-async def show(store: Store, queue_id: QueueId) -> Detail | None:
+async def show(store: QueueToolStore, queue_id: QueueId) -> Detail | None:
     view = await store.show(queue_id)
     if view is None:
         return None
@@ -99,7 +106,7 @@ class Summary:
         return totals
 
 
-async def summary(store: Store, upstreams: list[str]) -> Summary:
+async def summary(store: QueueToolStore, upstreams: list[str]) -> Summary:
     result = Summary(depth={name: dict.fromkeys(RecipientState, 0) for name in upstreams})
     for view in await store.list_messages(limit=SCAN_LIMIT):
         result.messages += 1
@@ -117,7 +124,7 @@ async def summary(store: Store, upstreams: list[str]) -> Summary:
 
 
 async def change(
-    store: Store, action: str, queue_id: QueueId | None, now: float, upstreams: list[str]
+    store: QueueToolStore, action: str, queue_id: QueueId | None, now: float, upstreams: list[str]
 ) -> int:
     """retry/hold/release/delete one message (or, for retry, every pending one when
     `queue_id` is None); returns how many recipients (messages, for delete) changed."""

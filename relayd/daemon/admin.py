@@ -21,13 +21,13 @@ import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
 
 from relayd import metrics
 from relayd.clock import Clock
 from relayd.errors import StoreError
 from relayd.logs import get_logger
-from relayd.store.base import Store, queue_depth
+from relayd.store.base import QueueStats, SendLedger, UpstreamHolds
 
 log = get_logger("admin")
 
@@ -39,6 +39,11 @@ PROBE_RESERVATION = 0  # reservation ids start at 1: cancelling 0 is a write tha
 _REASONS = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed"}
 _REASONS[503] = "Service Unavailable"
 JSON_TYPE = "application/json"
+
+
+class AdminStore(QueueStats, SendLedger, UpstreamHolds, Protocol):
+    """What the endpoint reads: the depth for /metrics, a ledger write as the readiness probe,
+    and each upstream's hold."""
 
 
 @dataclass(frozen=True)
@@ -62,7 +67,7 @@ class AdminServer:
 
     def __init__(
         self,
-        store: Store,
+        store: AdminStore,
         clock: Clock,
         upstreams: Callable[[], list[str]],
         listening: Callable[[], list[str]],
@@ -133,7 +138,7 @@ class AdminServer:
         if path == "/readyz":
             ready, document = await self.readiness()
             return _json(200 if ready else 503, document)
-        metrics.refresh_queue(await queue_depth(self.store), self.clock.now())
+        metrics.refresh_queue(await self.store.depth(), self.clock.now())
         return Response(200, metrics.CONTENT_TYPE, metrics.render())
 
     # -- readiness ----------------------------------------------------------------------

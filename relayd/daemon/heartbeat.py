@@ -17,7 +17,7 @@ from collections.abc import Mapping
 from relayd.daemon.sdnotify import notify
 from relayd.errors import StoreError
 from relayd.logs import get_logger
-from relayd.store.base import Store, queue_depth
+from relayd.store.base import QueueStats
 from relayd.types import QueueDepth, RecipientState
 from relayd.units import format_age
 
@@ -49,13 +49,13 @@ def status_line(depth: QueueDepth, now: float) -> str:
     return text
 
 
-async def update_status(store: Store, now: float, environ: Mapping[str, str]) -> bool:
+async def update_status(store: QueueStats, now: float, environ: Mapping[str, str]) -> bool:
     """One STATUS= update (a schedule job, when NOTIFY_SOCKET is set); whether it was sent.
 
     Bounded by STATUS_TIMEOUT: a slow store skips this update, logged, and the next one
     tries again (the job must end, or the scheduler would skip every later run)."""
     try:
-        depth = await asyncio.wait_for(queue_depth(store), STATUS_TIMEOUT)
+        depth = await asyncio.wait_for(store.depth(), STATUS_TIMEOUT)
     except (StoreError, TimeoutError) as exc:
         log.warning("status_unavailable", error=str(exc) or type(exc).__name__)
         return False

@@ -20,7 +20,7 @@ import structlog
 from relayd.bounces.jobs import bounce_poller, polls_with_idle
 from relayd.clock import Clock, SystemClock
 from relayd.config.model import Config, load
-from relayd.daemon.admin import AdminServer
+from relayd.daemon.admin import AdminServer, AdminStore
 from relayd.daemon.heartbeat import run_watchdog, watchdog_interval
 from relayd.daemon.reload import reload_config, serve_reloads
 from relayd.daemon.schedule import DaemonJobs
@@ -36,7 +36,7 @@ from relayd.intake.workers import KILL_WAIT, IntakeWorkers, check_workers, repor
 from relayd.logs import get_logger, set_level
 from relayd.notices.sink import make_notifier, reconfigure_notices
 from relayd.store import store_for
-from relayd.store.base import Store
+from relayd.store.base import MessageIntake, Store
 from relayd.store.instrumented import instrument
 from relayd.types import NoticeHook
 
@@ -137,7 +137,7 @@ class Relayd:
         finally:
             await self._shutdown(dispatcher, delivery)
 
-    async def _start_intake(self, store: Store) -> None:
+    async def _start_intake(self, store: MessageIntake) -> None:
         loop = asyncio.get_running_loop()
         self.handler = IntakeHandler(self.config, store, self.clock)
         factory = make_server_factory(self.handler)
@@ -154,7 +154,7 @@ class Relayd:
             for sock in server.sockets:
                 self.addresses.append(sock.getsockname()[:2])
 
-    async def _start_admin(self, store: Store) -> None:
+    async def _start_admin(self, store: AdminStore) -> None:
         if self.config.admin.listen is None:
             return
         self.admin = AdminServer(

@@ -12,12 +12,12 @@ from __future__ import annotations
 
 from relayd.errors import StoreError
 from relayd.logs import get_logger
-from relayd.store.base import Store
+from relayd.store.base import QueueAdmin
 
 log = get_logger("retention")
 
 
-async def purge_history(store: Store, now: float, retention: float) -> int:
+async def purge_history(store: QueueAdmin, now: float, retention: float) -> int:
     """Delete the history older than `retention` seconds before `now`; how many messages went.
 
     A store failure is logged and skipped: the next purge deletes what this one left."""

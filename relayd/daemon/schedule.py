@@ -29,7 +29,7 @@ import math
 from collections.abc import Awaitable, Callable, Collection, Mapping
 from datetime import UTC, datetime
 from functools import partial
-from typing import Any
+from typing import Any, Protocol
 
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from apscheduler.triggers.interval import IntervalTrigger
@@ -43,7 +43,7 @@ from relayd.daemon.retention import purge_history
 from relayd.logs import get_logger
 from relayd.notices.notifier import Notifier
 from relayd.notices.watches import DiskWatch, NoticeRound, disk_paths
-from relayd.store.base import Store
+from relayd.store.base import QueueAdmin, QueueStats
 
 log = get_logger("schedule")
 
@@ -171,6 +171,12 @@ class Schedule:
             del self._running[task]
 
 
+class JobStore(QueueStats, QueueAdmin, Protocol):
+    """What the jobs do to the store: measure the queue (notices, status) and purge its
+    history (retention). The bounce poll works through its own (BouncePoller.store); of
+    this one it only asks who leads, as the notice round does (store.base.leads)."""
+
+
 class DaemonJobs:
     """The daemon's jobs on one Schedule, for the configuration in force: `apply` at start
     and after every reload adds, keeps and removes them. The notice round and the disk watch
@@ -180,7 +186,7 @@ class DaemonJobs:
 
     def __init__(
         self,
-        store: Store,
+        store: JobStore,
         clock: Clock,
         notifier: Notifier,
         poller: BouncePoller | None,

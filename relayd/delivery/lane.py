@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from typing import Protocol
 
 from relayd.clock import Clock
 from relayd.config.model import Config, UpstreamConfig
@@ -36,7 +37,7 @@ from relayd.policy.providers import hint_for
 from relayd.policy.waits import MAX_SLEEP, UNKNOWN, Wait, hold_wait, iso, window_wait
 from relayd.policy.windows import parse_window
 from relayd.reports import dsn_reports
-from relayd.store.base import Store
+from relayd.store.base import DeliveryQueue, SendLedger, UpstreamHolds
 from relayd.types import Lease, RecipientOutcome, RecipientState, SmtpReply, UpstreamHold
 from relayd.units import format_duration
 
@@ -52,6 +53,11 @@ Reply = tuple[str, Action, SmtpReply]  # one recipient's reply and what it means
 Writes = list[asyncio.Task[None]]  # a batch's outcome writes, made while the next sends
 
 
+class LaneStore(DeliveryQueue, SendLedger, UpstreamHolds, dsn_reports.ReportStore, Protocol):
+    """What a lane does to the store: lease and record, reserve sends, hold its upstream and
+    say why it waits, and the delivery reports an outcome calls for."""
+
+
 class Lane:
     """Delivery for one upstream account, with `max_connections` workers."""
 
@@ -59,7 +65,7 @@ class Lane:
         self,
         config: Config,
         upstream: UpstreamConfig,
-        store: Store,
+        store: LaneStore,
         clock: Clock,
         worker: str,
         session_factory: SessionFactory,

@@ -17,10 +17,9 @@ import asyncio
 
 from relayd.clock import Clock
 from relayd.config.model import Config, UpstreamConfig
-from relayd.delivery.lane import Lane, SessionFactory
+from relayd.delivery.lane import Lane, LaneStore, SessionFactory
 from relayd.delivery.notices import UpstreamNotices
 from relayd.logs import get_logger
-from relayd.store.base import Store
 
 log = get_logger("lanes")
 
@@ -31,7 +30,7 @@ class LaneSet:
     def __init__(
         self,
         config: Config,
-        store: Store,
+        store: LaneStore,
         clock: Clock,
         worker: str,
         session_factory: SessionFactory,

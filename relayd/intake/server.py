@@ -23,7 +23,7 @@ from relayd.logs import get_logger
 from relayd.policy.addresses import AddressError, check_address, split_path
 from relayd.policy.headers import prepare, received_header
 from relayd.policy.routing import Routes
-from relayd.store.base import Store
+from relayd.store.base import MessageIntake
 from relayd.types import NewMessage, RcptDsn, new_queue_id
 
 # Every reply relayd itself sends, with its enhanced status code (RFC 3463).
@@ -214,7 +214,7 @@ class RelaydSMTP(AuthSMTP):
 class IntakeHandler:
     """Policy and storage behind the SMTP protocol: networks, addresses, route, enqueue."""
 
-    def __init__(self, config: Config, store: Store, clock: Clock) -> None:
+    def __init__(self, config: Config, store: MessageIntake, clock: Clock) -> None:
         self.config = config
         self.store = store
         self.clock = clock

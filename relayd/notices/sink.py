@@ -8,7 +8,7 @@ from __future__ import annotations
 from relayd.config.model import Config
 from relayd.notices.notifier import NoticeKind, Notifier, NotifySettings, render_notice
 from relayd.reports import outbox
-from relayd.store.base import Store
+from relayd.store.base import MessageIntake
 from relayd.types import new_queue_id
 
 
@@ -18,7 +18,7 @@ class QueueNoticeSink:
 
     def __init__(self, config: Config) -> None:
         self.config = config  # replaced on reload (reconfigure_notices)
-        self.store: Store | None = None  # set when the daemon has opened the store
+        self.store: MessageIntake | None = None  # set when the daemon has opened the store
 
     async def enqueue_notice(self, subject: str, body: str, now: float) -> None:
         notifications = self.config.notifications

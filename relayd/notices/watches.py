@@ -19,7 +19,7 @@ from relayd.config.model import Config
 from relayd.config.reports import NotificationsConfig
 from relayd.logs import get_logger
 from relayd.notices.notifier import NoticeKind, Notifier
-from relayd.store.base import Store, leads, queue_depth
+from relayd.store.base import QueueStats, leads
 from relayd.types import PENDING_STATES, RecipientState
 from relayd.units import format_duration, format_size
 
@@ -44,8 +44,8 @@ class QueueWatch:
         self._failures: deque[tuple[float, int]] = deque()  # (when, failed + bounced)
         self._raised: set[tuple[NoticeKind, str]] = set()
 
-    async def check(self, store: Store, now: float) -> None:
-        depth = await queue_depth(store)
+    async def check(self, store: QueueStats, now: float) -> None:
+        depth = await store.depth()
         pending = sum(depth.counts[state] for state in PENDING_STATES)
         oldest = depth.oldest_pending
         detail = f"{pending} recipients wait"
@@ -118,7 +118,7 @@ class NoticeRound:
     digest (its own conditions and, on the leader, the queue's)."""
 
     def __init__(
-        self, notifier: Notifier, store: Store, notifications: NotificationsConfig
+        self, notifier: Notifier, store: QueueStats, notifications: NotificationsConfig
     ) -> None:
         self.notifier = notifier
         self.store = store

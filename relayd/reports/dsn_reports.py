@@ -17,6 +17,7 @@ a message from `<>`, nor one whose headers say it is a report or an automatic re
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Protocol
 
 from relayd.config.model import Config
 from relayd.config.reports import BouncesConfig
@@ -25,15 +26,23 @@ from relayd.dsn.params import mail_dsn
 from relayd.logs import get_logger
 from relayd.policy.headers import header_block
 from relayd.reports import outbox
-from relayd.store.base import ReportInfo, ReportRecipient, Store
+from relayd.store.base import MessageIntake, ReportInfo, ReportRecipient, ReportSource
 from relayd.types import Lease, QueueId, RecipientOutcome, RecipientState, SmtpReply
 
 log = get_logger("bounce_reports")
 _PENDING = (RecipientState.QUEUED, RecipientState.DEFERRED, RecipientState.HELD)
 
 
+class ReportStore(ReportSource, MessageIntake, Protocol):
+    """What making a report needs: the message as reported on, and enqueue for the report."""
+
+
 async def before_record(
-    config: Config, store: Store, lease: Lease, outcomes: Sequence[RecipientOutcome], now: float
+    config: Config,
+    store: ReportStore,
+    lease: Lease,
+    outcomes: Sequence[RecipientOutcome],
+    now: float,
 ) -> None:
     """Enqueue the DSN or delay warning these outcomes call for, if any (raises StoreError:
     the caller then records nothing and the lease expires, so the report is not lost)."""
@@ -70,7 +79,7 @@ def _merge(info: ReportInfo, outcomes: Sequence[RecipientOutcome]) -> list[Repor
 async def _failure_report(
     config: Config,
     bounces: BouncesConfig,
-    store: Store,
+    store: ReportStore,
     info: ReportInfo,
     merged: list[ReportRecipient],
     now: float,
@@ -87,7 +96,7 @@ async def _failure_report(
 async def _delay_warning(
     config: Config,
     bounces: BouncesConfig,
-    store: Store,
+    store: ReportStore,
     info: ReportInfo,
     merged: list[ReportRecipient],
     now: float,
@@ -100,7 +109,7 @@ async def _delay_warning(
 async def _report(
     config: Config,
     bounces: BouncesConfig,
-    store: Store,
+    store: ReportStore,
     info: ReportInfo,
     recipients: list[ReportRecipient],
     action: str,
@@ -168,7 +177,9 @@ def _reply(text: str) -> SmtpReply:
 DELETED = "5.0.0 deleted from the queue by an operator (relayd queue delete --dsn)"
 
 
-async def deletion_report(config: Config, store: Store, queue_id: QueueId, now: float) -> bool:
+async def deletion_report(
+    config: Config, store: ReportStore, queue_id: QueueId, now: float
+) -> bool:
     """`relayd queue delete ID --dsn`: a failure report for the recipients still pending.
     False when there is no report to make (no [bounces] mailbox, a report itself, none
     pending); the caller deletes the message either way only after this returned."""

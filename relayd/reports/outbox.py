@@ -9,13 +9,13 @@ from __future__ import annotations
 from relayd.config.model import Config
 from relayd.policy.headers import find_message_id, header_block
 from relayd.policy.routing import Routes
-from relayd.store.base import Store
+from relayd.store.base import MessageIntake
 from relayd.types import NewMessage, QueueId, new_queue_id
 
 
 async def submit(
     config: Config,
-    store: Store,
+    store: MessageIntake,
     raw: bytes,
     recipients: tuple[str, ...],
     now: float,

@@ -3,6 +3,10 @@
 Every method is one transaction. Every time input is passed in (`now`), so each
 backend implements the same semantics and `tests/contract/` runs against all of them.
 Callers see `StoreError` subclasses only, never a driver's exception.
+
+The verbs are grouped in roles (MessageIntake, DeliveryQueue, SendLedger, ...): a consumer
+annotates its store with the roles it uses, so what each part of relayd may do to the queue
+reads from its signature, and a test double implements only that. `Store` is their union.
 """
 
 from __future__ import annotations
@@ -13,7 +17,6 @@ from typing import Protocol, runtime_checkable
 
 from relayd.dsn.parse import ParsedDsn
 from relayd.types import (
-    PENDING_STATES,
     Ceiling,
     Lease,
     MessageView,
@@ -65,12 +68,12 @@ class SendSlot:
     reason: str | None = None
 
 
-class Store(Protocol):
-    async def open(self) -> None:
-        """Create or check the schema; after this the store is usable."""
+# --- roles: each consumer declares the ones it uses (bounces/poller.py's BounceStore is the
+# model); `Store` is their union, what every backend implements ----------------------------
 
-    async def close(self) -> None:
-        """Finish pending commits and release the backend."""
+
+class MessageIntake(Protocol):
+    """Taking mail in: intake, sendmail, send-test, and relayd's own reports and notices."""
 
     async def enqueue(self, message: NewMessage) -> QueueId:
         """Store a message and its recipients (state `queued`, due at `received_at`).
@@ -78,6 +81,17 @@ class Store(Protocol):
         Durable when it returns: intake answers 250 only after this. Concurrent calls
         share commits (group commit). Raises StoreUnavailable when it cannot commit.
         """
+
+
+class MessageBodies(Protocol):
+    """The stored bytes; part of every role that reads them (delivery, reports, queue tool)."""
+
+    async def load_body(self, queue_id: QueueId) -> bytes:
+        """The raw message bytes (read on demand: queued bodies are not kept in memory)."""
+
+
+class DeliveryQueue(MessageBodies, Protocol):
+    """The dispatcher's side of the queue: lease due mail, send it, record what happened."""
 
     async def lease_due(
         self, upstream: str, now: float, limit: int, lease_for: float, worker: str
@@ -88,9 +102,6 @@ class Store(Protocol):
         lease covers only the recipients that were due, each with the RFC 3461 parameters
         enqueue stored for it (`Lease.rcpt_dsn`, in the order of `Lease.recipients`).
         """
-
-    async def load_body(self, queue_id: QueueId) -> bytes:
-        """The raw message bytes (read on demand: queued bodies are not kept in memory)."""
 
     async def record_outcome(
         self, lease: Lease, outcomes: Sequence[RecipientOutcome], now: float
@@ -112,6 +123,14 @@ class Store(Protocol):
         """When the earliest pending recipient of `upstream` is due (an unexpired lease counts
         from its expiry); None when nothing is pending."""
 
+    async def wait_for_work(self, timeout: float) -> None:
+        """Return when new mail was enqueued (in this process or, for shared backends, any
+        node) or after `timeout` seconds."""
+
+
+class SendLedger(Protocol):
+    """The rate ledger: the one atomic reserve-or-refuse primitive, and giving a slot back."""
+
     async def reserve_send(
         self,
         upstream: str,
@@ -129,6 +148,10 @@ class Store(Protocol):
 
     async def cancel_send(self, reservation_id: int) -> None:
         """Give back a reservation whose connection never reached DATA."""
+
+
+class UpstreamHolds(Protocol):
+    """Why an upstream sends nothing: a hold (throttled, auth failing) or a lane's wait."""
 
     async def hold_upstream(self, hold: UpstreamHold) -> None:
         """Pause an upstream (throttled, auth failing) until `hold.until` (None: until released)."""
@@ -150,9 +173,20 @@ class Store(Protocol):
         later, or not pending, keeps its own reason. It changes no due time.
         """
 
-    async def wait_for_work(self, timeout: float) -> None:
-        """Return when new mail was enqueued (in this process or, for shared backends, any
-        node) or after `timeout` seconds."""
+
+class QueueStats(Protocol):
+    """The queue in numbers: the heartbeat's STATUS=, /metrics, the backlog notices."""
+
+    async def counts(self) -> dict[RecipientState, int]:
+        """Recipient count per state."""
+
+    async def depth(self) -> QueueDepth:
+        """counts() and the arrival time of the oldest message with a pending recipient
+        (queued or deferred; held ones wait for the operator, not for relayd), in one read."""
+
+
+class QueueAdmin(MessageBodies, Protocol):
+    """The queue tool's reads and writes, and the retention purge."""
 
     async def list_messages(
         self, state: RecipientState | None = None, upstream: str | None = None, limit: int = 1000
@@ -161,9 +195,6 @@ class Store(Protocol):
 
     async def show(self, queue_id: QueueId) -> MessageView | None:
         """One message with its recipients, or None."""
-
-    async def counts(self) -> dict[RecipientState, int]:
-        """Recipient count per state."""
 
     async def retry_now(self, queue_id: QueueId | None, now: float) -> int:
         """Make pending recipients (of one message, or all if None) due now; returns how many."""
@@ -181,13 +212,19 @@ class Store(Protocol):
         """Delete messages whose recipients were all final (delivered, failed, bounced) and
         last updated before `before` (queue.retention); returns how many."""
 
-    # --- delivery reports (bounces/poller.py, reports/dsn_reports.py) -----------------------------
+
+class ReportSource(MessageBodies, Protocol):
+    """What a delivery report about a stored message reads (reports/dsn_reports.py)."""
 
     async def report_info(self, queue_id: QueueId) -> ReportInfo | None:
         """The message's envelope, recipients and their DSN parameters, or None."""
 
     async def mark_delay_warned(self, queue_id: QueueId) -> bool:
         """Set the message's delay-warning flag; True only for the caller that set it."""
+
+
+class BounceMatching(Protocol):
+    """Late bounces read over IMAP (bounces/store.py): match them, remember the IMAP place."""
 
     async def match_bounce(self, parsed: ParsedDsn, now: float) -> QueueId | None:
         """Find the message a report is about (its queue id from X-Relayd-ID or relayd's
@@ -200,6 +237,27 @@ class Store(Protocol):
 
     async def save_imap_state(self, account: str, uidvalidity: int, last_uid: int) -> None:
         """Remember that every message of `account` up to `last_uid` has been handled."""
+
+
+class Store(
+    MessageIntake,
+    DeliveryQueue,
+    SendLedger,
+    UpstreamHolds,
+    QueueStats,
+    QueueAdmin,
+    ReportSource,
+    BounceMatching,
+    Protocol,
+):
+    """Every role, opened and closed: what a backend implements and its owner holds (the
+    daemon, the CLI commands); the contract suite (tests/contract/) runs against it."""
+
+    async def open(self) -> None:
+        """Create or check the schema; after this the store is usable."""
+
+    async def close(self) -> None:
+        """Finish pending commits and release the backend."""
 
 
 @runtime_checkable
@@ -220,17 +278,7 @@ class Leadership(Protocol):
         """Give up the lead of `name` (on a graceful stop, so another node takes over)."""
 
 
-async def leads(store: Store, name: str) -> bool:
-    """Whether this node runs the job `name` now: always on a store without leadership."""
+async def leads(store: object, name: str) -> bool:
+    """Whether this node runs the job `name` now: always on a store (in any role) without
+    leadership."""
     return await store.try_lead(name) if isinstance(store, Leadership) else True
-
-
-async def queue_depth(store: Store) -> QueueDepth:
-    """Recipients per state and the arrival time of the oldest pending message."""
-    counts = await store.counts()
-    oldest: float | None = None
-    for state in PENDING_STATES:
-        views = await store.list_messages(state=state, limit=1)
-        if views and (oldest is None or views[0].received_at < oldest):
-            oldest = views[0].received_at
-    return QueueDepth(counts, oldest)

@@ -5,35 +5,33 @@ when `enqueue` commits, a recipient is delivered, deferred or failed when `recor
 commits, the rate ledger turns a send away when `reserve_send` refuses, and an upstream is
 throttled or its account fails when `hold_upstream` pauses it. Counting there, once, keeps the
 services free of metric calls and counts only what was durably recorded (a lost lease's
-outcome is not counted). Everything else is passed through unchanged.
+outcome is not counted). Every other verb is the inner store's own, looked up by __getattr__.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 from relayd import metrics
-from relayd.dsn.parse import ParsedDsn
-from relayd.store.base import Leadership, ReportInfo, SendSlot, Store
-from relayd.types import (
-    Ceiling,
-    Lease,
-    MessageView,
-    NewMessage,
-    QueueId,
-    RecipientOutcome,
-    RecipientState,
-    UpstreamHold,
-)
+from relayd.store.base import Leadership, SendSlot, Store
+from relayd.types import Ceiling, Lease, NewMessage, QueueId, RecipientOutcome, UpstreamHold
 
 
 class InstrumentedStore:
-    """Wraps `inner` (any Store); the daemon hands this to intake and the dispatcher."""
+    """Wraps `inner` (any Store); the daemon hands this to intake and the dispatcher.
+
+    Only the four observed verbs are written out; any other attribute is `inner`'s.
+    `instrument()` returns it as a Store, so callers are type-checked against the contract
+    rather than against __getattr__'s Any.
+    """
 
     def __init__(self, inner: Store) -> None:
         self.inner = inner
 
-    # -- observed ---------------------------------------------------------------------
+    def __getattr__(self, name: str) -> Any:
+        # Called only for names this class lacks: the pass-through verbs (and open/close).
+        return getattr(self.inner, name)
 
     async def enqueue(self, message: NewMessage) -> QueueId:
         queue_id = await self.inner.enqueue(message)
@@ -64,89 +62,14 @@ class InstrumentedStore:
         # dispatch pauses an account problem until released, a throttle until a time.
         metrics.upstream_held(hold.upstream, auth=hold.until is None)
 
-    # -- passed through ---------------------------------------------------------------
-
-    async def open(self) -> None:
-        await self.inner.open()
-
-    async def close(self) -> None:
-        await self.inner.close()
-
-    async def lease_due(
-        self, upstream: str, now: float, limit: int, lease_for: float, worker: str
-    ) -> list[Lease]:
-        return await self.inner.lease_due(upstream, now, limit, lease_for, worker)
-
-    async def load_body(self, queue_id: QueueId) -> bytes:
-        return await self.inner.load_body(queue_id)
-
-    async def release(self, lease: Lease, not_before: float, reason: str) -> None:
-        await self.inner.release(lease, not_before, reason)
-
-    async def next_due(self, upstream: str, now: float) -> float | None:
-        return await self.inner.next_due(upstream, now)
-
-    async def cancel_send(self, reservation_id: int) -> None:
-        await self.inner.cancel_send(reservation_id)
-
-    async def release_upstream(self, upstream: str) -> None:
-        await self.inner.release_upstream(upstream)
-
-    async def upstream_hold(self, upstream: str) -> UpstreamHold | None:
-        return await self.inner.upstream_hold(upstream)
-
-    async def set_upstream_wait(
-        self, upstream: str, reason: str | None, until: float | None
-    ) -> None:
-        await self.inner.set_upstream_wait(upstream, reason, until)
-
-    async def wait_for_work(self, timeout: float) -> None:
-        await self.inner.wait_for_work(timeout)
-
-    async def list_messages(
-        self, state: RecipientState | None = None, upstream: str | None = None, limit: int = 1000
-    ) -> list[MessageView]:
-        return await self.inner.list_messages(state, upstream, limit)
-
-    async def show(self, queue_id: QueueId) -> MessageView | None:
-        return await self.inner.show(queue_id)
-
-    async def counts(self) -> dict[RecipientState, int]:
-        return await self.inner.counts()
-
-    async def retry_now(self, queue_id: QueueId | None, now: float) -> int:
-        return await self.inner.retry_now(queue_id, now)
-
-    async def hold_message(self, queue_id: QueueId) -> int:
-        return await self.inner.hold_message(queue_id)
-
-    async def release_message(self, queue_id: QueueId, now: float) -> int:
-        return await self.inner.release_message(queue_id, now)
-
-    async def delete_message(self, queue_id: QueueId) -> bool:
-        return await self.inner.delete_message(queue_id)
-
-    async def purge_finished(self, before: float) -> int:
-        return await self.inner.purge_finished(before)
-
-    async def report_info(self, queue_id: QueueId) -> ReportInfo | None:
-        return await self.inner.report_info(queue_id)
-
-    async def mark_delay_warned(self, queue_id: QueueId) -> bool:
-        return await self.inner.mark_delay_warned(queue_id)
-
-    async def match_bounce(self, parsed: ParsedDsn, now: float) -> QueueId | None:
-        return await self.inner.match_bounce(parsed, now)
-
-    async def imap_state(self, account: str) -> tuple[int, int] | None:
-        return await self.inner.imap_state(account)
-
-    async def save_imap_state(self, account: str, uidvalidity: int, last_uid: int) -> None:
-        await self.inner.save_imap_state(account, uidvalidity, last_uid)
-
 
 class InstrumentedLeadingStore(InstrumentedStore):
-    """The same, for a store that also offers Leadership (isinstance checks see it)."""
+    """The same, for a store that also offers Leadership.
+
+    The two verbs are spelled out rather than left to __getattr__: isinstance() against a
+    runtime-checkable protocol looks at the class (inspect.getattr_static) from Python 3.12,
+    and __getattr__ is invisible there.
+    """
 
     def __init__(self, inner: Store, leadership: Leadership) -> None:
         super().__init__(inner)
@@ -159,11 +82,8 @@ class InstrumentedLeadingStore(InstrumentedStore):
         await self.leadership.resign(name)
 
 
-def instrument(store: Store) -> InstrumentedStore:
+def instrument(store: Store) -> Store:
     """`store` with metrics; it offers Leadership exactly when `store` does."""
     if isinstance(store, Leadership):
         return InstrumentedLeadingStore(store, store)
     return InstrumentedStore(store)
-
-    async def purge_finished(self, before: float) -> int:
-        return await self.inner.purge_finished(before)

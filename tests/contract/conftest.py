@@ -29,12 +29,10 @@ BUSY_TIMEOUT = 0.2
 
 
 class ContractStore(Store, Protocol):
-    """What the suite needs beyond base.py: `async with`, the commit counter, purge."""
+    """What the suite needs beyond base.py: `async with` and the commit counter."""
 
     @property
     def commits(self) -> int: ...
-
-    async def purge_finished(self, before: float) -> int: ...
 
     async def __aenter__(self) -> ContractStore: ...
 

@@ -19,6 +19,7 @@ from relayd.types import (
     Ceiling,
     Lease,
     NewMessage,
+    QueueDepth,
     QueueId,
     RecipientOutcome,
     RecipientState,
@@ -630,6 +631,18 @@ async def test_show_and_counts(store: ContractStore) -> None:
     assert counts[State.DELIVERED] == counts[State.DEFERRED] == 1
     assert counts[State.QUEUED] == counts[State.HELD] == 1
     assert counts[State.FAILED] == counts[State.BOUNCED] == 0
+
+
+async def test_depth_is_the_counts_and_the_oldest_pending_arrival(store: ContractStore) -> None:
+    assert await store.depth() == QueueDepth(dict.fromkeys(State, 0), None)
+    partial, fresh, _ = await _mixed_queue(store)
+    assert await store.depth() == QueueDepth(await store.counts(), T0)  # bob, deferred
+
+    assert await store.delete_message(partial)
+    assert (await store.depth()).oldest_pending == T0 + 1  # carol, queued
+    assert await store.delete_message(fresh)
+    depth = await store.depth()  # dave, held: he waits for the operator, not for relayd
+    assert (depth.counts[State.HELD], depth.oldest_pending) == (1, None)
 
 
 async def test_retry_now_makes_pending_recipients_due(store: ContractStore) -> None:

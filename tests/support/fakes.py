@@ -1,4 +1,4 @@
-"""A fake clock, a recording NoticeSink and a queue-depth store, shared by the notice,
+"""A fake clock, a recording NoticeSink and a QueueStats store, shared by the notice,
 schedule, heartbeat, disk-watch and OAuth2 tests."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ import asyncio
 from dataclasses import dataclass, field
 
 from relayd.errors import StoreError
-from relayd.types import MessageView, QueueId, RecipientState
+from relayd.types import QueueDepth, RecipientState
 
 T0 = 1_704_189_600.0  # 2024-01-02 10:00 UTC: far from the real time APScheduler keeps
 
@@ -44,7 +44,8 @@ class FakeClock:
 
 @dataclass
 class QueueStore:
-    """store.counts() and list_messages(), as store.base.queue_depth reads them (or `error`)."""
+    """The QueueStats role (store/base.py): `counts_` and the `oldest` pending arrival (or
+    `error`)."""
 
     counts_: dict[RecipientState, int] = field(
         default_factory=lambda: dict.fromkeys(RecipientState, 0)
@@ -57,9 +58,5 @@ class QueueStore:
             raise self.error
         return dict(self.counts_)
 
-    async def list_messages(
-        self, state: RecipientState | None = None, upstream: str | None = None, limit: int = 1000
-    ) -> list[MessageView]:
-        if self.oldest is None or state is not RecipientState.QUEUED:
-            return []
-        return [MessageView(QueueId("Q"), "main", "a@b", "<m>", self.oldest, 1)]
+    async def depth(self) -> QueueDepth:
+        return QueueDepth(await self.counts(), self.oldest)

@@ -63,7 +63,7 @@ async def test_the_status_job_sends_the_queue_depth_at_the_time_it_is_given(
     sock, env = notify_socket
     store = QueueStore(oldest=T0 - 300)
     store.counts_[RecipientState.QUEUED] = 2
-    assert await update_status(store, T0, env)  # type: ignore[arg-type]
+    assert await update_status(store, T0, env)
     message = sock.recv(4096).decode()
     assert message == "STATUS=queue: 2 queued, 0 deferred, 0 held; oldest 5m"
 
@@ -74,7 +74,7 @@ async def test_a_failing_store_skips_one_status_update_with_a_warning(
     sock, env = notify_socket
     store = QueueStore(error=StoreError("database is locked"))
     with capture_logs() as logs:
-        assert not await update_status(store, T0, env)  # type: ignore[arg-type]
+        assert not await update_status(store, T0, env)
     assert [(e["event"], e["log_level"], e["error"]) for e in logs] == [
         ("status_unavailable", "warning", "database is locked")
     ]

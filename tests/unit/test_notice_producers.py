@@ -77,17 +77,17 @@ async def test_queue_watch_raises_backlog_and_bounce_rate_and_clears_them() -> N
     )
     watch = QueueWatch(notifier, n)
     store = QueueStore()
-    await watch.check(store, T0)  # type: ignore[arg-type]
+    await watch.check(store, T0)
     assert notifier.active() == []
     store.counts_[RecipientState.QUEUED] = 11
     store.oldest = T0 - 7200
     store.counts_[RecipientState.FAILED] = 6
-    await watch.check(store, T0 + 10)  # type: ignore[arg-type]
+    await watch.check(store, T0 + 10)
     kinds = sorted(kind for kind, _ in _kinds(notifier))
     assert kinds == ["bounce_rate", "queue_backlog", "queue_backlog"]
     store.counts_[RecipientState.QUEUED] = 1
     store.oldest = T0
-    await watch.check(store, T0 + 100)  # type: ignore[arg-type]  # failures now older than 60 s
+    await watch.check(store, T0 + 100)  # failures now older than 60 s
     assert notifier.active() == []
 
 
@@ -104,7 +104,7 @@ def test_a_throttle_raises_upstream_throttled_and_a_delivery_clears_it() -> None
 
 @dataclass
 class NodeStore(QueueStore):
-    """A PostgreSQL node's store as NoticeRound sees it: counts, plus Leadership."""
+    """A PostgreSQL node's store as NoticeRound sees it: QueueStats, plus Leadership."""
 
     leading: bool = False
     asked: list[str] = field(default_factory=list)
@@ -133,7 +133,7 @@ async def test_a_non_leader_node_mails_its_own_conditions_named_by_its_hostname(
     sink = Sink()
     node2 = Notifier(sink, NotifySettings(hostname="node2.example", digest_interval=60))
     store = _backlogged(leading=False)
-    notice_round = NoticeRound(node2, store, NOTICES)  # type: ignore[arg-type]
+    notice_round = NoticeRound(node2, store, NOTICES)
     refused = SmtpReply(535, "5.7.8 Username and Password not accepted.")
     UpstreamNotices(node2).observe(Upstream(), [("a@x", Action.AUTH_FAILED, refused)], clock.now())  # type: ignore[arg-type]
     await notice_round(clock.now())
@@ -153,7 +153,7 @@ async def test_the_leader_checks_the_queue_and_a_node_that_loses_the_lead_clears
     sink = Sink()
     node1 = Notifier(sink, NotifySettings(hostname="node1.example", digest_interval=60))
     store = _backlogged(leading=True)
-    notice_round = NoticeRound(node1, store, NOTICES)  # type: ignore[arg-type]
+    notice_round = NoticeRound(node1, store, NOTICES)
     await notice_round(clock.now())
     assert _kinds(node1) == [("queue_backlog", "more than 10 recipients waiting")]
     assert sink.sent[0][0] == (
@@ -174,7 +174,7 @@ async def test_a_failing_queue_check_still_flushes_this_nodes_digest() -> None:
         async def counts(self) -> dict[RecipientState, int]:
             raise StoreError("connection lost")
 
-    notice_round = NoticeRound(node, Broken(leading=True), NOTICES)  # type: ignore[arg-type]
+    notice_round = NoticeRound(node, Broken(leading=True), NOTICES)
     node.raise_("config_reload_failed", "relayd.toml", "line 3: unknown key", now=T0)
     with capture_logs() as logs:
         await notice_round(T0)

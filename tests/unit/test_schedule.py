@@ -27,7 +27,7 @@ from relayd.notices.notifier import Notifier
 from relayd.store.base import Leadership
 from relayd.types import RecipientState
 from tests.conftest import ConfigFactory
-from tests.support.fakes import T0, FakeClock, Sink
+from tests.support.fakes import T0, FakeClock, QueueStore, Sink
 
 WAIT = 10.0  # generous: only a broken scheduler takes this long
 DIRECTORY = 'provider = "directory"\npath = "outbox"'
@@ -305,13 +305,13 @@ class Leads:
 async def test_a_bounce_round_polls_only_on_the_leader_and_logs_a_failure() -> None:
     poller = FakePoller()
     as_poller: BouncePoller = poller  # type: ignore[assignment]
-    await poll_bounces(as_poller, Leads(False), T0)  # type: ignore[arg-type]
+    await poll_bounces(as_poller, Leads(False), T0)
     assert poller.polls == []
-    await poll_bounces(as_poller, Leads(True), T0 + 120)  # type: ignore[arg-type]
+    await poll_bounces(as_poller, Leads(True), T0 + 120)
     assert poller.polls == [T0 + 120]
     poller.error = StoreError("database is locked")
     with capture_logs() as logs:
-        await poll_bounces(as_poller, Leads(True), T0 + 240)  # type: ignore[arg-type]
+        await poll_bounces(as_poller, Leads(True), T0 + 240)
     assert logs == [
         {
             "event": "bounce_poll_failed",
@@ -384,19 +384,6 @@ def test_misfire_grace_is_one_interval_in_whole_seconds() -> None:
 # -- a reload ----------------------------------------------------------------------------
 
 
-@dataclass
-class DepthStore:
-    """store.counts() and list_messages(), as store.base.queue_depth reads them."""
-
-    queued: int = 0
-
-    async def counts(self) -> dict[RecipientState, int]:
-        return {**dict.fromkeys(RecipientState, 0), RecipientState.QUEUED: self.queued}
-
-    async def list_messages(self, state: RecipientState, limit: int) -> list[Any]:
-        return []
-
-
 def next_runs(schedule: Schedule) -> dict[str, Any]:
     return {job.id: job.next_run_time for job in schedule.scheduler.get_jobs()}
 
@@ -410,7 +397,8 @@ async def test_a_reload_gives_the_jobs_new_values_and_drops_what_is_no_longer_as
     monkeypatch.setenv("IMAP_TEST_PASSWORD", "pw")
     imap = IMAP.format(idle="false")
     first = make_config(DIRECTORY, extra=NOTIFICATIONS + "backlog_depth = 1\n" + imap)
-    store = DepthStore(queued=2)
+    store = QueueStore()
+    store.counts_[RecipientState.QUEUED] = 2
     notifier = Notifier(Sink())
     poller = bounce_poller(first, store, FakeClock())  # type: ignore[arg-type]
     assert poller is not None
@@ -440,7 +428,7 @@ async def test_a_reload_gives_the_jobs_new_values_and_drops_what_is_no_longer_as
     assert all(after[name] == before[name] for name in ("bounces", "notices", "status"))
     assert notifier.active() == [("queue_backlog", "more than 1 recipients waiting", T0)]
     assert poller.store.config is second  # type: ignore[attr-defined]
-    store.queued = 6
+    store.counts_[RecipientState.QUEUED] = 6
     await notices(T0 + 65)
     assert notifier.active() == [("queue_backlog", "more than 5 recipients waiting", T0 + 65)]
 

@@ -23,6 +23,7 @@ from relayd.types import (
     Lease,
     MessageView,
     NewMessage,
+    QueueDepth,
     QueueId,
     RcptDsn,
     RecipientOutcome,
@@ -371,3 +372,8 @@ async def counts(conn: Conn) -> dict[RecipientState, int]:
     for row in await _fetch(conn, Q["counts"]):
         result[RecipientState(row["state"])] = int(row["count"])
     return result
+
+
+async def depth(conn: Conn) -> QueueDepth:
+    """counts() and the oldest pending arrival (run in one snapshot by the store)."""
+    return QueueDepth(await counts(conn), await _fetchval(conn, Q["oldest_pending"]))

@@ -36,6 +36,7 @@ from relayd.types import (
     Lease,
     MessageView,
     NewMessage,
+    QueueDepth,
     QueueId,
     RecipientOutcome,
     RecipientState,
@@ -228,6 +229,9 @@ class PostgresStore:
     async def counts(self) -> dict[RecipientState, int]:
         """Recipients per state; every state is present, 0 when none."""
         return await self._db.run(ops.counts)
+
+    async def depth(self) -> QueueDepth:
+        return await self._db.run(ops.depth, snapshot=True)
 
     async def retry_now(self, queue_id: QueueId | None, now: float) -> int:
         return await self._write(lambda conn: ops.retry_now(conn, queue_id, now), wake=True)

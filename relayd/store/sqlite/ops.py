@@ -23,6 +23,7 @@ from relayd.types import (
     Lease,
     MessageView,
     NewMessage,
+    QueueDepth,
     QueueId,
     RcptDsn,
     RecipientOutcome,
@@ -366,3 +367,13 @@ def counts(conn: sqlite3.Connection) -> dict[RecipientState, int]:
     for state, count in conn.execute(Q["counts"]):
         result[RecipientState(state)] = count
     return result
+
+
+def depth(conn: sqlite3.Connection) -> QueueDepth:
+    """counts() and the oldest pending arrival, in one read transaction."""
+    conn.execute("BEGIN")
+    try:
+        (oldest,) = conn.execute(Q["oldest_pending"]).fetchone()
+        return QueueDepth(counts(conn), oldest)
+    finally:
+        conn.execute("COMMIT")

@@ -314,6 +314,14 @@ ORDER BY r.queue_id, r.idx;
 -- name: counts
 SELECT state, count(*) FROM recipients GROUP BY state;
 
+-- name: oldest_pending
+-- depth(): when the oldest message with a pending recipient arrived (NULL when none);
+-- through recipients_state, so it reads the pending recipients, not the history.
+SELECT min(m.received_at)
+FROM recipients AS r
+JOIN messages AS m ON m.id = r.queue_id
+WHERE r.state IN ('queued', 'deferred');
+
 -- name: retry_now
 -- Pending recipients (of one message, or all when :queue_id is NULL) become due now.
 UPDATE recipients

@@ -26,6 +26,7 @@ from relayd.types import (
     Lease,
     MessageView,
     NewMessage,
+    QueueDepth,
     QueueId,
     RecipientOutcome,
     RecipientState,
@@ -205,6 +206,9 @@ class SqliteStore:
         """Recipients per state; every state is present, 0 when none."""
         return await self._db.read(ops.counts)
 
+    async def depth(self) -> QueueDepth:
+        return await self._db.read(ops.depth)
+
     async def retry_now(self, queue_id: QueueId | None, now: float) -> int:
         changed = await self._db.write(lambda conn: ops.retry_now(conn, queue_id, now))
         self._new_work()
@@ -222,10 +226,7 @@ class SqliteStore:
         return await self._db.write(lambda conn: ops.delete_message(conn, queue_id))
 
     async def purge_finished(self, before: float) -> int:
-        """Delete messages whose recipients were all final before `before`; returns how many.
-
-        Not in the base contract yet: retention is a sqlite-side chore for the scheduler.
-        """
+        """Delete messages whose recipients were all final before `before`; returns how many."""
         return await self._db.write(lambda conn: ops.purge_finished(conn, before))
 
     # --- delivery reports -------------------------------------------------------------
