@@ -25,12 +25,13 @@ import aioimaplib  # type: ignore[import-untyped]
 import pytest
 from structlog.testing import capture_logs
 
+from relayd import metrics
 from relayd.bounces.imap import ImapAuthError, ImapSession
 from relayd.bounces.poller import BouncePoller, ImapSettings
 from relayd.bounces.store import QueueBounceStore
 from relayd.clock import SystemClock
 from relayd.config.model import Config
-from relayd.dsn.parse import ParsedDsn
+from relayd.dsn.parse import ParsedDsn, parse_dsn
 from relayd.errors import StoreUnavailable
 from relayd.store import store_for
 from relayd.store.base import Store
@@ -308,6 +309,27 @@ async def test_finds_matches_forwards_and_moves_the_bounces(
     assert [m.uid for m in left] == [uids[name] for name in ORDINARY if name in uids]
     assert {m.uid: m.flags for m in left} == {m.uid: before[m.uid] for m in left}
     assert all("\\Seen" not in m.flags for m in left if m.uid != uids["newsletter"])
+
+
+async def test_matched_failures_count_as_bounced_recipients_of_their_upstream(
+    relay: ObservedStore,
+) -> None:
+    """/metrics: each failure a report names counts once under the original's upstream; a
+    delay report counts nothing."""
+    await send_originals(relay.store)
+
+    def bounced() -> float:
+        labels = {"upstream": "main", "outcome": "bounced"}
+        return metrics.REGISTRY.get_sample_value("relayd_recipients_total", labels) or 0.0
+
+    before = bounced()
+    for name in BOUNCES:
+        parsed = parse_dsn(sample(name))
+        assert parsed is not None
+        assert await relay.match_bounce(parsed, NOW) is not None
+
+    reported = [rcpt for _, _, recipients in BOUNCES.values() for rcpt in recipients]
+    assert bounced() - before == sum(action == "failed" for _, action, _ in reported) == 6
 
 
 async def test_unmatched_bounces_and_ordinary_mail_are_left_alone(
