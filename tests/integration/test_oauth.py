@@ -339,6 +339,7 @@ async def test_invalid_grant_holds_the_upstream_and_keeps_the_mail_queued(
         config = load_config(tmp_path, text)
         async with running(config) as daemon:
             store = daemon.store
+            assert store is not None
             with capture_logs() as logs:
                 await send(daemon.addresses[0][1], message())
                 await wait_for(lambda: any(e["event"] == "upstream_auth_failed" for e in logs))
