@@ -53,10 +53,6 @@ class SmtpReply:
     def is_transient(self) -> bool:
         return 400 <= self.code < 500
 
-    @property
-    def is_permanent(self) -> bool:
-        return self.code >= 500
-
     def __str__(self) -> str:
         """`code text`; a reply relayd made up for a transport error (code 0) is just text."""
         return f"{self.code} {self.message}".strip() if self.code else self.message

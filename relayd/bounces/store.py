@@ -1,22 +1,26 @@
 """BounceStore (bounces/poller.py) over the real queue store: match, remember the IMAP place, and
 forward a matched report to the bounce mailbox through the outbox (from `<>`, no loop: a
-report is never reported on, reports/dsn_reports.py)."""
+report is never reported on, reports/dsn_reports.py). A match counts the recipients it
+bounced in /metrics, under their message's upstream."""
 
 from __future__ import annotations
 
 from typing import Protocol
 
+from relayd import metrics
 from relayd.config.model import Config
 from relayd.dsn.parse import ParsedDsn
 from relayd.logs import get_logger
 from relayd.reports import outbox
-from relayd.store.base import BounceMatching, MessageIntake
+from relayd.store.base import BounceMatching, MessageIntake, ReportSource
+from relayd.types import QueueId, RecipientState
 
 log = get_logger("bounce_store")
 
 
-class BounceQueue(BounceMatching, MessageIntake, Protocol):
-    """What QueueBounceStore needs of the queue store: matching and the IMAP place, and
+class BounceQueue(BounceMatching, ReportSource, MessageIntake, Protocol):
+    """What QueueBounceStore needs of the queue store: matching and the IMAP place, what a
+    matched message holds (to count its bounces), and
     enqueue for the forwarded report."""
 
 
@@ -34,7 +38,21 @@ class QueueBounceStore:
         await self.store.save_imap_state(account, uidvalidity, last_uid)
 
     async def match_bounce(self, parsed: ParsedDsn, now: float) -> str | None:
-        return await self.store.match_bounce(parsed, now)
+        queue_id = await self.store.match_bounce(parsed, now)
+        if queue_id is not None:
+            await self._count_bounced(parsed, queue_id)
+        return queue_id
+
+    async def _count_bounced(self, parsed: ParsedDsn, queue_id: QueueId) -> None:
+        """Count the reported failures that are stored recipients of the message (the store
+        marked them bounced). A report read again after a crash counts again (at least once)."""
+        info = await self.store.report_info(queue_id)
+        if info is None:
+            return
+        failed = {rcpt.final_recipient.lower() for rcpt in parsed.failed}
+        for rcpt in info.recipients:
+            if rcpt.state is RecipientState.BOUNCED and rcpt.address.lower() in failed:
+                metrics.bounced(info.upstream)
 
     async def forward_report(self, raw: bytes, queue_id: str, now: float) -> None:
         bounces = self.config.bounces

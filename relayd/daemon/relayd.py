@@ -42,7 +42,6 @@ from relayd.types import NoticeHook
 
 log = get_logger("daemon")
 
-STARTUP_FAILURE = 3
 SERVICE_FAILURE = 1
 CANCEL_GRACE = 1.0  # seconds for cancelled deliveries to unwind at shutdown
 
@@ -79,7 +78,6 @@ class Relayd:
         self.handler: IntakeHandler | None = None
         self.servers: list[asyncio.Server] = []
         self.addresses: list[tuple[str, int]] = []
-        self._force = False
         self.failure: BaseException | None = None
         self.reload_requested = asyncio.Event()  # set by SIGHUP (or a test)
         self.lanes: LaneSet | None = None
@@ -303,9 +301,8 @@ class Relayd:
             loop.remove_signal_handler(sig)
 
     def handle_exit(self, sig: int, *_: Any) -> None:
-        """Only sets flags: the first TERM/INT stops gracefully, a second INT forces."""
+        """The first TERM/INT only sets the stop flag (graceful); a second INT exits at once."""
         if self.stop_event.is_set() and sig == signal.SIGINT:
-            self._force = True
             os._exit(1)
         self.stop_event.set()
 

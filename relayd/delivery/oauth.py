@@ -35,6 +35,7 @@ from typing import Any, Literal
 
 import httpx
 
+from relayd import metrics
 from relayd.clock import Clock
 from relayd.config.model import UpstreamConfig
 from relayd.errors import UpstreamAuthError, UpstreamError, UpstreamUnavailable
@@ -255,6 +256,7 @@ class TokenSource:
             flow=self.flow,
             valid_for=format_duration(lifetime),
         )
+        metrics.oauth_token_expiry(self.name, now + lifetime)
         return AccessToken(str(payload["access_token"]), now, now + lifetime)
 
     async def _save_rotated(self, rotated: str) -> None:

@@ -361,7 +361,3 @@ def _fold(line: str, width: int = 78) -> str:
 
 def _date(at: float) -> str:
     return format_datetime(datetime.fromtimestamp(at, tz=UTC))
-
-
-def _is_8bit(part: bytes) -> bool:
-    return not part.isascii()

@@ -25,12 +25,13 @@ import aioimaplib  # type: ignore[import-untyped]
 import pytest
 from structlog.testing import capture_logs
 
+from relayd import metrics
 from relayd.bounces.imap import ImapAuthError, ImapSession
 from relayd.bounces.poller import BouncePoller, ImapSettings
 from relayd.bounces.store import QueueBounceStore
 from relayd.clock import SystemClock
 from relayd.config.model import Config
-from relayd.dsn.parse import ParsedDsn
+from relayd.dsn.parse import ParsedDsn, parse_dsn
 from relayd.errors import StoreUnavailable
 from relayd.store import store_for
 from relayd.store.base import Store
@@ -131,6 +132,7 @@ class ObservedStore(QueueBounceStore):
 
     def __init__(self, config: Config, store: Store) -> None:
         super().__init__(config, store)
+        self.queue = store  # the whole store, for the tests' own reads and setup
         self.saves: list[tuple[str, int, int]] = []
         self.matches: list[tuple[ParsedDsn, str | None]] = []
         self.forwarded: list[str] = []  # queue ids of the originals, in forwarding order
@@ -264,7 +266,7 @@ def poller(server: Dovecot, store: QueueBounceStore, **settings: object) -> Boun
 async def test_finds_matches_forwards_and_moves_the_bounces(
     dovecot: Dovecot, relay: ObservedStore
 ) -> None:
-    await send_originals(relay.store)
+    await send_originals(relay.queue)
     uids = fill(dovecot)
     before = {m.uid: m.flags for m in dovecot.messages()}
     assert MOVE_TO not in dovecot.folders()
@@ -282,7 +284,7 @@ async def test_finds_matches_forwards_and_moves_the_bounces(
 
     # The store: each reported failure is bounced with its diagnostic; nothing else changed.
     for _, queue_id, reported in BOUNCES.values():
-        stored = await recipients_of(relay.store, queue_id)
+        stored = await recipients_of(relay.queue, queue_id)
         for address, action, _ in reported:
             if action == "failed":
                 assert stored[address].state is RecipientState.BOUNCED, address
@@ -290,12 +292,12 @@ async def test_finds_matches_forwards_and_moves_the_bounces(
             else:  # a delay is reported, not a bounce
                 assert stored[address].state is RecipientState.DELIVERED, address
                 assert stored[address].last_reply == ACCEPTED
-    also = (await recipients_of(relay.store, "238HJPJKD0B7W5XQ1"))[ALSO_DELIVERED]
+    also = (await recipients_of(relay.queue, "238HJPJKD0B7W5XQ1"))[ALSO_DELIVERED]
     assert (also.state, also.last_reply) == (RecipientState.DELIVERED, ACCEPTED)
 
     # Each report is forwarded once, as received, from <> to the bounce mailbox via "main".
     assert sorted(relay.forwarded) == sorted(queue_id for _, queue_id, _ in BOUNCES.values())
-    forwarded = await reports(relay.store)
+    forwarded = await reports(relay.queue)
     assert sorted(as_received(body) for _, body in forwarded) == sorted(map(sample, BOUNCES))
     for view, _ in forwarded:
         assert (view.mail_from, view.upstream) == ("", "main")
@@ -310,21 +312,42 @@ async def test_finds_matches_forwards_and_moves_the_bounces(
     assert all("\\Seen" not in m.flags for m in left if m.uid != uids["newsletter"])
 
 
+async def test_matched_failures_count_as_bounced_recipients_of_their_upstream(
+    relay: ObservedStore,
+) -> None:
+    """/metrics: each failure a report names counts once under the original's upstream; a
+    delay report counts nothing."""
+    await send_originals(relay.queue)
+
+    def bounced() -> float:
+        labels = {"upstream": "main", "outcome": "bounced"}
+        return metrics.REGISTRY.get_sample_value("relayd_recipients_total", labels) or 0.0
+
+    before = bounced()
+    for name in BOUNCES:
+        parsed = parse_dsn(sample(name))
+        assert parsed is not None
+        assert await relay.match_bounce(parsed, NOW) is not None
+
+    reported = [rcpt for _, _, recipients in BOUNCES.values() for rcpt in recipients]
+    assert bounced() - before == sum(action == "failed" for _, action, _ in reported) == 6
+
+
 async def test_unmatched_bounces_and_ordinary_mail_are_left_alone(
     dovecot: Dovecot, relay: ObservedStore
 ) -> None:
     fill(dovecot)
     before = dovecot.messages()
     # relayd sent none of these: only unrelated mail is in the store
-    await send(relay.store, "238HJPJKB0000000Z", "<relayd.238HJPJKB0000000Z@relay.test>", ["a@b.c"])
+    await send(relay.queue, "238HJPJKB0000000Z", "<relayd.238HJPJKB0000000Z@relay.test>", ["a@b.c"])
 
     result = await poller(dovecot, relay).poll_once(NOW)
 
     assert (result.bounces, result.matched, result.unmatched) == (5, 0, 5)
     assert len(relay.matches) == 5
     assert relay.forwarded == []
-    assert [v.queue_id for v in await relay.store.list_messages()] == ["238HJPJKB0000000Z"]
-    assert (await relay.store.counts())[RecipientState.BOUNCED] == 0
+    assert [v.queue_id for v in await relay.queue.list_messages()] == ["238HJPJKB0000000Z"]
+    assert (await relay.queue.counts())[RecipientState.BOUNCED] == 0
     assert dovecot.messages() == before  # same UIDs, same flags: no \Seen, nothing moved
     assert MOVE_TO not in dovecot.folders()
 
@@ -339,8 +362,8 @@ async def test_a_report_without_relayds_id_matches_by_message_id(
     without_id = re.sub(rb"(?m)^X-Relayd-ID: .*\n", b"", raw)
     assert without_id != raw
     older, newer = "238HJPJK90000000B", "238HJPJKN0000000C"  # the app sent it twice
-    await send(relay.store, older, message_id, ["accounts@example.org"], at=SENT_AT - 600)
-    await send(relay.store, newer, message_id, ["accounts@example.org", "payroll@example.org"])
+    await send(relay.queue, older, message_id, ["accounts@example.org"], at=SENT_AT - 600)
+    await send(relay.queue, newer, message_id, ["accounts@example.org", "payroll@example.org"])
     dovecot.append(without_id)
 
     result = await poller(dovecot, relay).poll_once(NOW)
@@ -348,14 +371,14 @@ async def test_a_report_without_relayds_id_matches_by_message_id(
     assert result.matched == 1
     ((parsed, queue_id),) = relay.matches
     assert (parsed.queue_id, parsed.original_message_id, queue_id) == (None, message_id, newer)
-    stored = await recipients_of(relay.store, newer)
+    stored = await recipients_of(relay.queue, newer)
     assert {a: r.state for a, r in stored.items()} == {
         "accounts@example.org": RecipientState.BOUNCED,
         "payroll@example.org": RecipientState.BOUNCED,
     }
-    untouched = (await recipients_of(relay.store, older))["accounts@example.org"]
+    untouched = (await recipients_of(relay.queue, older))["accounts@example.org"]
     assert untouched.state is RecipientState.DELIVERED
-    ((_, body),) = await reports(relay.store)
+    ((_, body),) = await reports(relay.queue)
     assert as_received(body) == as_received(without_id)
     assert dovecot.messages() == []
 
@@ -363,7 +386,7 @@ async def test_a_report_without_relayds_id_matches_by_message_id(
 async def test_no_reprocessing_after_a_restart(dovecot: Dovecot, config: Config) -> None:
     uids = fill(dovecot)
     async with opened(config) as relay:
-        await send_originals(relay.store)
+        await send_originals(relay.queue)
         await poller(dovecot, relay).poll_once(NOW)
         # the start point (all of it is recent), then after each message
         assert [uid for _, _, uid in relay.saves] == [0, *sorted(uids.values())]
@@ -371,34 +394,34 @@ async def test_no_reprocessing_after_a_restart(dovecot: Dovecot, config: Config)
 
     account = dovecot.settings().account
     async with opened(config) as relay:  # a restart: a new store connection, a new poller
-        state = await relay.store.imap_state(account)
+        state = await relay.queue.imap_state(account)
         assert state is not None and state[1] == max(uids.values())
         again = await poller(dovecot, relay).poll_once(NOW + 300)
         assert (again.seen, again.bounces) == (0, 0)
         assert relay.matches == []
-        assert len(await reports(relay.store)) == 5  # none forwarded twice
+        assert len(await reports(relay.queue)) == 5  # none forwarded twice
 
         late_id = "238HJPJKCKJLFMR3B"
         await send(
-            relay.store, late_id, f"<relayd.{late_id}@relay.test>", ["no-such-user@example.com"]
+            relay.queue, late_id, f"<relayd.{late_id}@relay.test>", ["no-such-user@example.com"]
         )
         late = dovecot.append(sample("gmail_failure.eml").replace(b"JKCKJLFMR2K", b"JKCKJLFMR3B"))
         third = await poller(dovecot, relay).poll_once(NOW + 600)
         assert (third.seen, third.matched, third.last_uid) == (1, 1, late)
         assert relay.matched[-1].queue_id == late_id
-        bounced = (await recipients_of(relay.store, late_id))["no-such-user@example.com"]
+        bounced = (await recipients_of(relay.queue, late_id))["no-such-user@example.com"]
         assert bounced.state is RecipientState.BOUNCED
-        assert len(await reports(relay.store)) == 6
-        assert await relay.store.imap_state(account) == (third.uidvalidity, late)
+        assert len(await reports(relay.queue)) == 6
+        assert await relay.queue.imap_state(account) == (third.uidvalidity, late)
 
 
 async def test_a_new_uidvalidity_reads_the_folder_again(
     dovecot: Dovecot, relay: ObservedStore
 ) -> None:
-    await send_originals(relay.store)
+    await send_originals(relay.queue)
     fill(dovecot)
     first = await poller(dovecot, relay).poll_once(NOW)
-    bounced = await recipients_of(relay.store, "238HJPJKF9N3CT6V8")
+    bounced = await recipients_of(relay.queue, "238HJPJKF9N3CT6V8")
     dovecot.set_uidvalidity(first.uidvalidity + 1000)
     ordinary = dovecot.messages()
     late = dovecot.append(sample("postfix_bounce.eml"))
@@ -413,16 +436,16 @@ async def test_a_new_uidvalidity_reads_the_folder_again(
     assert result.seen == len(ordinary) + 1  # everything still there is read again
     assert (result.matched, result.last_uid) == (1, late)
     account = dovecot.settings().account
-    assert await relay.store.imap_state(account) == (first.uidvalidity + 1000, late)
+    assert await relay.queue.imap_state(account) == (first.uidvalidity + 1000, late)
     assert dovecot.messages() == ordinary  # and still not touched
     # matched again, the bounce stays as it was first recorded (the match is idempotent)
-    assert await recipients_of(relay.store, "238HJPJKF9N3CT6V8") == bounced
+    assert await recipients_of(relay.queue, "238HJPJKF9N3CT6V8") == bounced
 
 
 async def test_the_first_poll_reads_only_recent_mail(
     dovecot: Dovecot, relay: ObservedStore
 ) -> None:
-    await send_originals(relay.store)
+    await send_originals(relay.queue)
     long_ago = NOW - 60 * 86400  # older than the 14 days of `lookback`
     old = dovecot.append(sample("postfix_bounce.eml"), date=long_ago)
     recent = dovecot.append(sample("exim_bounce.eml"), date=NOW - 3600)
@@ -433,7 +456,7 @@ async def test_the_first_poll_reads_only_recent_mail(
     assert relay.saves[0] == (dovecot.settings().account, result.uidvalidity, old)
     assert (result.seen, result.matched, result.last_uid) == (2, 1, also_old)
     assert [p.queue_id for p in relay.matched] == ["238HJPJKGH2MZP4RB"]
-    not_read = (await recipients_of(relay.store, "238HJPJKF9N3CT6V8"))["frank@example.net"]
+    not_read = (await recipients_of(relay.queue, "238HJPJKF9N3CT6V8"))["frank@example.net"]
     assert not_read.state is RecipientState.DELIVERED
     assert [m.uid for m in dovecot.messages()] == [old, also_old]
     assert recent not in [m.uid for m in dovecot.messages()]
@@ -442,7 +465,7 @@ async def test_the_first_poll_reads_only_recent_mail(
 async def test_a_first_poll_with_only_old_mail_starts_after_it(
     dovecot: Dovecot, relay: ObservedStore
 ) -> None:
-    await send_originals(relay.store)
+    await send_originals(relay.queue)
     old = [
         dovecot.append(sample(n), date=NOW - 90 * 86400) for n in ("gmail_failure.eml", "reply.eml")
     ]
@@ -453,7 +476,7 @@ async def test_a_first_poll_with_only_old_mail_starts_after_it(
     second = await poller(dovecot, relay).poll_once(NOW + 300)
     assert (second.seen, second.matched, second.last_uid) == (1, 1, new)
     assert [p.queue_id for p in relay.matched] == ["238HJPJKF9N3CT6V8"]
-    not_read = (await recipients_of(relay.store, "238HJPJKCKJLFMR2K"))["no-such-user@example.com"]
+    not_read = (await recipients_of(relay.queue, "238HJPJKCKJLFMR2K"))["no-such-user@example.com"]
     assert not_read.state is RecipientState.DELIVERED
 
 
@@ -462,7 +485,7 @@ async def test_a_store_failure_stops_the_poll_at_that_message(
 ) -> None:
     """bounces/poller.py: match, forward, move, then save the UID. A store failure ends the poll
     at that message; the next poll starts there, and nothing is forwarded twice."""
-    await send_originals(relay.store)
+    await send_originals(relay.queue)
     uids = fill(dovecot)
     relay.fail_forward = {"238HJPJKD0B7W5XQ1"}  # the second bounce in the inbox
 
@@ -471,7 +494,7 @@ async def test_a_store_failure_stops_the_poll_at_that_message(
 
     account = dovecot.settings().account
     failed_at = uids["microsoft365_ndr.eml"]
-    state = await relay.store.imap_state(account)
+    state = await relay.queue.imap_state(account)
     assert state is not None and state[1] == failed_at - 1
     assert relay.forwarded == ["238HJPJKCKJLFMR2K"]
     assert failed_at in [m.uid for m in dovecot.messages()]  # not moved: not forwarded
@@ -480,8 +503,8 @@ async def test_a_store_failure_stops_the_poll_at_that_message(
 
     assert (result.seen, result.matched, result.last_uid) == (6, 4, max(uids.values()))
     assert sorted(relay.forwarded) == sorted(queue_id for _, queue_id, _ in BOUNCES.values())
-    assert len(await reports(relay.store)) == 5
-    stored = await recipients_of(relay.store, "238HJPJKD0B7W5XQ1")
+    assert len(await reports(relay.queue)) == 5
+    stored = await recipients_of(relay.queue, "238HJPJKD0B7W5XQ1")
     assert stored["payroll@example.org"].state is RecipientState.BOUNCED
     assert [m.uid for m in dovecot.messages()] == [uids[n] for n in ORDINARY]
 
@@ -496,7 +519,7 @@ async def test_a_store_failure_stops_the_poll_at_that_message(
 async def test_move_without_the_move_extension(
     relay: ObservedStore, capability: str, expunged: bool
 ) -> None:
-    await send_originals(relay.store)
+    await send_originals(relay.queue)
     with private_dovecot(capability=capability) as server:
         mine = server.append(sample("reply.eml"), flags="\\Deleted")  # the owner's, not ours
         bounce = server.append(sample("postfix_bounce.eml"))
@@ -550,11 +573,11 @@ async def test_a_refused_login_names_no_password(dovecot: Dovecot, relay: Observ
     assert PASSWORD not in repr(logs)
     assert PASSWORD not in repr(wrong.settings)
     assert relay.saves == []
-    assert await relay.store.imap_state(dovecot.settings().account) is None
+    assert await relay.queue.imap_state(dovecot.settings().account) is None
 
 
 async def test_run_polls_until_stopped(dovecot: Dovecot, relay: ObservedStore) -> None:
-    await send_originals(relay.store)
+    await send_originals(relay.queue)
     runner = poller(dovecot, relay, poll_interval=0.1)
     stop = asyncio.Event()
     task = asyncio.create_task(runner.run(stop))
@@ -562,7 +585,7 @@ async def test_run_polls_until_stopped(dovecot: Dovecot, relay: ObservedStore) -
         dovecot.append(sample("exim_bounce.eml"))
         await relay.wait_until(lambda: bool(relay.forwarded))
         assert relay.forwarded == ["238HJPJKGH2MZP4RB"]
-        ((view, _),) = await reports(relay.store)
+        ((view, _),) = await reports(relay.queue)
         assert view.mail_from == ""
     finally:
         stop.set()
@@ -588,7 +611,7 @@ def watch_idle(monkeypatch: pytest.MonkeyPatch) -> asyncio.Event:
 async def test_idle_wakes_the_poller_when_mail_arrives(
     dovecot: Dovecot, relay: ObservedStore, monkeypatch: pytest.MonkeyPatch, idle: bool
 ) -> None:
-    await send_originals(relay.store)
+    await send_originals(relay.queue)
     idling = watch_idle(monkeypatch)
     runner = poller(dovecot, relay, poll_interval=60 if idle else 0.2, idle=idle)
     stop = asyncio.Event()
@@ -616,7 +639,7 @@ async def test_mail_that_arrives_during_a_poll_is_not_left_for_the_next_interval
     reads (and moves) what that search found. The server says so (`* 2 EXISTS`) in its reply
     to one of those commands, where the poller did not look, and has nothing new to say
     when IDLE starts; the message must not wait the whole poll_interval (60 s here)."""
-    await send_originals(relay.store)
+    await send_originals(relay.queue)
     first = "gmail_failure.eml" if moves else "reply.eml"  # a bounce is moved; a reply is not
     dovecot.append(sample(first))
     search = ImapSession.uids_after

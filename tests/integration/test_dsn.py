@@ -14,6 +14,7 @@ from relayd.daemon.relayd import Relayd
 from relayd.types import RecipientState
 from tests.conftest import ConfigFactory, running
 from tests.support.client import message, send
+from tests.support.dsn import status_blocks
 from tests.support.fake_upstream import FakeUpstream
 
 from .test_delivery import generic, port_of, until
@@ -70,8 +71,7 @@ async def test_permanent_failure_sends_one_dsn_to_the_bounce_mailbox(
         "message/delivery-status",
         "text/rfc822-headers",
     ]
-    blocks = parts[1].get_payload()
-    assert isinstance(blocks, list)
+    blocks = status_blocks(parsed)
     assert blocks[0]["Reporting-MTA"] == "dns; relay.test"
     assert blocks[0]["Arrival-Date"]
     by_rcpt = {str(b["Final-Recipient"]): b for b in blocks[1:]}
@@ -123,8 +123,7 @@ async def test_notify_never_and_dsn_parameters_at_intake(
         )
         (report,) = await upstream.wait_for(1)
     parsed = email.message_from_bytes(report.data, policy=policy.default)
-    blocks = list(parsed.iter_parts())[1].get_payload()
-    assert isinstance(blocks, list)
+    blocks = status_blocks(parsed)
     assert blocks[0]["Original-Envelope-Id"] == "QQ+314"  # xtext-decoded at intake
     assert len(blocks) == 2  # NOTIFY=NEVER: not reported
     assert str(blocks[1]["Final-Recipient"]) == "rfc822; other@example.net"
@@ -180,7 +179,6 @@ async def test_delay_warning_once(make_config: ConfigFactory, upstream: FakeUpst
         await asyncio.sleep(1.5)
         assert len(upstream.received) == 1  # once only
     parsed = email.message_from_bytes(report.data, policy=policy.default)
-    blocks = list(parsed.iter_parts())[1].get_payload()
-    assert isinstance(blocks, list)
+    blocks = status_blocks(parsed)
     assert blocks[1]["Action"] == "delayed"
     assert blocks[1]["Status"] == "4.2.1"

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from relayd.config.model import Config
+from relayd.daemon.relayd import Relayd
 from relayd.intake import server as intake
 from tests.conftest import ConfigFactory, running
 from tests.support.client import RawClient, message, send
@@ -26,8 +27,8 @@ def capture_config(make_config: ConfigFactory, tmp_path: Path) -> Config:
     )
 
 
-def port_of(daemon: object) -> int:
-    return daemon.addresses[0][1]  # type: ignore[attr-defined]
+def port_of(daemon: Relayd) -> int:
+    return daemon.addresses[0][1]
 
 
 async def wait_files(folder: Path, count: int, timeout: float = 10) -> list[Path]:
@@ -235,6 +236,7 @@ async def test_store_failure_answers_451_not_5xx(capture_config: Config) -> None
             blocker.rollback()
             blocker.close()
         assert info.value.smtp_code == 451
+        assert isinstance(info.value.smtp_error, bytes)
         assert info.value.smtp_error.startswith(b"4.3.0")
         assert b"Error" not in info.value.smtp_error  # no exception text leaks
         assert await send(port_of(daemon)) == {}  # and it recovers

@@ -112,6 +112,7 @@ def login_and_send(user: str, password: str, mail_from: str = "app@example.org")
 
 
 def reply_of(exc: smtplib.SMTPResponseException) -> str:
+    assert isinstance(exc.smtp_error, bytes)
     return f"{exc.smtp_code} {exc.smtp_error.decode()}"
 
 
@@ -248,6 +249,7 @@ async def test_a_wrong_password_gets_535_and_five_failures_lock_the_client_out(
             # Now even the right password is not checked.
             with pytest.raises(smtplib.SMTPResponseException) as locked:
                 await session(port, login_and_send("billing-app", PASSWORD))
+        assert daemon.store is not None
         assert await daemon.store.list_messages() == []
 
     assert reply_of(locked.value) == R454_AUTH_LOCKED
@@ -281,6 +283,7 @@ async def test_allowed_senders_restrict_the_envelope_sender(
             port, login_and_send("billing-app", PASSWORD, "billing@practice.example")
         )
         other = await session(port, login_and_send("crm", OTHER_PASSWORD, "boss@practice.example"))
+        assert daemon.store is not None
         views = await daemon.store.list_messages()
 
     assert (caught.value.smtp_code, caught.value.smtp_error.decode()) == (
@@ -316,6 +319,7 @@ async def test_a_reload_brings_new_users_and_keeps_lockouts(
         port = port_of(daemon)
         with pytest.raises(smtplib.SMTPAuthenticationError):
             await session(port, login_and_send("crm", OTHER_PASSWORD))
+        assert daemon.handler is not None
         daemon.handler.local_auth.limiter.max_failures = 2
         with pytest.raises(smtplib.SMTPAuthenticationError):
             await session(port, login_and_send("billing-app", "wrong"))

@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 from structlog.testing import capture_logs
 
+from relayd import metrics
 from relayd.cli.probe import probe_upstream
 from relayd.config.model import Config, UpstreamConfig, load
 from relayd.delivery.oauth import OAuthRefused, TokenSource, TokenSources
@@ -147,6 +148,23 @@ async def test_a_token_is_refreshed_before_it_expires(
 
     assert renewed.value == "access-token-2"
     assert len(endpoint.requests) == 2
+
+
+async def test_each_new_token_sets_the_expiry_gauge(
+    tmp_path: Path, endpoint: TokenEndpoint
+) -> None:
+    clock = FakeClock()
+    source = TokenSource(office(tmp_path, endpoint), clock)
+
+    def gauge() -> float | None:
+        name = "relayd_oauth_token_expiry_timestamp_seconds"
+        return metrics.REGISTRY.get_sample_value(name, {"upstream": "office"})
+
+    first = await source.token()
+    assert gauge() == first.expires_at
+    clock.at += 3600 - 299
+    renewed = await source.token()
+    assert gauge() == renewed.expires_at > first.expires_at
 
 
 async def test_concurrent_connections_share_one_refresh(
@@ -321,6 +339,7 @@ async def test_invalid_grant_holds_the_upstream_and_keeps_the_mail_queued(
         config = load_config(tmp_path, text)
         async with running(config) as daemon:
             store = daemon.store
+            assert store is not None
             with capture_logs() as logs:
                 await send(daemon.addresses[0][1], message())
                 await wait_for(lambda: any(e["event"] == "upstream_auth_failed" for e in logs))

@@ -118,6 +118,7 @@ async def test_an_account_error_at_login_pauses_the_upstream_with_the_hint(
                 await send(daemon.addresses[0][1], message())
                 await wait_for(lambda: any(e["event"] == "upstream_auth_failed" for e in logs))
                 await asyncio.sleep(0.6)  # past two retry steps: no new attempt while paused
+            assert daemon.store is not None
             hold = await daemon.store.upstream_hold("practice")
             (view,) = await daemon.store.list_messages()
 
@@ -146,6 +147,7 @@ async def test_microsoft_tenant_blocked_at_mail_from_pauses_the_upstream(
             with capture_logs() as logs:
                 await send(daemon.addresses[0][1], message())
                 await wait_for(lambda: any(e["event"] == "upstream_auth_failed" for e in logs))
+            assert daemon.store is not None
             (view,) = await daemon.store.list_messages()
 
     assert view.recipients[0].state is RecipientState.DEFERRED
@@ -161,6 +163,7 @@ async def test_send_as_denied_fails_only_that_message(tmp_path: Path, ca: Privat
         fake.mail_reply = reply
         config = config_for(tmp_path, ca, fake.port, "microsoft365")
         async with running(config) as daemon:
+            assert daemon.store is not None
             await send(daemon.addresses[0][1], message())
             await wait_for(lambda: bool(fake.logins))
             for _ in range(100):
@@ -189,6 +192,7 @@ async def test_gmail_gets_the_account_as_envelope_sender_and_a_bare_from(
         async with running(config) as daemon:
             await send(daemon.addresses[0][1], data, mail_from="app@example.org")
             await wait_for(lambda: len(fake.messages) == 1)
+            assert daemon.store is not None
             (view,) = await daemon.store.list_messages()
 
     assert fake.envelopes == [(USER, ["someone@example.net"])]

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, MutableMapping
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +40,7 @@ async def until(predicate: Callable[[], Awaitable[bool]], timeout: float = 10.0)
         await asyncio.sleep(0.05)
 
 
-async def reload(daemon: Relayd, logs: list[dict[str, Any]]) -> dict[str, Any]:
+async def reload(daemon: Relayd, logs: list[MutableMapping[str, Any]]) -> MutableMapping[str, Any]:
     """Ask for a reload as SIGHUP does (the handler only sets this event); its result event."""
     seen = len(logs)
     daemon.reload_requested.set()
@@ -67,7 +67,7 @@ async def test_a_reload_fixes_an_upstream_and_its_queued_mail_goes_out(
                     await send(port, message(subject=f"m{index}"))
 
                 async def deferred() -> bool:
-                    return sum(e["event"] == "deferred" for e in logs) >= 3
+                    return sum(1 for e in logs if e["event"] == "deferred") >= 3
 
                 await until(deferred)
                 text = path.read_text().replace("port = 9\n", f"port = {upstream.port}\n")

@@ -11,6 +11,7 @@ import subprocess
 import sys
 from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -44,6 +45,10 @@ def count(conn: sqlite3.Connection) -> int:
     return int(conn.execute("SELECT count(*) FROM t").fetchone()[0])
 
 
+def insert(conn: sqlite3.Connection, n: int) -> None:
+    conn.execute("INSERT INTO t VALUES (?)", (n,))
+
+
 async def test_a_write_waits_for_the_writer_lock_and_reads_go_on(
     db: Database, tmp_path: Path
 ) -> None:
@@ -70,12 +75,7 @@ async def test_writes_queued_while_another_process_holds_the_lock_share_one_comm
             db.write(lambda conn: conn.execute("INSERT INTO t VALUES (0)"))
         )
         await asyncio.sleep(0.1)  # the write thread now waits for the lock with it
-        rest = [
-            asyncio.ensure_future(
-                db.write(lambda conn, n=n: conn.execute("INSERT INTO t VALUES (?)", (n,)))
-            )
-            for n in range(1, 50)
-        ]
+        rest = [asyncio.ensure_future(db.write(partial(insert, n=n))) for n in range(1, 50)]
         await asyncio.sleep(0.1)
         assert not any(write.done() for write in [first, *rest])
     await asyncio.wait_for(asyncio.gather(first, *rest), 5)

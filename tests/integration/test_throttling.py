@@ -21,7 +21,7 @@ import pytest
 from structlog.testing import capture_logs
 
 from relayd.daemon.relayd import Relayd
-from relayd.delivery.lane import iso
+from relayd.policy.waits import iso
 from relayd.types import MessageView, RecipientState
 from tests.conftest import ConfigFactory, running
 from tests.support.client import message, send

@@ -107,6 +107,7 @@ class _Handler:
         self.upstream.data_seen += 1
         if script.drop_in_data > 0:
             script.drop_in_data -= 1
+            assert isinstance(server.transport, asyncio.Transport)
             server.transport.abort()
             return "451 4.3.0 (connection dropped)"
         if script.stall:
@@ -115,6 +116,7 @@ class _Handler:
             reply = script.data_replies.popleft()
             if not reply.startswith("2"):
                 return reply
+        assert envelope.mail_from is not None and envelope.original_content is not None
         self.upstream.received.append(
             Received(
                 envelope.mail_from, list(envelope.rcpt_tos), envelope.original_content, time.time()

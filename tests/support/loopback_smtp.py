@@ -44,7 +44,7 @@ class LoopbackSMTPServer:
             self._server.close()
             self._server = None
         for protocol in self._protocols:
-            if protocol.transport is not None:
+            if isinstance(protocol.transport, asyncio.Transport):
                 protocol.transport.abort()
         self._protocols.clear()
 

@@ -18,10 +18,10 @@ from pathlib import Path
 import pytest
 
 from relayd.config.model import Config
-from relayd.delivery.lane import iso
 from relayd.delivery.lanes import LaneSet
 from relayd.delivery.session import SendResult
 from relayd.policy.limits import next_permitted
+from relayd.policy.waits import iso
 from relayd.policy.windows import SendWindow, is_open, next_open, parse_window
 from relayd.store.sqlite.store import SqliteStore
 from relayd.types import (

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import email
 from email import policy
-from email.message import EmailMessage, Message
+from email.message import EmailMessage
 from email.utils import parsedate_to_datetime
 from pathlib import Path
 from typing import Any
@@ -31,6 +31,7 @@ from relayd.dsn.parse import (
     relayd_queue_id,
 )
 from relayd.policy.headers import header_block
+from tests.support.dsn import status_blocks
 
 SAMPLES = Path(__file__).parent.parent / "support" / "dsn_samples"
 ARRIVED = 1_704_190_300.0  # 2024-01-02 10:11:40 UTC
@@ -84,13 +85,6 @@ def parsed(raw: bytes) -> EmailMessage:
     message = email.message_from_bytes(raw, policy=policy.default)
     assert isinstance(message, EmailMessage)
     return message
-
-
-def status_blocks(message: EmailMessage) -> list[Message]:
-    part = next(p for p in message.walk() if p.get_content_type() == "message/delivery-status")
-    blocks = part.get_payload()
-    assert isinstance(blocks, list)
-    return [block for block in blocks if isinstance(block, Message)]
 
 
 def sample(name: str) -> bytes:

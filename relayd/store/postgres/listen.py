@@ -38,7 +38,6 @@ class Listener:
         self._conn: asyncpg.Connection[asyncpg.Record] | None = None
         self._lost = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
-        self.reconnects = 0
 
     @property
     def payload(self) -> str:
@@ -94,5 +93,4 @@ class Listener:
                     attempt += 1
                     continue
                 break
-            self.reconnects += 1
             self._on_work()  # notifications sent while we were away are lost

@@ -14,6 +14,7 @@ import contextlib
 from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
+from typing import Self
 
 from relayd.dsn.parse import ParsedDsn
 from relayd.errors import StoreError
@@ -72,7 +73,7 @@ class SqliteStore:
             await asyncio.gather(self._external_poll, return_exceptions=True)
         await self._db.close()
 
-    async def __aenter__(self) -> SqliteStore:
+    async def __aenter__(self) -> Self:
         await self.open()
         return self
 
