@@ -19,7 +19,7 @@ import aiosmtplib
 from relayd.clock import Clock, SystemClock
 from relayd.config.model import UpstreamConfig
 from relayd.delivery.oauth import TokenSource, TokenSources
-from relayd.delivery.transcripts import scrub_password, smtp_client
+from relayd.delivery.transcripts import make_upstream_smtp, scrub_password
 from relayd.dsn.params import rcpt_options
 from relayd.errors import UpstreamAuthError, UpstreamUnavailable
 from relayd.policy.from_policy import apply_from_policy, envelope_sender
@@ -194,8 +194,8 @@ class SmtpSession:
         if not up.tls_verify:
             context.check_hostname = False
             context.verify_mode = ssl.CERT_NONE
-        # smtp_client: aiosmtplib.SMTP, writing a transcript when [log] transcript_dir is set.
-        return smtp_client(
+        # An UpstreamSMTP, writing a transcript when [log] transcript_dir is set.
+        return make_upstream_smtp(
             up,
             hostname=up.host,
             port=up.port,

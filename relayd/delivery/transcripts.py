@@ -34,7 +34,7 @@ from aiosmtplib.typing import Default
 
 from relayd.clock import SystemClock
 from relayd.config.model import UpstreamConfig
-from relayd.delivery.client import RelaySMTP
+from relayd.delivery.client import UpstreamSMTP
 
 MASK = "********"
 DEFAULT_MAX_BYTES = 10_000_000
@@ -158,7 +158,7 @@ def redact_command(args: Sequence[bytes], auth_continuation: bool) -> str:
     return text
 
 
-class TranscribingSMTP(RelaySMTP):
+class TranscribingSMTP(UpstreamSMTP):
     """aiosmtplib.SMTP that writes every command and reply to a Transcript."""
 
     def __init__(self, transcript: Transcript, **kwargs: Any) -> None:
@@ -225,8 +225,9 @@ class TranscribingSMTP(RelaySMTP):
         super().close()
 
 
-def smtp_client(upstream: UpstreamConfig, **kwargs: Any) -> aiosmtplib.SMTP:
-    """RelaySMTP(**kwargs) (delivery/client.py), transcribed when [log] transcript_dir is set."""
+def make_upstream_smtp(upstream: UpstreamConfig, **kwargs: Any) -> aiosmtplib.SMTP:
+    """An UpstreamSMTP(**kwargs) (delivery/client.py) for `upstream`, transcribed when [log]
+    transcript_dir is set."""
     if _settings is None:
-        return RelaySMTP(**kwargs)
+        return UpstreamSMTP(**kwargs)
     return TranscribingSMTP(Transcript(upstream.name, _password_forms(upstream)), **kwargs)
