@@ -35,10 +35,11 @@ from relayd.clock import SystemClock
 from relayd.config.model import Config, default_config_path, load, parse_listen
 from relayd.errors import ConfigError, StoreError
 from relayd.policy.addresses import AddressError, check_address
-from relayd.policy.headers import prepare, rfc5322_date
+from relayd.policy.headers import prepare
 from relayd.policy.routing import Routes
 from relayd.store import store_for
 from relayd.types import NewMessage, new_queue_id
+from relayd.units import format_rfc5322
 
 EX_OK = 0
 EX_USAGE = 64
@@ -320,7 +321,7 @@ def enqueue_directly(config: Config, message: Composed, uid: int) -> Result:
     queue_id = new_queue_id(now)
     received = (
         f"Received: by {hostname} (relayd sendmail, from userid {uid})\r\n"
-        f"\tid {queue_id}; {rfc5322_date(now)}\r\n"
+        f"\tid {queue_id}; {format_rfc5322(now)}\r\n"
     ).encode()
     body, message_id = prepare(
         message.data, received=received, queue_id=queue_id, hostname=hostname, at=now

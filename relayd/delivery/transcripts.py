@@ -25,7 +25,6 @@ import logging.handlers
 import secrets
 from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
@@ -35,6 +34,7 @@ from aiosmtplib.typing import Default
 from relayd.clock import SystemClock
 from relayd.config.model import UpstreamConfig
 from relayd.delivery.client import UpstreamSMTP
+from relayd.units import format_iso_millis
 
 MASK = "********"
 DEFAULT_MAX_BYTES = 10_000_000
@@ -131,11 +131,7 @@ class Transcript:
     def write(self, direction: str, text: str) -> None:
         if _settings is None:
             return
-        stamp = (
-            datetime.fromtimestamp(_clock.now(), UTC)
-            .isoformat(timespec="milliseconds")
-            .replace("+00:00", "Z")
-        )
+        stamp = format_iso_millis(_clock.now())
         logger = _logger(self.upstream)
         for line in scrub(text, self.hidden).splitlines() or [""]:
             logger.info("%s %s %s %s", stamp, self.session, direction, line)
