@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from relayd.clock import Clock, SystemClock
+from relayd.clock import Clock
 from relayd.config.model import Config
 from relayd.errors import RelaydError
 from relayd.policy.addresses import AddressError, check_address
@@ -106,10 +106,9 @@ def build_test_message(plan: SendTestPlan, hostname: str, queue_id: QueueId, at:
 
 
 async def send_test(
-    config: Config, plan: SendTestPlan, clock: Clock | None = None, poll: float = POLL
+    config: Config, plan: SendTestPlan, clock: Clock, poll: float = POLL
 ) -> SendTestResult:
     """Enqueue the test message and wait until it is final or `plan.timeout` passes."""
-    clock = clock or SystemClock()
     store = store_for(config.queue)
     await store.open()
     try:

@@ -105,6 +105,7 @@ class Relayd:
         try:
             transcripts.configure(
                 log_config.transcript_dir,
+                self.clock,
                 log_config.transcript_max_size,
                 log_config.transcript_files,
             )
@@ -169,8 +170,15 @@ class Relayd:
         poller = bounce_poller(self.config, store, self.clock)
         # The periodic jobs run on one scheduler, itself a supervised side task: _shutdown's
         # cancel shuts it down and gives running jobs CANCEL_GRACE (schedule.Schedule.run).
+        # APScheduler keeps the system's time, whatever clock the daemon was given.
         self.jobs = DaemonJobs(
-            store, self.clock, self.notifier, poller, os.environ, grace=CANCEL_GRACE
+            store,
+            self.clock,
+            self.notifier,
+            poller,
+            os.environ,
+            timeline=SystemClock(),
+            grace=CANCEL_GRACE,
         )
         self.jobs.apply(self.config, self.clock.now())
         self._side_tasks = {
@@ -237,6 +245,7 @@ class Relayd:
         try:
             transcripts.configure(
                 log_config.transcript_dir,
+                self.clock,
                 log_config.transcript_max_size,
                 log_config.transcript_files,
             )

@@ -16,7 +16,7 @@ from typing import Protocol
 
 import aiosmtplib
 
-from relayd.clock import Clock, SystemClock
+from relayd.clock import Clock
 from relayd.config.model import UpstreamConfig
 from relayd.delivery.oauth import TokenSource, TokenSources
 from relayd.delivery.transcripts import make_upstream_smtp, scrub_password
@@ -62,20 +62,18 @@ class Session(Protocol):
 
 
 def open_session(
-    upstream: UpstreamConfig, local_hostname: str, tokens: TokenSource | None = None
+    upstream: UpstreamConfig, local_hostname: str, tokens: TokenSource | None
 ) -> Session:
     """The session kind the upstream's provider calls for, with its from_policy.
 
     An xoauth2 upstream takes its access tokens from `tokens` (SessionOpener shares one
-    source among an upstream's connections); without, the session gets a source of its own.
+    source among an upstream's connections).
     """
     session: Session
     if upstream.provider == "directory":
         assert upstream.path is not None
         session = DirectorySession(upstream.path)
     else:
-        if tokens is None and upstream.auth == "xoauth2":
-            tokens = TokenSource(upstream, SystemClock())
         session = SmtpSession(upstream, local_hostname, tokens)
     return PolicySession(session, upstream) if PolicySession.applies(upstream) else session
 

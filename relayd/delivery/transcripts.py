@@ -31,7 +31,7 @@ from typing import Any, Literal
 import aiosmtplib
 from aiosmtplib.typing import Default
 
-from relayd.clock import SystemClock
+from relayd.clock import Clock
 from relayd.config.model import UpstreamConfig
 from relayd.delivery.client import UpstreamSMTP
 from relayd.units import format_iso_millis
@@ -47,15 +47,18 @@ class _Settings:
     directory: Path
     max_bytes: int
     files: int
+    clock: Clock  # the daemon's, for each line's time
 
 
 _settings: _Settings | None = None
-_clock = SystemClock()
 _loggers: dict[str, logging.Logger] = {}
 
 
 def configure(
-    directory: Path | None, max_bytes: int = DEFAULT_MAX_BYTES, files: int = DEFAULT_FILES
+    directory: Path | None,
+    clock: Clock,
+    max_bytes: int = DEFAULT_MAX_BYTES,
+    files: int = DEFAULT_FILES,
 ) -> None:
     """Start (or stop, with None) writing transcripts; raises OSError if the directory cannot
     be created. Sessions opened before keep the files they had until they reconnect."""
@@ -68,7 +71,7 @@ def configure(
     _settings = None
     if directory is not None:
         directory.mkdir(parents=True, exist_ok=True, mode=0o750)
-        _settings = _Settings(directory, max_bytes, files)
+        _settings = _Settings(directory, max_bytes, files, clock)
 
 
 def enabled() -> bool:
@@ -131,7 +134,7 @@ class Transcript:
     def write(self, direction: str, text: str) -> None:
         if _settings is None:
             return
-        stamp = format_iso_millis(_clock.now())
+        stamp = format_iso_millis(_settings.clock.now())
         logger = _logger(self.upstream)
         for line in scrub(text, self.hidden).splitlines() or [""]:
             logger.info("%s %s %s %s", stamp, self.session, direction, line)
