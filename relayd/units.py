@@ -1,8 +1,11 @@
-"""Parse durations ("90s", "5m", "4h", "5d"), sizes ("25MB") and rates ("3/minute"); pure."""
+"""Parse durations ("90s", "5m", "4h", "5d"), sizes ("25MB") and rates ("3/minute"), and
+format them and timestamps; pure."""
 
 from __future__ import annotations
 
 import re
+from datetime import UTC, datetime, tzinfo
+from email.utils import format_datetime
 
 from relayd.types import Ceiling
 
@@ -91,3 +94,36 @@ def parse_rate(text: str) -> Ceiling:
     if period <= 0:
         raise ValueError(f'"{text}" is not a rate limit: the period must be positive')
     return Ceiling(count=int(count_text), period=period)
+
+
+# Timestamps (Unix seconds) in the few forms relayd writes; each is pinned by tests.
+
+
+def format_iso(at: float) -> str:
+    """ISO 8601 in UTC to the second, for logs, JSON and reasons: "2026-01-05T09:14:03+00:00"."""
+    return datetime.fromtimestamp(at, tz=UTC).isoformat(timespec="seconds")
+
+
+def format_iso_minutes(at: float, zone: tzinfo) -> str:
+    """ISO 8601 in `zone` to the minute, for a send window's opening: "2026-01-05T09:00+01:00"."""
+    return datetime.fromtimestamp(at, zone).isoformat(timespec="minutes")
+
+
+def format_iso_millis(at: float) -> str:
+    """ISO 8601 in UTC to the millisecond with a Z, for transcripts: "2026-01-05T09:14:03.120Z"."""
+    return datetime.fromtimestamp(at, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def format_rfc5322(at: float) -> str:
+    """An RFC 5322 date, for Date: and Received: headers: "Mon, 05 Jan 2026 09:14:03 +0000"."""
+    return format_datetime(datetime.fromtimestamp(at, tz=UTC))
+
+
+def format_utc_minutes(at: float) -> str:
+    """UTC to the minute for people, in operator notices: "2026-01-05 09:14 UTC"."""
+    return datetime.fromtimestamp(at, tz=UTC).strftime("%Y-%m-%d %H:%M UTC")
+
+
+def format_utc_seconds(at: float) -> str:
+    """UTC to the second for people, in the queue tool's columns: "2026-01-05 09:14:03Z"."""
+    return datetime.fromtimestamp(at, tz=UTC).strftime("%Y-%m-%d %H:%M:%SZ")

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from relayd import __version__
 from relayd.cli.queue import CHANGES
+from relayd.clock import Clock, SystemClock
 from relayd.config.model import Config, UpstreamConfig, default_config_path, load, render_effective
 from relayd.errors import ConfigError, RelaydError, StoreError
 from relayd.store import migrate_store, store_for
@@ -88,7 +89,8 @@ def _queue_parser(queue: argparse.ArgumentParser) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    _exit_if_sendmail(argv)
+    clock = SystemClock()  # the one every command is given
+    _exit_if_sendmail(argv, clock)
     args = _parse(argv)
     if args.command == "hash-password":
         sys.exit(_hash_password())
@@ -104,27 +106,27 @@ def main(argv: Sequence[str] | None = None) -> None:
         print(render_effective(config), end="")
         sys.exit(EXIT_OK)
     if args.command == "test-upstream":
-        sys.exit(_test_upstream(config, args.name, args.json))
+        sys.exit(_test_upstream(config, args.name, args.json, clock))
     if args.command == "run":
-        sys.exit(_run(config, args.intake_only))
+        sys.exit(_run(config, clock, args.intake_only))
     if args.command == "migrate":
         sys.exit(_migrate(config))
     if args.command == "send-test":
-        sys.exit(_send_test(config, args))
+        sys.exit(_send_test(config, args, clock))
     try:
-        sys.exit(asyncio.run(_queue(config, args)))
+        sys.exit(asyncio.run(_queue(config, args, clock)))
     except StoreError as exc:
         print(f"relayd: queue store error: {exc}", file=sys.stderr)
         sys.exit(EXIT_FAILURE)
 
 
-def _run(config: Config, intake_only: bool = False) -> int:
+def _run(config: Config, clock: Clock, intake_only: bool = False) -> int:
     from relayd.daemon.relayd import Relayd
     from relayd.logs import configure
 
     configure(config.log.format, config.log.level)
     try:
-        return Relayd(config).run(intake_only=intake_only)
+        return Relayd(config, clock=clock).run(intake_only=intake_only)
     except StoreError as exc:
         print(f"relayd: cannot open the queue: {exc}", file=sys.stderr)
         return EXIT_STARTUP
@@ -148,7 +150,7 @@ def _migrate(config: Config) -> int:
     return EXIT_OK
 
 
-def _test_upstream(config: Config, name: str, as_json: bool) -> int:
+def _test_upstream(config: Config, name: str, as_json: bool, clock: Clock) -> int:
     """Exit 0 only if every check passed: the account can send."""
     from relayd.cli.probe import can_send, probe_upstream
 
@@ -157,7 +159,7 @@ def _test_upstream(config: Config, name: str, as_json: bool) -> int:
         known = ", ".join(config.upstreams)
         print(f'relayd: no upstream "{name}" in {config.source} (known: {known})', file=sys.stderr)
         return EXIT_CONFIG
-    steps = asyncio.run(probe_upstream(upstream, config.server.hostname))
+    steps = asyncio.run(probe_upstream(upstream, config.server.hostname, clock))
     ok = can_send(steps)
     if as_json:
         document = {
@@ -200,7 +202,7 @@ def _hash_password() -> int:
     return EXIT_OK
 
 
-def _send_test(config: Config, args: argparse.Namespace) -> int:
+def _send_test(config: Config, args: argparse.Namespace, clock: Clock) -> int:
     """Exit 0 only when the test message was delivered."""
     from relayd.cli.sendtest import SendTestError, plan_send_test, send_test
 
@@ -211,7 +213,7 @@ def _send_test(config: Config, args: argparse.Namespace) -> int:
         return EXIT_CONFIG
     print(f"queueing a test message from <{plan.sender}> to <{plan.recipient}> via {plan.upstream}")
     try:
-        result = asyncio.run(send_test(config, plan))
+        result = asyncio.run(send_test(config, plan, clock))
     except StoreError as exc:
         print(f"relayd: queue store error: {exc}", file=sys.stderr)
         return EXIT_FAILURE
@@ -263,9 +265,7 @@ def _queue_usage(args: argparse.Namespace, config_bounces: object) -> str | None
     return None
 
 
-async def _queue(config: Config, args: argparse.Namespace) -> int:
-    from relayd.clock import SystemClock
-
+async def _queue(config: Config, args: argparse.Namespace, clock: Clock) -> int:
     problem = _queue_usage(args, config.bounces)
     if problem is not None:
         print(f"relayd: {problem}", file=sys.stderr)
@@ -273,7 +273,7 @@ async def _queue(config: Config, args: argparse.Namespace) -> int:
     store = store_for(config.queue)
     await store.open()
     try:
-        text = await _queue_action(store, config, args, SystemClock().now())
+        text = await _queue_action(store, config, args, clock.now())
     finally:
         await store.close()
     if text is None:
@@ -332,21 +332,21 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     return args
 
 
-def _exit_if_sendmail(argv: Sequence[str] | None) -> None:
+def _exit_if_sendmail(argv: Sequence[str] | None, clock: Clock) -> None:
     """`relayd sendmail ...`, or this script installed as `sendmail`: sendmail's own flags
     (-oi, -FName, ...) are not argparse's, so they are parsed by cli/sendmail.py."""
     if argv is None:
         invoked_as_sendmail = Path(sys.argv[0]).name in SENDMAIL_NAMES
         argv = ["sendmail", *sys.argv[1:]] if invoked_as_sendmail else sys.argv[1:]
     if list(argv[:1]) == ["sendmail"]:
-        sys.exit(_sendmail(list(argv[1:])))
+        sys.exit(_sendmail(list(argv[1:]), clock))
 
 
-def _sendmail(argv: list[str]) -> int:
+def _sendmail(argv: list[str], clock: Clock) -> int:
     """`relayd sendmail ...` and the relayd-sendmail script: see cli/sendmail.py."""
     from relayd.cli.sendmail import submit
 
-    result = submit(argv, sys.stdin.buffer, dict(os.environ))
+    result = submit(argv, sys.stdin.buffer, dict(os.environ), clock)
     if result.message:
         print(f"sendmail: {result.message}", file=sys.stderr)
     return result.code

@@ -27,7 +27,7 @@ from typing import Any
 
 import aiosmtplib
 
-from relayd.clock import SystemClock
+from relayd.clock import Clock
 from relayd.config.model import UpstreamConfig
 from relayd.delivery.oauth import TokenSource, problem_of, xoauth2_b64
 from relayd.errors import UpstreamAuthError, UpstreamUnavailable
@@ -54,11 +54,11 @@ def can_send(steps: Sequence[Step]) -> bool:
     return bool(steps) and all(step.ok for step in steps)
 
 
-async def probe_upstream(upstream: UpstreamConfig, local_hostname: str) -> list[Step]:
+async def probe_upstream(upstream: UpstreamConfig, local_hostname: str, clock: Clock) -> list[Step]:
     """Run the checks for `upstream`, introducing ourselves as `local_hostname`."""
     if PRESETS[upstream.provider].delivers_to_directory:
         return [await asyncio.to_thread(_check_directory, upstream)]
-    probe = _Probe(upstream, local_hostname)
+    probe = _Probe(upstream, local_hostname, clock)
     await probe.run()
     return probe.steps
 
@@ -85,12 +85,13 @@ def _check_directory(upstream: UpstreamConfig) -> Step:
 
 
 class _Probe:
-    def __init__(self, upstream: UpstreamConfig, local_hostname: str) -> None:
+    def __init__(self, upstream: UpstreamConfig, local_hostname: str, clock: Clock) -> None:
         assert upstream.host is not None
         assert upstream.port is not None
         self.up = upstream
         self.host, self.port = upstream.host, upstream.port
         self.local_hostname = local_hostname
+        self.clock = clock  # for the xoauth2 token's lifetime
         self.steps: list[Step] = []
         self._secrets = _secret_forms(upstream)
 
@@ -275,7 +276,7 @@ class _Probe:
         up = self.up
         assert up.username is not None
         try:
-            token = await TokenSource(up, SystemClock(), quiet=True).token()
+            token = await TokenSource(up, self.clock, quiet=True).token()
         except (UpstreamAuthError, UpstreamUnavailable) as exc:
             self._add("token", False, str(exc), problem=problem_of(exc))
             return

@@ -8,18 +8,17 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict
-from datetime import UTC, datetime
 from typing import Any
 
 from relayd.cli.queue import Detail, Summary
 from relayd.types import MessageView, RecipientState, RecipientView, UpstreamHold
-from relayd.units import format_age
+from relayd.units import format_age, format_utc_seconds
 
 
 def _when(at: float | None, now: float) -> str:
     if at is None:
         return "-"
-    stamp = datetime.fromtimestamp(at, tz=UTC).strftime("%Y-%m-%d %H:%M:%SZ")
+    stamp = format_utc_seconds(at)
     delta = at - now
     if abs(delta) < 1:
         return f"{stamp} (now)"

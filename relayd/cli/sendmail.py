@@ -31,14 +31,15 @@ from email.utils import formataddr, getaddresses
 from pathlib import Path
 from typing import BinaryIO
 
-from relayd.clock import SystemClock
+from relayd.clock import Clock
 from relayd.config.model import Config, default_config_path, load, parse_listen
 from relayd.errors import ConfigError, StoreError
 from relayd.policy.addresses import AddressError, check_address
-from relayd.policy.headers import prepare, rfc5322_date
+from relayd.policy.headers import prepare
 from relayd.policy.routing import Routes
 from relayd.store import store_for
 from relayd.types import NewMessage, new_queue_id
+from relayd.units import format_rfc5322
 
 EX_OK = 0
 EX_USAGE = 64
@@ -312,14 +313,13 @@ def _transaction(client: smtplib.SMTP, message: Composed) -> Result:
     return Result(EX_OK)
 
 
-def enqueue_directly(config: Config, message: Composed, uid: int) -> Result:
+def enqueue_directly(config: Config, message: Composed, uid: int, now: float) -> Result:
     """The daemon is not running: commit the message to the queue as intake would."""
-    now = SystemClock().now()
     hostname = config.server.hostname
     queue_id = new_queue_id(now)
     received = (
         f"Received: by {hostname} (relayd sendmail, from userid {uid})\r\n"
-        f"\tid {queue_id}; {rfc5322_date(now)}\r\n"
+        f"\tid {queue_id}; {format_rfc5322(now)}\r\n"
     ).encode()
     body, message_id = prepare(
         message.data, received=received, queue_id=queue_id, hostname=hostname, at=now
@@ -357,7 +357,7 @@ async def _commit(config: Config, message: NewMessage) -> None:
         await store.close()
 
 
-def submit(argv: list[str], stdin: BinaryIO, environ: Mapping[str, str]) -> Result:
+def submit(argv: list[str], stdin: BinaryIO, environ: Mapping[str, str], clock: Clock) -> Result:
     """The whole command: parse, read, compose, submit (or queue directly)."""
     try:
         opts = parse_args(argv)
@@ -386,4 +386,4 @@ def submit(argv: list[str], stdin: BinaryIO, environ: Mapping[str, str]) -> Resu
             f"the relay at {address[0]}:{address[1]} is not running and the configuration "
             f"cannot be read to queue the message directly ({why_not}); nothing was queued",
         )
-    return enqueue_directly(config, message, os.getuid())
+    return enqueue_directly(config, message, os.getuid(), clock.now())

@@ -11,15 +11,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from relayd.clock import Clock, SystemClock
+from relayd.clock import Clock
 from relayd.config.model import Config
 from relayd.errors import RelaydError
 from relayd.policy.addresses import AddressError, check_address
-from relayd.policy.headers import prepare, received_header, rfc5322_date
+from relayd.policy.headers import prepare, received_header
 from relayd.policy.routing import Routes
 from relayd.store import store_for
 from relayd.types import MessageView, NewMessage, QueueId, RecipientState, new_queue_id
-from relayd.units import format_duration, parse_duration
+from relayd.units import format_duration, format_rfc5322, parse_duration
 
 POLL = 1.0  # seconds between looks at the store
 
@@ -80,7 +80,7 @@ def build_test_message(plan: SendTestPlan, hostname: str, queue_id: QueueId, at:
         f"From: relayd test <{plan.sender}>\r\n"
         f"To: <{plan.recipient}>\r\n"
         f"Subject: relayd test message via {plan.upstream}\r\n"
-        f"Date: {rfc5322_date(at)}\r\n"
+        f"Date: {format_rfc5322(at)}\r\n"
         "MIME-Version: 1.0\r\n"
         "Content-Type: text/plain; charset=utf-8\r\n"
         "\r\n"
@@ -106,10 +106,9 @@ def build_test_message(plan: SendTestPlan, hostname: str, queue_id: QueueId, at:
 
 
 async def send_test(
-    config: Config, plan: SendTestPlan, clock: Clock | None = None, poll: float = POLL
+    config: Config, plan: SendTestPlan, clock: Clock, poll: float = POLL
 ) -> SendTestResult:
     """Enqueue the test message and wait until it is final or `plan.timeout` passes."""
-    clock = clock or SystemClock()
     store = store_for(config.queue)
     await store.open()
     try:

@@ -20,7 +20,6 @@ import contextlib
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from relayd import metrics
@@ -28,6 +27,7 @@ from relayd.clock import Clock
 from relayd.errors import StoreError
 from relayd.logs import get_logger
 from relayd.store.base import QueueStats, SendLedger, UpstreamHolds
+from relayd.units import format_iso
 
 log = get_logger("admin")
 
@@ -54,7 +54,7 @@ class Response:
 
 
 def _iso(at: float | None) -> str | None:
-    return None if at is None else datetime.fromtimestamp(at, tz=UTC).isoformat(timespec="seconds")
+    return None if at is None else format_iso(at)
 
 
 def _json(status: int, document: object) -> Response:

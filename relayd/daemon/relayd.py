@@ -31,7 +31,8 @@ from relayd.delivery.lanes import LaneSet
 from relayd.delivery.notices import UpstreamNotices
 from relayd.delivery.session import SessionOpener
 from relayd.errors import ConfigError
-from relayd.intake.server import IntakeHandler, make_server_factory
+from relayd.intake.handler import IntakeHandler
+from relayd.intake.server import IntakeServerFactory
 from relayd.intake.workers import KILL_WAIT, IntakeWorkers, check_workers, report_to_main
 from relayd.logs import get_logger, set_level
 from relayd.notices.sink import make_notifier, reconfigure_notices
@@ -76,6 +77,7 @@ class Relayd:
         self.started = asyncio.Event()
         self.store: Store | None = None
         self.handler: IntakeHandler | None = None
+        self.intake: IntakeServerFactory | None = None  # its sessions, closed at shutdown
         self.servers: list[asyncio.Server] = []
         self.addresses: list[tuple[str, int]] = []
         self.failure: BaseException | None = None
@@ -101,6 +103,7 @@ class Relayd:
         try:
             transcripts.configure(
                 log_config.transcript_dir,
+                self.clock,
                 log_config.transcript_max_size,
                 log_config.transcript_files,
             )
@@ -138,7 +141,7 @@ class Relayd:
     async def _start_intake(self, store: MessageIntake) -> None:
         loop = asyncio.get_running_loop()
         self.handler = IntakeHandler(self.config, store, self.clock)
-        factory = make_server_factory(self.handler)
+        factory = self.intake = IntakeServerFactory(self.handler)
         for listen in self.config.server.listen:
             host, port = split_listen(listen)
             server = await loop.create_server(
@@ -165,8 +168,15 @@ class Relayd:
         poller = bounce_poller(self.config, store, self.clock)
         # The periodic jobs run on one scheduler, itself a supervised side task: _shutdown's
         # cancel shuts it down and gives running jobs CANCEL_GRACE (schedule.Schedule.run).
+        # APScheduler keeps the system's time, whatever clock the daemon was given.
         self.jobs = DaemonJobs(
-            store, self.clock, self.notifier, poller, os.environ, grace=CANCEL_GRACE
+            store,
+            self.clock,
+            self.notifier,
+            poller,
+            os.environ,
+            timeline=SystemClock(),
+            grace=CANCEL_GRACE,
         )
         self.jobs.apply(self.config, self.clock.now())
         self._side_tasks = {
@@ -233,6 +243,7 @@ class Relayd:
         try:
             transcripts.configure(
                 log_config.transcript_dir,
+                self.clock,
                 log_config.transcript_max_size,
                 log_config.transcript_files,
             )
@@ -267,8 +278,8 @@ class Relayd:
             await asyncio.wait(self._side_tasks.values(), timeout=grace)
         for server in self.servers:
             server.close()
-        if self.handler is not None:
-            await self.handler.close_sessions(self.config.queue.shutdown_timeout)
+        if self.intake is not None:
+            await self.intake.close_sessions(self.config.queue.shutdown_timeout)
         dispatcher.stop()
         done, _ = await asyncio.wait({delivery}, timeout=self.config.queue.shutdown_timeout)
         if not done:
@@ -326,8 +337,8 @@ class Relayd:
                 task.cancel()
             for server in self.servers:
                 server.close()
-            if self.handler is not None:
-                await self.handler.close_sessions(self.config.queue.shutdown_timeout)
+            if self.intake is not None:
+                await self.intake.close_sessions(self.config.queue.shutdown_timeout)
             await self.store.close()
             self._restore_signals()
 

@@ -36,7 +36,7 @@ from apscheduler.triggers.interval import IntervalTrigger
 
 from relayd.bounces.jobs import poll_bounces, polls_with_idle, retarget_poller
 from relayd.bounces.poller import BouncePoller
-from relayd.clock import Clock, SystemClock
+from relayd.clock import Clock
 from relayd.config.model import Config
 from relayd.daemon.heartbeat import update_status
 from relayd.daemon.retention import purge_history
@@ -80,11 +80,16 @@ def quiet_apscheduler() -> None:
 
 
 class Schedule:
-    """One AsyncIOScheduler; `every` registers jobs, `run` is the daemon's side task."""
+    """One AsyncIOScheduler; `every` registers jobs, `run` is the daemon's side task.
 
-    def __init__(self, clock: Clock, grace: float = 1.0) -> None:
+    `clock` gives the jobs their `now`; `timeline` is the clock APScheduler runs on, the
+    system's whatever clock the jobs are given (a fake clock's time there would schedule
+    years of missed runs)."""
+
+    def __init__(self, clock: Clock, timeline: Clock, grace: float = 1.0) -> None:
         quiet_apscheduler()
         self.clock = clock
+        self.timeline = timeline
         self.grace = grace  # seconds cancelled jobs get to unwind at shutdown
         self.scheduler = AsyncIOScheduler(timezone=UTC)
         self._running: dict[asyncio.Task[Any], str] = {}
@@ -107,9 +112,7 @@ class Schedule:
             self.scheduler.remove_job(name)
         when: dict[str, Any] = {}
         if first is not None:
-            # On APScheduler's timeline, which is the system clock whatever clock the jobs
-            # are given: a fake clock's time here would schedule years of missed runs.
-            start = SystemClock().now() + first
+            start = self.timeline.now() + first  # on APScheduler's timeline
             when["next_run_time"] = datetime.fromtimestamp(start, UTC)
         self.scheduler.add_job(
             self._run_job,
@@ -192,9 +195,10 @@ class DaemonJobs:
         poller: BouncePoller | None,
         environ: Mapping[str, str],
         *,
+        timeline: Clock,
         grace: float = 1.0,
     ) -> None:
-        self.schedule = Schedule(clock, grace)
+        self.schedule = Schedule(clock, timeline, grace)
         self.store = store
         self.notifier = notifier
         self.poller = poller  # built once at start: [bounces.imap] needs a restart

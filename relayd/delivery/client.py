@@ -4,12 +4,12 @@ DATA: aiosmtplib's `SMTP.data` rewrites every message with two regular expressio
 CR/LF to CRLF, then dot-stuffing): about 2 ms of one core for a 100 KiB body, a third of the
 delivery cost. Almost every message that reaches us is already in wire form: intake stores
 exactly the CRLF lines the client sent, un-stuffed. For such a body a cheap scan proves both
-rewrites would change nothing, and RelaySMTP writes the body as it is; any other body goes
+rewrites would change nothing, and UpstreamSMTP writes the body as it is; any other body goes
 through aiosmtplib's own DATA.
 
 AUTH: aiosmtplib's `login` tries every mechanism both sides know, one after another, so a
 wrong password costs two failed logins (PLAIN, then LOGIN) each time, and providers count
-failures towards locking the account. RelaySMTP makes one attempt, with the mechanism
+failures towards locking the account. UpstreamSMTP makes one attempt, with the mechanism
 aiosmtplib ranks first.
 """
 
@@ -30,7 +30,7 @@ def is_wire_clean(body: bytes) -> bool:
     return body.count(b"\r") == crlf and body.count(b"\n") == crlf and b"\n." not in body
 
 
-class RelaySMTP(aiosmtplib.SMTP):
+class UpstreamSMTP(aiosmtplib.SMTP):
     """aiosmtplib.SMTP whose DATA writes a wire-clean body as it is and whose login makes
     one attempt."""
 

@@ -34,12 +34,12 @@ from relayd.policy.outcome import (
     throttle_until,
 )
 from relayd.policy.providers import hint_for
-from relayd.policy.waits import MAX_SLEEP, UNKNOWN, Wait, hold_wait, iso, window_wait
+from relayd.policy.waits import MAX_SLEEP, UNKNOWN, Wait, hold_wait, window_wait
 from relayd.policy.windows import parse_window
 from relayd.reports import dsn_reports
 from relayd.store.base import DeliveryQueue, SendLedger, UpstreamHolds
 from relayd.types import Lease, RecipientOutcome, RecipientState, SmtpReply, UpstreamHold
-from relayd.units import format_duration
+from relayd.units import format_duration, format_iso
 
 log = get_logger("dispatch")
 
@@ -176,7 +176,7 @@ class Lane:
             await self.store.set_upstream_wait(self.name, None, None)
         else:
             await self.store.set_upstream_wait(self.name, wait.reason, wait.until)
-            until = iso(wait.until) if wait.until is not None else None
+            until = format_iso(wait.until) if wait.until is not None else None
             log.info(wait.event, upstream=self.name, reason=wait.reason, until=until)
         self._shown = wait
 
@@ -237,7 +237,7 @@ class Lane:
                 self.name, now, self.upstream.rate_limits, self.upstream.min_interval, weight
             )
             if slot.reservation is None:
-                reason = f"{slot.reason or 'rate limit'} until {iso(slot.at)}"
+                reason = f"{slot.reason or 'rate limit'} until {format_iso(slot.at)}"
                 self.ledger_wait = Wait(slot.at, reason, "rate_limited")
                 await self._put_back([lease], reason)
                 return self.ledger_wait
@@ -315,7 +315,7 @@ class Lane:
             return RecipientOutcome(rcpt, RecipientState.FAILED, text)
         retry = lease.attempts + 1  # the attempt just made was attempt `retry`; next: retry N
         retry_at = next_attempt_at(retry, now, self.config.queue.retry)
-        reason = f"retry {retry} at {iso(retry_at)}"
+        reason = f"retry {retry} at {format_iso(retry_at)}"
         if held is not None:
             retry_at = held.until if held.until is not None else retry_at
             reason = held.reason
@@ -336,7 +336,7 @@ class Lane:
         else:
             until = throttle_until(level, now, self.upstream.throttle_backoff)
             pause = format_duration(until - now)
-            log.warning("upstream_throttled", **fields, resume_at=iso(until), pause=pause)
+            log.warning("upstream_throttled", **fields, resume_at=format_iso(until), pause=pause)
         hold = UpstreamHold(self.name, until, str(reply), level)
         await self.store.hold_upstream(hold)
         self.throttled = True
@@ -373,7 +373,7 @@ class Lane:
             if elapsed is not None:
                 fields["seconds"] = round(elapsed, 3)
             if outcome.next_attempt_at is not None:
-                fields["next_attempt_at"] = iso(outcome.next_attempt_at)
+                fields["next_attempt_at"] = format_iso(outcome.next_attempt_at)
                 fields["wait_reason"] = outcome.wait_reason
             emit = log.info if outcome.state is RecipientState.DELIVERED else log.warning
             emit(name, **fields)

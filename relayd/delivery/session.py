@@ -16,10 +16,10 @@ from typing import Protocol
 
 import aiosmtplib
 
-from relayd.clock import Clock, SystemClock
+from relayd.clock import Clock
 from relayd.config.model import UpstreamConfig
 from relayd.delivery.oauth import TokenSource, TokenSources
-from relayd.delivery.transcripts import scrub_password, smtp_client
+from relayd.delivery.transcripts import make_upstream_smtp, scrub_password
 from relayd.dsn.params import rcpt_options
 from relayd.errors import UpstreamAuthError, UpstreamUnavailable
 from relayd.policy.from_policy import apply_from_policy, envelope_sender
@@ -62,20 +62,18 @@ class Session(Protocol):
 
 
 def open_session(
-    upstream: UpstreamConfig, local_hostname: str, tokens: TokenSource | None = None
+    upstream: UpstreamConfig, local_hostname: str, tokens: TokenSource | None
 ) -> Session:
     """The session kind the upstream's provider calls for, with its from_policy.
 
     An xoauth2 upstream takes its access tokens from `tokens` (SessionOpener shares one
-    source among an upstream's connections); without, the session gets a source of its own.
+    source among an upstream's connections).
     """
     session: Session
     if upstream.provider == "directory":
         assert upstream.path is not None
         session = DirectorySession(upstream.path)
     else:
-        if tokens is None and upstream.auth == "xoauth2":
-            tokens = TokenSource(upstream, SystemClock())
         session = SmtpSession(upstream, local_hostname, tokens)
     return PolicySession(session, upstream) if PolicySession.applies(upstream) else session
 
@@ -194,8 +192,8 @@ class SmtpSession:
         if not up.tls_verify:
             context.check_hostname = False
             context.verify_mode = ssl.CERT_NONE
-        # smtp_client: aiosmtplib.SMTP, writing a transcript when [log] transcript_dir is set.
-        return smtp_client(
+        # An UpstreamSMTP, writing a transcript when [log] transcript_dir is set.
+        return make_upstream_smtp(
             up,
             hostname=up.host,
             port=up.port,

@@ -25,16 +25,16 @@ import logging.handlers
 import secrets
 from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
 import aiosmtplib
 from aiosmtplib.typing import Default
 
-from relayd.clock import SystemClock
+from relayd.clock import Clock
 from relayd.config.model import UpstreamConfig
-from relayd.delivery.client import RelaySMTP
+from relayd.delivery.client import UpstreamSMTP
+from relayd.units import format_iso_millis
 
 MASK = "********"
 DEFAULT_MAX_BYTES = 10_000_000
@@ -47,15 +47,18 @@ class _Settings:
     directory: Path
     max_bytes: int
     files: int
+    clock: Clock  # the daemon's, for each line's time
 
 
 _settings: _Settings | None = None
-_clock = SystemClock()
 _loggers: dict[str, logging.Logger] = {}
 
 
 def configure(
-    directory: Path | None, max_bytes: int = DEFAULT_MAX_BYTES, files: int = DEFAULT_FILES
+    directory: Path | None,
+    clock: Clock,
+    max_bytes: int = DEFAULT_MAX_BYTES,
+    files: int = DEFAULT_FILES,
 ) -> None:
     """Start (or stop, with None) writing transcripts; raises OSError if the directory cannot
     be created. Sessions opened before keep the files they had until they reconnect."""
@@ -68,7 +71,7 @@ def configure(
     _settings = None
     if directory is not None:
         directory.mkdir(parents=True, exist_ok=True, mode=0o750)
-        _settings = _Settings(directory, max_bytes, files)
+        _settings = _Settings(directory, max_bytes, files, clock)
 
 
 def enabled() -> bool:
@@ -131,11 +134,7 @@ class Transcript:
     def write(self, direction: str, text: str) -> None:
         if _settings is None:
             return
-        stamp = (
-            datetime.fromtimestamp(_clock.now(), UTC)
-            .isoformat(timespec="milliseconds")
-            .replace("+00:00", "Z")
-        )
+        stamp = format_iso_millis(_settings.clock.now())
         logger = _logger(self.upstream)
         for line in scrub(text, self.hidden).splitlines() or [""]:
             logger.info("%s %s %s %s", stamp, self.session, direction, line)
@@ -158,7 +157,7 @@ def redact_command(args: Sequence[bytes], auth_continuation: bool) -> str:
     return text
 
 
-class TranscribingSMTP(RelaySMTP):
+class TranscribingSMTP(UpstreamSMTP):
     """aiosmtplib.SMTP that writes every command and reply to a Transcript."""
 
     def __init__(self, transcript: Transcript, **kwargs: Any) -> None:
@@ -225,8 +224,9 @@ class TranscribingSMTP(RelaySMTP):
         super().close()
 
 
-def smtp_client(upstream: UpstreamConfig, **kwargs: Any) -> aiosmtplib.SMTP:
-    """RelaySMTP(**kwargs) (delivery/client.py), transcribed when [log] transcript_dir is set."""
+def make_upstream_smtp(upstream: UpstreamConfig, **kwargs: Any) -> aiosmtplib.SMTP:
+    """An UpstreamSMTP(**kwargs) (delivery/client.py) for `upstream`, transcribed when [log]
+    transcript_dir is set."""
     if _settings is None:
-        return RelaySMTP(**kwargs)
+        return UpstreamSMTP(**kwargs)
     return TranscribingSMTP(Transcript(upstream.name, _password_forms(upstream)), **kwargs)

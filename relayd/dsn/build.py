@@ -16,15 +16,14 @@ import hashlib
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from email import policy
 from email.message import EmailMessage, Message, MIMEPart
 from email.parser import BytesHeaderParser
-from email.utils import format_datetime
 from typing import Literal
 
 from relayd.dsn.params import original_recipient
 from relayd.policy.headers import find_message_id, header_block
+from relayd.units import format_rfc5322
 
 Action = Literal["failed", "delayed", "delivered", "relayed", "expanded"]
 ACTIONS: frozenset[str] = frozenset({"failed", "delayed", "delivered", "relayed", "expanded"})
@@ -187,7 +186,7 @@ def _top_headers(
     head["From"] = _one_line(from_addr)
     head["To"] = _one_line(to)
     head["Subject"] = subject
-    head["Date"] = _date(now)
+    head["Date"] = format_rfc5322(now)
     head["Message-ID"] = _one_line(message_id)
     if original_id:
         head["In-Reply-To"] = _one_line(original_id)
@@ -221,7 +220,7 @@ def _status_part(
     blocks = [[f"Reporting-MTA: dns; {_one_line(reporting_mta)}"]]
     if envelope_id:
         blocks[0].append(f"Original-Envelope-Id: {_one_line(envelope_id)}")
-    blocks[0].append(f"Arrival-Date: {_date(arrival_date)}")
+    blocks[0].append(f"Arrival-Date: {format_rfc5322(arrival_date)}")
     blocks.extend(_recipient_block(r) for r in recipients)
     body = "\r\n\r\n".join("\r\n".join(_fold(line) for line in block) for block in blocks)
     is_global = not body.isascii()
@@ -245,9 +244,9 @@ def _recipient_block(r: DsnRecipient) -> list[str]:
     if r.diagnostic:
         lines.append(f"Diagnostic-Code: smtp; {_one_line(r.diagnostic)}")
     if r.last_attempt is not None:
-        lines.append(f"Last-Attempt-Date: {_date(r.last_attempt)}")
+        lines.append(f"Last-Attempt-Date: {format_rfc5322(r.last_attempt)}")
     if r.will_retry_until is not None and r.action == "delayed":
-        lines.append(f"Will-Retry-Until: {_date(r.will_retry_until)}")
+        lines.append(f"Will-Retry-Until: {format_rfc5322(r.will_retry_until)}")
     return lines
 
 
@@ -286,7 +285,7 @@ def _human_text(
     lines.append(f"  Message-ID: {original_id or '(none)'}")
     if queue_id:
         lines.append(f"  Queue ID:   {queue_id}")
-    lines += [f"  Received:   {_date(arrival_date)}", ""]
+    lines += [f"  Received:   {format_rfc5322(arrival_date)}", ""]
     for r in recipients:
         lines.extend(_recipient_text(r))
     lines += ["The original message's headers are attached.", ""]
@@ -306,7 +305,8 @@ def _recipient_text(r: DsnRecipient) -> Iterable[str]:
         where = f"The server {r.remote_mta} said" if r.remote_mta else "The reason"
         yield f"    {where}: {_one_line(r.diagnostic)}"
     if r.action == "delayed" and r.will_retry_until is not None:
-        yield f"    relayd keeps trying until {_date(r.will_retry_until)}; no action is needed yet."
+        until = format_rfc5322(r.will_retry_until)
+        yield f"    relayd keeps trying until {until}; no action is needed yet."
     advice = _advice(r)
     if advice:
         yield f"    What to do: {advice}"
@@ -357,7 +357,3 @@ def _fold(line: str, width: int = 78) -> str:
             current = f"{current} {word}" if current else word
     out.append(current)
     return "\r\n".join(out)
-
-
-def _date(at: float) -> str:
-    return format_datetime(datetime.fromtimestamp(at, tz=UTC))

@@ -1,10 +1,11 @@
 """RFC 3461 DSN parameters on MAIL and RCPT: syntax checks, xtext and normal forms; pure.
 
-intake/server.py hands over the parameters aiosmtpd split off the command; these functions say
-whether they are valid (a DsnParamError's text goes into `501 5.5.4 ...`) and return what
-the store keeps: on MAIL, `RET=FULL|HDRS` and `ENVID=<xtext>` as mail options (forwarded
-verbatim to an upstream that advertises DSN); on RCPT, NOTIFY in upper case and ORCPT
-decoded from xtext (as `rfc822;bob@example.com`, a UTF-8 address as its characters).
+intake (server.py for RCPT, handler.py for MAIL) hands over the parameters aiosmtpd split
+off the command; these functions say whether they are valid (a DsnParamError's text goes
+into `501 5.5.4 ...`) and return what the store keeps: on MAIL, `RET=FULL|HDRS` and
+`ENVID=<xtext>` as mail options (forwarded verbatim to an upstream that advertises DSN); on
+RCPT, NOTIFY in upper case and ORCPT decoded from xtext (as `rfc822;bob@example.com`, a
+UTF-8 address as its characters).
 Delivery forwards ORCPT encoded again, which gives back the bytes the app sent; dsn/build.py
 writes it into relayd's own reports through `original_recipient`.
 """

@@ -1,6 +1,8 @@
-"""SMTP AUTH for local apps: the aiosmtpd protocol layer intake/server.py's server builds on.
+"""SMTP AUTH for local apps: the protocol layer intake/server.py's IntakeSMTP builds on.
 
-`AuthSMTP` extends aiosmtpd's SMTP with relayd's rules (the policy itself is policy/localauth.py):
+The pure policy (hashes, the failure limiter, allowed senders) is policy/localauth.py.
+`AuthAccounts` applies it to the [[server.users]] accounts and answers in SMTP replies;
+`AuthSMTP` extends aiosmtpd's SMTP with it:
 
 - AUTH PLAIN / LOGIN send the password in the clear (RFC 4954 section 14), so they are
   offered and accepted only over TLS (STARTTLS with server.tls_cert / tls_key) or from a
@@ -32,6 +34,7 @@ from aiosmtpd.smtp import SMTP, AuthResult, LoginPassword, syntax
 
 from relayd.clock import Clock
 from relayd.config.model import ServerConfig, UserConfig
+from relayd.intake.replies import R454_AUTH_LOCKED, R535_AUTH_FAILED, R553_SENDER_NOT_ALLOWED
 from relayd.logs import get_logger
 from relayd.policy.localauth import (
     DECOY,
@@ -42,10 +45,6 @@ from relayd.policy.localauth import (
     verify_password,
 )
 from relayd.units import format_duration
-
-R454_AUTH_LOCKED = "454 4.7.0 Too many failed authentication attempts, try again later"
-R535_AUTH_FAILED = "535 5.7.8 Authentication credentials invalid"
-R553_SENDER_NOT_ALLOWED = "553 5.7.1 Sender address not allowed for user {user}"
 
 FAILURE_DELAY = 1.0  # seconds before a failed login is answered (slows guessing)
 
@@ -89,8 +88,9 @@ def _quiet_aiosmtpd() -> None:
         logger.addFilter(_QuietLoginData())
 
 
-class LocalAuth:
-    """The [[server.users]] accounts, their failed-login limits and their allowed senders."""
+class AuthAccounts:
+    """The [[server.users]] accounts, their failed-login limits and their allowed senders:
+    policy/localauth.py's rules with this process's state, answered as SMTP replies."""
 
     def __init__(
         self,
@@ -112,10 +112,10 @@ class LocalAuth:
         self._verified: dict[str, bytes] = {}
         _quiet_aiosmtpd()
 
-    def reconfigured(self, server: ServerConfig) -> LocalAuth:
+    def reconfigured(self, server: ServerConfig) -> AuthAccounts:
         """For a reload: the new users and require_auth; the TLS files are read at start only
         (reload.RESTART_KEYS), and a reload does not forgive a locked-out client."""
-        return LocalAuth(server, self.clock, tls_context=self.tls_context, limiter=self.limiter)
+        return AuthAccounts(server, self.clock, tls_context=self.tls_context, limiter=self.limiter)
 
     def _remembered(self, name: str, password: bytes) -> bool:
         known = self._verified.get(name)
@@ -181,18 +181,18 @@ def prefixed_names(cls: type, prefixes: tuple[str, ...]) -> list[str]:
 
 
 class AuthSMTP(SMTP):
-    """aiosmtpd's protocol with relayd's AUTH rules; intake.RelaydSMTP builds on it.
+    """aiosmtpd's protocol with relayd's AUTH rules; server.IntakeSMTP builds on it.
 
     Method names starting with `auth_` are AUTH mechanisms to aiosmtpd: only PLAIN and
     LOGIN are, the rest of this class avoids the prefix.
     """
 
-    def __init__(self, handler: Any, *, local_auth: LocalAuth, **kwargs: Any) -> None:
-        self.local_auth = local_auth
+    def __init__(self, handler: Any, *, accounts: AuthAccounts, **kwargs: Any) -> None:
+        self.accounts = accounts
         super().__init__(
             handler,
-            tls_context=local_auth.tls_context,
-            auth_required=local_auth.require_auth,
+            tls_context=accounts.tls_context,
+            auth_required=accounts.require_auth,
             auth_require_tls=True,  # lifted per connection for loopback clients
             **kwargs,
         )
@@ -206,7 +206,7 @@ class AuthSMTP(SMTP):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
         peer = transport.get_extra_info("peername")
-        self._auth_require_tls = not (self.local_auth.users and is_loopback(peer))
+        self._auth_require_tls = not (self.accounts.users and is_loopback(peer))
 
     def _client(self) -> str:
         return str(self.session.peer[0]) if self.session and self.session.peer else "?"
@@ -219,12 +219,12 @@ class AuthSMTP(SMTP):
         return session.auth_data if isinstance(session.auth_data, str) else None
 
     def sender_refusal(self, address: str) -> str | None:
-        return self.local_auth.sender_refusal(self.local_user(), address)
+        return self.accounts.sender_refusal(self.local_user(), address)
 
     @syntax("AUTH <mechanism>")
     async def smtp_AUTH(self, arg: str) -> None:
         if self.session is not None and not self.session.authenticated:
-            locked = self.local_auth.lockout_reply(self._client())
+            locked = self.accounts.lockout_reply(self._client())
             if locked is not None:
                 await self.push(locked)
                 return
@@ -238,7 +238,7 @@ class AuthSMTP(SMTP):
         data = result.auth_data
         if not isinstance(data, LoginPassword):  # aborted or malformed: already answered
             return result
-        return await self.local_auth.verify(self._client(), data.login, data.password)
+        return await self.accounts.verify(self._client(), data.login, data.password)
 
     async def auth_PLAIN(self, _: Any, args: list[str]) -> AuthResult:
         return await self._verified_result(await super().auth_PLAIN(_, args))

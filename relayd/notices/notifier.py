@@ -19,14 +19,13 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from email.message import EmailMessage
-from email.utils import format_datetime
 from typing import Literal, Protocol
 
 from relayd.clock import Clock
 from relayd.logs import get_logger
 from relayd.types import Notice, NoticeHook
+from relayd.units import format_rfc5322, format_utc_minutes
 
 log = get_logger("notify")
 
@@ -284,7 +283,7 @@ class Notifier:
             parts = [f"{problems} problem{'s' * (problems != 1)}"] if problems else []
             parts += [f"{len(resolved)} resolved"] if resolved else []
             subject = f"[relayd {host}] {', '.join(parts)}"
-        lines = [f"relayd on {host}, {_when(now)}.", ""]
+        lines = [f"relayd on {host}, {format_utc_minutes(now)}.", ""]
         for condition in new:
             lines += _problem("PROBLEM", condition, now)
         for condition in reminders:
@@ -303,7 +302,7 @@ def render_notice(
     message["From"] = from_addr
     message["To"] = to
     message["Subject"] = subject
-    message["Date"] = format_datetime(datetime.fromtimestamp(now, tz=UTC))
+    message["Date"] = format_rfc5322(now)
     message["Message-ID"] = message_id
     message["Auto-Submitted"] = "auto-generated"
     message["X-Relayd-Notice"] = "yes"
@@ -320,7 +319,7 @@ def _problem(label: str, c: _Condition, now: float) -> list[str]:
     action = c.hint or cls.action.format(key=c.key)  # a producer's hint is used verbatim
     lines = [
         f"{label}: {_title(c)}  [{c.kind.value}]",
-        f"  Since:      {_when(c.since)} ({_duration(now - c.since)})",
+        f"  Since:      {format_utc_minutes(c.since)} ({_duration(now - c.since)})",
     ]
     if cls.affected != "none":
         counted = "" if cls.affected == "latest" else f" (seen {c.raised} times)"
@@ -330,7 +329,8 @@ def _problem(label: str, c: _Condition, now: float) -> list[str]:
 
 def _resolution(c: _Condition) -> list[str]:
     ended = c.ended if c.ended is not None else c.since
-    span = f"From {_when(c.since)} to {_when(ended)} ({_duration(ended - c.since)})"
+    since, until = format_utc_minutes(c.since), format_utc_minutes(ended)
+    span = f"From {since} to {until} ({_duration(ended - c.since)})"
     counted = CLASSES[c.kind].affected != "none"
     lines = [
         f"RESOLVED: {_title(c)}  [{c.kind.value}]",
@@ -343,10 +343,6 @@ def _resolution(c: _Condition) -> list[str]:
 
 def _messages(count: int) -> str:
     return f"{count} message{'s' * (count != 1)}"
-
-
-def _when(at: float) -> str:
-    return datetime.fromtimestamp(at, tz=UTC).strftime("%Y-%m-%d %H:%M UTC")
 
 
 def _duration(seconds: float) -> str:

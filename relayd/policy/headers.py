@@ -7,8 +7,8 @@ and has had header-injection bugs): it only reads the header block and prepends 
 from __future__ import annotations
 
 import re
-from datetime import UTC, datetime
-from email.utils import format_datetime
+
+from relayd.units import format_rfc5322
 
 _HEADER_END = re.compile(rb"\r?\n\r?\n")
 _MESSAGE_ID = re.compile(rb"^message-id:[ \t]*(.*(?:\r?\n[ \t].*)*)", re.IGNORECASE | re.MULTILINE)
@@ -35,10 +35,6 @@ def has_date(headers: bytes) -> bool:
     return _DATE.search(headers) is not None
 
 
-def rfc5322_date(at: float) -> str:
-    return format_datetime(datetime.fromtimestamp(at, tz=UTC))
-
-
 def received_header(
     *,
     helo: str,
@@ -55,7 +51,7 @@ def received_header(
         f"Received: from {helo_text} ([{client_ip}])",
         f"\tby {hostname} (relayd) with {protocol} id {queue_id}",
     ]
-    stamp = rfc5322_date(at)
+    stamp = format_rfc5322(at)
     if len(recipients) == 1:
         lines.append(f"\tfor <{recipients[0]}>; {stamp}")
     else:
@@ -87,5 +83,5 @@ def prepare(
     elif relayd_id:
         added.append(f"X-Relayd-ID: {queue_id}\r\n".encode())
     if not has_date(headers):
-        added.append(f"Date: {rfc5322_date(at)}\r\n".encode())
+        added.append(f"Date: {format_rfc5322(at)}\r\n".encode())
     return b"".join(added) + body, message_id

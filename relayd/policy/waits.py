@@ -6,16 +6,12 @@ The texts are what `relayd queue show` prints on every waiting message.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import UTC, datetime
 
 from relayd.policy.windows import SendWindow, is_open, next_open
 from relayd.types import UpstreamHold
+from relayd.units import format_iso, format_iso_minutes
 
 MAX_SLEEP = 60.0  # re-check state at least this often (holds released by the queue tool)
-
-
-def iso(at: float) -> str:
-    return datetime.fromtimestamp(at, tz=UTC).isoformat(timespec="seconds")
 
 
 @dataclass(frozen=True)
@@ -36,7 +32,7 @@ UNKNOWN = Wait(None, "", "")  # what the store says before a lane has said anyth
 def hold_wait(hold: UpstreamHold) -> Wait:
     if hold.until is None:
         return Wait(None, f"upstream paused: {hold.reason}", "upstream_paused")
-    return Wait(hold.until, f"upstream throttled until {iso(hold.until)}", "upstream_paused")
+    return Wait(hold.until, f"upstream throttled until {format_iso(hold.until)}", "upstream_paused")
 
 
 def window_wait(window: SendWindow, now: float) -> Wait | None:
@@ -46,5 +42,5 @@ def window_wait(window: SendWindow, now: float) -> Wait | None:
     opens = next_open(window, now)
     if opens is None:
         return Wait(None, "window closed (it opens on no day within a year)", "window_closed")
-    local = datetime.fromtimestamp(opens, window.zone).isoformat(timespec="minutes")
+    local = format_iso_minutes(opens, window.zone)
     return Wait(opens, f"window closed until {local}", "window_closed")

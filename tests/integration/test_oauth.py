@@ -22,6 +22,7 @@ from structlog.testing import capture_logs
 
 from relayd import metrics
 from relayd.cli.probe import probe_upstream
+from relayd.clock import SystemClock
 from relayd.config.model import Config, UpstreamConfig, load
 from relayd.delivery.oauth import OAuthRefused, TokenSource, TokenSources
 from relayd.errors import UpstreamUnavailable
@@ -369,7 +370,7 @@ async def test_test_upstream_refreshes_the_token_then_logs_in(
     async with FakeProvider("starttls", ca.server_context()) as fake:
         fake.xoauth2_tokens = {"access-token-1"}
         upstream = office(tmp_path, endpoint, port=fake.port, ca_file=ca.save(tmp_path / "ca"))
-        steps = await probe_upstream(upstream, "relay.test")
+        steps = await probe_upstream(upstream, "relay.test", SystemClock())
 
     assert [(s.name, s.ok) for s in steps][-2:] == [("token", True), ("auth", True)]
     assert steps[-2].detail == f"access token from {endpoint.url}, valid for 1h"
@@ -384,7 +385,7 @@ async def test_test_upstream_explains_a_refused_refresh_token(
     async with FakeProvider("starttls", ca.server_context()) as fake:
         fake.xoauth2_tokens = set()
         upstream = office(tmp_path, endpoint, port=fake.port, ca_file=ca.save(tmp_path / "ca"))
-        steps = await probe_upstream(upstream, "relay.test")
+        steps = await probe_upstream(upstream, "relay.test", SystemClock())
 
     token = steps[-1]
     assert (token.name, token.ok) == ("token", False)
@@ -399,7 +400,7 @@ async def test_test_upstream_masks_a_token_the_server_echoes(
     async with FakeProvider("starttls", ca.server_context()) as fake:
         fake.xoauth2_tokens = set()  # refuses access-token-1 with Google's challenge
         upstream = office(tmp_path, endpoint, port=fake.port, ca_file=ca.save(tmp_path / "ca"))
-        steps = await probe_upstream(upstream, "relay.test")
+        steps = await probe_upstream(upstream, "relay.test", SystemClock())
 
     auth = steps[-1]
     assert (auth.name, auth.ok) == ("auth", False)

@@ -20,6 +20,7 @@ import pytest
 
 from relayd.cli.main import main
 from relayd.cli.probe import MASK, Step, probe_upstream
+from relayd.clock import SystemClock
 from relayd.config.model import Config, load
 from relayd.delivery.session import SmtpSession
 from relayd.errors import UpstreamUnavailable
@@ -76,7 +77,9 @@ def upstream_of(path: Path) -> Config:
 
 
 async def probe(path: Path) -> list[Step]:
-    return await probe_upstream(upstream_of(path).upstreams["practice"], "relay.test")
+    return await probe_upstream(
+        upstream_of(path).upstreams["practice"], "relay.test", SystemClock()
+    )
 
 
 def _run_cli(argv: Sequence[str]) -> tuple[int, str, str]:

@@ -11,6 +11,7 @@ import pytest
 
 from relayd.cli.main import main
 from relayd.cli.sendtest import SendTestError, plan_send_test, send_test
+from relayd.clock import SystemClock
 from relayd.config.model import Config
 from tests.conftest import ConfigFactory, running
 
@@ -37,7 +38,7 @@ async def test_the_running_daemon_delivers_the_test_message(
 ) -> None:
     plan = plan_send_test(capture, "it@practice.example", None, None, "20s")
     async with running(capture):
-        result = await send_test(capture, plan, poll=0.1)
+        result = await send_test(capture, plan, SystemClock(), poll=0.1)
 
     assert result.delivered, result.text
     assert result.text.startswith("delivered: ")
@@ -67,7 +68,7 @@ async def test_the_cli_waits_for_the_outcome_and_exits_0(capture: Config) -> Non
 
 async def test_without_a_daemon_it_times_out_and_says_the_message_waits(capture: Config) -> None:
     plan = plan_send_test(capture, "it@practice.example", None, None, "300ms")
-    result = await send_test(capture, plan, poll=0.1)
+    result = await send_test(capture, plan, SystemClock(), poll=0.1)
 
     assert not result.delivered
     assert "not delivered within 300ms" in result.text

@@ -21,8 +21,8 @@ import pytest
 from structlog.testing import capture_logs
 
 from relayd.daemon.relayd import Relayd
-from relayd.policy.waits import iso
 from relayd.types import MessageView, RecipientState
+from relayd.units import format_iso
 from tests.conftest import ConfigFactory, running
 from tests.support.client import message, send
 from tests.support.fake_upstream import FakeUpstream, Received
@@ -139,7 +139,7 @@ async def test_a_421_pauses_the_upstream_and_mail_resumes_after_the_cool_down(
             assert hold is not None and hold.until is not None
             await send(port_of(daemon), message(subject="second"))
             await send(port_of(daemon), message(subject="third"))
-            why = f"upstream throttled until {iso(hold.until)}"
+            why = f"upstream throttled until {format_iso(hold.until)}"
 
             async def every_message_says_why() -> bool:
                 return await reasons(daemon) == [why, why, why]
@@ -156,7 +156,7 @@ async def test_a_421_pauses_the_upstream_and_mail_resumes_after_the_cool_down(
     # The throttled message was deferred to the end of the pause; the others were due before.
     assert subjects(got) == ["second", "third", "first"]
     throttled = [e for e in logs if e["event"] == "upstream_throttled"]
-    assert len(throttled) == 1 and throttled[0]["resume_at"] == iso(hold.until)
+    assert len(throttled) == 1 and throttled[0]["resume_at"] == format_iso(hold.until)
     assert any(e["event"] == "upstream_paused" and e["reason"] == why for e in logs)
     assert not any(e["event"] == "failed" for e in logs)
 
@@ -239,7 +239,7 @@ async def test_mail_for_another_upstream_flows_while_one_is_throttled(
             got = await fast.wait_for(3)
             hold = await daemon.store.upstream_hold("main")
             assert hold is not None and hold.until is not None
-            why = f"upstream throttled until {iso(hold.until)}"
+            why = f"upstream throttled until {format_iso(hold.until)}"
 
             async def both_say_why() -> bool:
                 return await reasons(daemon) == [why, why]

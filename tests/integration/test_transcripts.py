@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from relayd.clock import SystemClock
 from relayd.config.model import Config, load
 from relayd.delivery import transcripts
 from relayd.delivery.transcripts import MASK, Transcript, redact_command, secret_forms
@@ -25,7 +26,7 @@ PASSWORD = "Tr4nscript-Pa55word-7731"
 @pytest.fixture(autouse=True)
 def _no_transcripts_after() -> Iterator[None]:
     yield
-    transcripts.configure(None)
+    transcripts.configure(None, SystemClock())
 
 
 def with_transcripts(config: Config, directory: Path) -> Config:
@@ -95,11 +96,11 @@ def test_auth_payloads_and_continuations_are_masked() -> None:
 
 
 def test_files_rotate_and_stay_bounded(tmp_path: Path) -> None:
-    transcripts.configure(tmp_path / "t", max_bytes=2000, files=2)
+    transcripts.configure(tmp_path / "t", SystemClock(), max_bytes=2000, files=2)
     transcript = Transcript("busy", ["hidden-secret"])
     for index in range(400):
         transcript.write(">", f"RCPT TO:<user{index}@example.net> hidden-secret")
-    transcripts.configure(None)
+    transcripts.configure(None, SystemClock())
     files = sorted(p.name for p in (tmp_path / "t").iterdir())
     assert files == ["busy.log", "busy.log.1", "busy.log.2"]
     assert all((tmp_path / "t" / name).stat().st_size <= 2000 for name in files)

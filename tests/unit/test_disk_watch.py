@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 from structlog.testing import capture_logs
 
+from relayd.clock import SystemClock
 from relayd.config.model import Config, render_effective
 from relayd.daemon.schedule import DaemonJobs
 from relayd.errors import ConfigError
@@ -158,6 +159,6 @@ def test_the_disk_job_is_scheduled_only_with_a_minimum_and_a_directory(
     }
     for name, (config, expected) in cases.items():
         notices, _ = notifier()
-        jobs = DaemonJobs(store, FakeClock(), notices, None, {})
+        jobs = DaemonJobs(store, FakeClock(), notices, None, {}, timeline=SystemClock())
         jobs.apply(config, T0)
         assert ("disk" in jobs.schedule.job_names()) is expected, name

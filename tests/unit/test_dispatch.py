@@ -21,7 +21,6 @@ from relayd.config.model import Config
 from relayd.delivery.lanes import LaneSet
 from relayd.delivery.session import SendResult
 from relayd.policy.limits import next_permitted
-from relayd.policy.waits import iso
 from relayd.policy.windows import SendWindow, is_open, next_open, parse_window
 from relayd.store.sqlite.store import SqliteStore
 from relayd.types import (
@@ -35,7 +34,7 @@ from relayd.types import (
     SmtpReply,
     UpstreamHold,
 )
-from relayd.units import parse_rate
+from relayd.units import format_iso, parse_rate
 from tests.conftest import ConfigFactory
 
 UPSTREAM = 'provider = "generic"\nhost = "127.0.0.1"\nport = 2\nsecurity = "none"\nauth = "none"\n'
@@ -305,7 +304,7 @@ async def test_a_full_ledger_names_the_binding_ceiling_and_when_it_frees(
         ids = [await h.enqueue(T0 + i * 0.001) for i in range(5)]
         sent = await h.run(until=T0 + 30)
         assert len(sent) == 3
-        expected = f"rate limit 3/minute until {iso(T0 + 60)}"
+        expected = f"rate limit 3/minute until {format_iso(T0 + 60)}"
         assert [await h.reason(queue_id) for queue_id in ids[3:]] == [expected, expected]
         assert len(await h.run(sends=5, until=T0 + 3600)) == 5
 
@@ -318,9 +317,11 @@ async def test_a_deferred_recipient_says_which_retry_and_when(
         h.session.replies.extend(["451 4.3.0 try later", "451 4.3.0 try later"])
         queue_id = await h.enqueue(T0)
         await h.run(sends=1)
-        assert await h.reason(queue_id) == f"retry 1 at {iso(T0 + 0.2)}"  # retry = 200ms, 400ms
+        assert (
+            await h.reason(queue_id) == f"retry 1 at {format_iso(T0 + 0.2)}"
+        )  # retry = 200ms, 400ms
         await h.run(sends=2, until=T0 + 60)
-        assert await h.reason(queue_id) == f"retry 2 at {iso(h.session.sent[1].at + 0.4)}"
+        assert await h.reason(queue_id) == f"retry 2 at {format_iso(h.session.sent[1].at + 0.4)}"
 
 
 async def test_each_attempt_hands_the_session_the_recipients_dsn_parameters(
@@ -355,7 +356,7 @@ async def test_a_throttle_pauses_the_upstream_backs_off_and_resumes(
         first = await h.enqueue(T0)
         second = await h.enqueue(T0 + 1)
         await h.run(until=T0 + 30)
-        held = f"upstream throttled until {iso(T0 + 60)}"
+        held = f"upstream throttled until {format_iso(T0 + 60)}"
         assert [await h.reason(first), await h.reason(second)] == [held, held]
         sent = await h.run(sends=4, until=T0 + 3600)
         assert await store.upstream_hold("main") is None  # a delivery ended the hold

@@ -20,6 +20,7 @@ from structlog.testing import capture_logs
 
 from relayd.bounces.jobs import bounce_poller, poll_bounces, polls_with_idle
 from relayd.bounces.poller import BouncePoller, ImapSettings, PollResult
+from relayd.clock import SystemClock
 from relayd.daemon.retention import purge_history
 from relayd.daemon.schedule import DaemonJobs, Schedule, quiet_apscheduler
 from relayd.errors import StoreError
@@ -58,7 +59,7 @@ async def test_a_job_runs_with_the_injected_clocks_now_and_again_each_interval()
         seen.append(now)
         clock.at += 60
 
-    schedule = Schedule(clock)
+    schedule = Schedule(clock, SystemClock())
     schedule.every("probe", 0.02, job, first=0.0)
     task = asyncio.create_task(schedule.run())
     await until(lambda: len(seen) >= 3)
@@ -75,7 +76,7 @@ async def test_a_job_that_raises_is_logged_and_runs_again() -> None:
         if len(calls) == 1:
             raise RuntimeError("boom")
 
-    schedule = Schedule(FakeClock())
+    schedule = Schedule(FakeClock(), SystemClock())
     schedule.every("flaky", 0.02, flaky, first=0.0)
     with capture_logs() as logs:
         task = asyncio.create_task(schedule.run())
@@ -107,7 +108,7 @@ async def test_a_slow_job_never_overlaps_itself_and_the_skip_is_a_structlog_warn
         finally:
             active -= 1
 
-    schedule = Schedule(FakeClock())
+    schedule = Schedule(FakeClock(), SystemClock())
     schedule.every("slow", 0.02, slow, first=0.0)
     with capture_logs() as logs:
         task = asyncio.create_task(schedule.run())
@@ -132,7 +133,7 @@ async def test_shutdown_cancels_a_running_job_quietly() -> None:
             cancelled.set()
             raise
 
-    schedule = Schedule(FakeClock(), grace=WAIT)
+    schedule = Schedule(FakeClock(), SystemClock(), grace=WAIT)
     schedule.every("forever", 60, forever, first=0.0)
     with capture_logs() as logs:
         task = asyncio.create_task(schedule.run())
@@ -154,7 +155,7 @@ async def test_a_job_that_will_not_stop_is_abandoned_after_the_grace() -> None:
                 continue  # ignores the shutdown
         ended.set()
 
-    schedule = Schedule(FakeClock(), grace=0.05)
+    schedule = Schedule(FakeClock(), SystemClock(), grace=0.05)
     schedule.every("stubborn", 60, stubborn, first=0.0)
     with capture_logs() as logs:
         task = asyncio.create_task(schedule.run())
@@ -237,7 +238,7 @@ def test_the_daemon_gets_every_periodic_job_as_one_coalesced_instance(
     store: Any = object()
     poller = bounce_poller(config, store, FakeClock())
     env = {"NOTIFY_SOCKET": "/run/systemd/notify"}
-    jobs = DaemonJobs(store, FakeClock(), Notifier(Sink()), poller, env)
+    jobs = DaemonJobs(store, FakeClock(), Notifier(Sink()), poller, env, timeline=SystemClock())
     jobs.apply(config, T0)
     schedule = jobs.schedule
     assert jobs_of(schedule) == {
@@ -257,7 +258,7 @@ def test_an_idle_poller_is_a_task_not_a_job_unless_the_store_elects_a_leader(
     single: Any = object()
     poller = bounce_poller(config, single, FakeClock())
     assert poller is not None and polls_with_idle(poller, single)
-    alone = DaemonJobs(single, FakeClock(), Notifier(Sink()), poller, {})
+    alone = DaemonJobs(single, FakeClock(), Notifier(Sink()), poller, {}, timeline=SystemClock())
     alone.apply(config, T0)
     assert (
         alone.schedule.job_names() == []
@@ -265,7 +266,7 @@ def test_an_idle_poller_is_a_task_not_a_job_unless_the_store_elects_a_leader(
     assert isinstance(LeaderStore(), Leadership)
     leader: Any = LeaderStore()
     assert not polls_with_idle(poller, leader)
-    shared = DaemonJobs(leader, FakeClock(), Notifier(Sink()), poller, {})
+    shared = DaemonJobs(leader, FakeClock(), Notifier(Sink()), poller, {}, timeline=SystemClock())
     shared.apply(config, T0)
     assert shared.schedule.job_names() == ["bounces"]
 
@@ -368,7 +369,7 @@ async def test_the_retention_purge_deletes_history_older_than_the_retention() ->
 
 
 def test_misfire_grace_is_one_interval_in_whole_seconds() -> None:
-    schedule = Schedule(FakeClock())
+    schedule = Schedule(FakeClock(), SystemClock())
 
     async def job(now: float) -> None:
         return None
@@ -403,7 +404,7 @@ async def test_a_reload_gives_the_jobs_new_values_and_drops_what_is_no_longer_as
     poller = bounce_poller(first, store, FakeClock())  # type: ignore[arg-type]
     assert poller is not None
     env = {"NOTIFY_SOCKET": "/run/systemd/notify"}
-    jobs = DaemonJobs(store, FakeClock(), notifier, poller, env)  # type: ignore[arg-type]
+    jobs = DaemonJobs(store, FakeClock(), notifier, poller, env, timeline=SystemClock())  # type: ignore[arg-type]
     jobs.apply(first, T0)
     jobs.schedule.scheduler.start(paused=True)  # next run times, and no run: rounds by hand
     assert jobs.schedule.job_names() == ["bounces", "disk", "notices", "retention", "status"]

@@ -1,13 +1,28 @@
-"""relayd.units: durations, sizes and rate limits as the configuration writes them."""
+"""relayd.units: durations, sizes and rate limits as the configuration writes them, and the
+timestamp forms relayd writes."""
 
 from __future__ import annotations
+
+from zoneinfo import ZoneInfo
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from relayd.types import Ceiling
-from relayd.units import format_duration, format_size, parse_duration, parse_rate, parse_size
+from relayd.units import (
+    format_duration,
+    format_iso,
+    format_iso_millis,
+    format_iso_minutes,
+    format_rfc5322,
+    format_size,
+    format_utc_minutes,
+    format_utc_seconds,
+    parse_duration,
+    parse_rate,
+    parse_size,
+)
 
 
 @pytest.mark.parametrize(
@@ -152,3 +167,15 @@ def test_a_parsed_rate_prints_as_written(ceiling: Ceiling, text: str) -> None:
 )
 def test_format_size(count: int, text: str) -> None:
     assert format_size(count) == text
+
+
+AT = 1767604443.12  # 2026-01-05 09:14:03.120 UTC, a Monday
+
+
+def test_timestamp_forms() -> None:
+    assert format_iso(AT) == "2026-01-05T09:14:03+00:00"
+    assert format_iso_minutes(AT, ZoneInfo("Europe/Berlin")) == "2026-01-05T10:14+01:00"
+    assert format_iso_millis(AT) == "2026-01-05T09:14:03.120Z"
+    assert format_rfc5322(AT) == "Mon, 05 Jan 2026 09:14:03 +0000"
+    assert format_utc_minutes(AT) == "2026-01-05 09:14 UTC"
+    assert format_utc_seconds(AT) == "2026-01-05 09:14:03Z"

