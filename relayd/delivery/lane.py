@@ -227,7 +227,7 @@ class Lane:
             return None
         if is_expired(lease.received_at, now, self.config.queue.max_lifetime):
             text = "4.4.7 expired: undelivered for longer than queue.max_lifetime"
-            outcomes = [RecipientOutcome(r, RecipientState.FAILED, text) for r in lease.recipients]
+            outcomes = [RecipientOutcome(r, RecipientState.FAILED, text) for r in lease.addresses]
             await self._record(lease, outcomes, now, event="expired")
             return None
         reservation: int | None = None  # no limits: no ledger row, no store write
@@ -264,17 +264,17 @@ class Lane:
         try:
             result = await session.send(
                 lease.mail_from,
-                lease.recipients,
+                lease.addresses,
                 body,
                 name=lease.queue_id,
                 mail_options=lease.mail_options,
                 # NOTIFY/ORCPT per recipient (RFC 3461), for an upstream that offers DSN
-                rcpt_dsn=dict(zip(lease.recipients, lease.rcpt_dsn, strict=False)),
+                rcpt_dsn={r.address: r.dsn for r in lease.recipients},
             )
         except UpstreamUnavailable as exc:
             result = SendResult(reached_data=exc.reached_data)
             reply = SmtpReply(0, str(exc))
-            result.replies = {rcpt: reply for rcpt in lease.recipients}
+            result.replies = {rcpt: reply for rcpt in lease.addresses}
         if not result.reached_data and reservation is not None:
             # The upstream never saw the message: the slot goes back to the ledger.
             await self.store.cancel_send(reservation)
@@ -286,7 +286,7 @@ class Lane:
     ) -> Wait | None:
         now = self.clock.now()
         replies: list[Reply] = []
-        for rcpt in lease.recipients:
+        for rcpt in lease.addresses:
             reply = result.replies.get(rcpt, SmtpReply(0, "no reply from the upstream"))
             replies.append((rcpt, classify_reply(reply) if reply.code else Action.RETRY, reply))
         held = next(

@@ -10,7 +10,7 @@ import asyncio
 import contextlib
 import ipaddress
 from collections.abc import Callable
-from typing import Any, cast
+from typing import Any
 
 from aiosmtpd.smtp import Envelope, Session
 
@@ -24,7 +24,7 @@ from relayd.policy.addresses import AddressError, check_address, split_path
 from relayd.policy.headers import prepare, received_header
 from relayd.policy.routing import Routes
 from relayd.store.base import MessageIntake
-from relayd.types import NewMessage, RcptDsn, new_queue_id
+from relayd.types import NewMessage, Recipient, new_queue_id
 
 # Every reply relayd itself sends, with its enhanced status code (RFC 3463).
 R250_QUEUED = "250 2.0.0 Ok: queued as {queue_id}"
@@ -99,6 +99,14 @@ async def read_data(reader: asyncio.StreamReader, max_size: int) -> bytes:
     return bytes(data.replace(b"\r\n.", b"\r\n"))
 
 
+class RelaydEnvelope(Envelope):
+    """aiosmtpd's envelope with typed recipients, NOTIFY/ORCPT included (rcpt_tos stays empty)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.recipients: list[Recipient] = []
+
+
 class RelaydSMTP(AuthSMTP):
     """aiosmtpd's protocol with relayd's own MAIL/RCPT/DATA and network check (AUTH:
     intake/auth.py)."""
@@ -121,11 +129,13 @@ class RelaydSMTP(AuthSMTP):
         self.relayd.connections.discard(self)
         super().connection_lost(exc)
 
-    def env(self) -> Envelope:
-        """The current transaction's envelope (aiosmtpd creates it before any command).
+    def _create_envelope(self) -> RelaydEnvelope:
+        return RelaydEnvelope()
 
-        A method, not a property: aiosmtpd's __init__ inspects every attribute."""
-        assert self.envelope is not None
+    def env(self) -> RelaydEnvelope:
+        """The current transaction's envelope (aiosmtpd creates it before any command); a
+        method, not a property: aiosmtpd's __init__ inspects every attribute."""
+        assert isinstance(self.envelope, RelaydEnvelope)
         return self.envelope
 
     async def _handle_client(self) -> None:
@@ -166,7 +176,7 @@ class RelaydSMTP(AuthSMTP):
             return
         try:
             address, params = split_path(arg[3:])
-            rcpt_dsn = rcpt_params(params)
+            recipient = Recipient(address, rcpt_params(params))
             check_address(address, utf8=self.env().smtp_utf8)
         except DsnParamError as exc:
             await self.push(R501_BAD_DSN_PARAMETER.format(reason=exc))
@@ -174,19 +184,17 @@ class RelaydSMTP(AuthSMTP):
         except AddressError as exc:
             await self.push(R501_BAD_RECIPIENT.format(reason=exc))
             return
-        if len(self.env().rcpt_tos) >= self.relayd.config.server.max_recipients:
-            await self.push(
-                R452_TOO_MANY_RECIPIENTS.format(limit=self.relayd.config.server.max_recipients)
-            )
+        limit = self.relayd.config.server.max_recipients
+        if len(self.env().recipients) >= limit:
+            await self.push(R452_TOO_MANY_RECIPIENTS.format(limit=limit))
             return
-        self.env().rcpt_tos.append(address)
-        cast("list[object]", self.env().rcpt_options).append(rcpt_dsn)  # one per recipient
+        self.env().recipients.append(recipient)
         await self.push(R250_RCPT_OK)
 
     async def smtp_DATA(self, arg: str | None) -> None:
         if await self.check_helo_needed() or await self.check_auth_needed("DATA"):
             return
-        if not self.env().rcpt_tos:
+        if not self.env().recipients:
             await self.push(R503_NEED_RCPT)
             return
         if arg:
@@ -282,13 +290,14 @@ class IntakeHandler:
         envelope.smtp_utf8 = utf8
         return R250_OK
 
-    async def handle_DATA(self, server: RelaydSMTP, session: Session, envelope: Envelope) -> str:
+    async def handle_DATA(
+        self, server: RelaydSMTP, session: Session, envelope: RelaydEnvelope
+    ) -> str:
         now = self.clock.now()
         client = str(session.peer[0]) if session.peer else "?"
         mail_from = envelope.mail_from or ""
         content = envelope.original_content or b""
         queue_id = new_queue_id(now)
-        recipients = tuple(envelope.rcpt_tos)
         protocol = _protocol_name(session, server)
         received = received_header(
             helo=session.host_name or "unknown",
@@ -296,7 +305,7 @@ class IntakeHandler:
             hostname=self.config.server.hostname,
             protocol=protocol,
             queue_id=queue_id,
-            recipients=recipients,
+            recipients=tuple(r.address for r in envelope.recipients),
             at=now,
         )
         body, message_id = prepare(
@@ -313,14 +322,14 @@ class IntakeHandler:
             "received",
             queue_id=queue_id,
             sender=mail_from,
-            recipients=len(recipients),
+            recipients=len(envelope.recipients),
             size=len(content),
             client=client,
             user=auth_user,
         )
         message = NewMessage(
             mail_from=mail_from,
-            recipients=recipients,
+            recipients=tuple(envelope.recipients),
             body=body,
             upstream=upstream,
             message_id=message_id,
@@ -329,7 +338,6 @@ class IntakeHandler:
             mail_options=tuple(envelope.mail_options),
             auth_user=auth_user,
             queue_id=queue_id,
-            rcpt_dsn=_rcpt_dsn(envelope),
         )
         try:
             await self.store.enqueue(message)
@@ -342,7 +350,7 @@ class IntakeHandler:
             message_id=message_id,
             upstream=upstream,
             sender=mail_from,
-            recipients=len(recipients),
+            recipients=len(envelope.recipients),
             size=len(body),
             client=client,
         )
@@ -371,14 +379,6 @@ def _protocol_name(session: Session, server: RelaydSMTP) -> str:
     if session.authenticated:
         name += "A"
     return name
-
-
-def _rcpt_dsn(envelope: Envelope) -> tuple[RcptDsn, ...]:
-    """Each recipient's DSN parameters, or () when no recipient had any."""
-    params = [p for p in envelope.rcpt_options if isinstance(p, RcptDsn)]
-    if len(params) != len(envelope.rcpt_tos) or not any(p != RcptDsn() for p in params):
-        return ()
-    return tuple(params)
 
 
 def make_server_factory(handler: IntakeHandler) -> Callable[[], RelaydSMTP]:
