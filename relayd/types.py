@@ -89,11 +89,19 @@ class RcptDsn:
 
 
 @dataclass(frozen=True)
+class Recipient:
+    """One envelope recipient: its address and the RFC 3461 parameters the app gave for it."""
+
+    address: str
+    dsn: RcptDsn = RcptDsn()
+
+
+@dataclass(frozen=True)
 class NewMessage:
     """What intake hands the store: envelope, route and the raw bytes to deliver."""
 
     mail_from: str
-    recipients: tuple[str, ...]
+    recipients: tuple[Recipient, ...]
     body: bytes
     upstream: str
     message_id: str
@@ -102,7 +110,6 @@ class NewMessage:
     auth_user: str | None = None
     mail_options: tuple[str, ...] = ()
     queue_id: QueueId | None = None
-    rcpt_dsn: tuple[RcptDsn, ...] = ()  # per recipient, in order; () when none was given
 
 
 @dataclass(frozen=True)
@@ -112,7 +119,7 @@ class Lease:
     queue_id: QueueId
     upstream: str
     mail_from: str
-    recipients: tuple[str, ...]
+    recipients: tuple[Recipient, ...]  # the leased (due) ones, with their NOTIFY/ORCPT
     attempts: int
     message_id: str
     received_at: float
@@ -120,9 +127,10 @@ class Lease:
     token: str
     lease_until: float
     mail_options: tuple[str, ...] = ()
-    # Per leased recipient, in the order of `recipients` (stores always fill it, RcptDsn()
-    # when the app gave none), so delivery can forward NOTIFY/ORCPT to a DSN upstream.
-    rcpt_dsn: tuple[RcptDsn, ...] = ()
+
+    @property
+    def addresses(self) -> tuple[str, ...]:
+        return tuple(r.address for r in self.recipients)
 
 
 @dataclass(frozen=True)

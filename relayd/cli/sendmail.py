@@ -38,7 +38,7 @@ from relayd.policy.addresses import AddressError, check_address
 from relayd.policy.headers import prepare
 from relayd.policy.routing import Routes
 from relayd.store import store_for
-from relayd.types import NewMessage, new_queue_id
+from relayd.types import NewMessage, Recipient, new_queue_id
 from relayd.units import format_rfc5322
 
 EX_OK = 0
@@ -330,7 +330,7 @@ def enqueue_directly(config: Config, message: Composed, uid: int, now: float) ->
         )
     new = NewMessage(
         mail_from=message.sender,
-        recipients=message.recipients,
+        recipients=tuple(Recipient(address) for address in message.recipients),
         body=body,
         upstream=Routes.from_config(config).pick(message.sender, None),
         message_id=message_id,

@@ -18,7 +18,7 @@ from relayd.policy.addresses import AddressError, check_address
 from relayd.policy.headers import prepare, received_header
 from relayd.policy.routing import Routes
 from relayd.store import store_for
-from relayd.types import MessageView, NewMessage, QueueId, RecipientState, new_queue_id
+from relayd.types import MessageView, NewMessage, QueueId, Recipient, RecipientState, new_queue_id
 from relayd.units import format_duration, format_rfc5322, parse_duration
 
 POLL = 1.0  # seconds between looks at the store
@@ -119,7 +119,7 @@ async def send_test(
         await store.enqueue(
             NewMessage(
                 mail_from=plan.sender,
-                recipients=(plan.recipient,),
+                recipients=(Recipient(plan.recipient),),
                 body=body,
                 upstream=plan.upstream,
                 message_id=message_id,

@@ -28,6 +28,7 @@ from relayd.errors import LeaseLost, StoreError, UpstreamUnavailable
 from relayd.logs import get_logger
 from relayd.policy.outcome import (
     Action,
+    RecipientReply,
     classify_reply,
     is_expired,
     next_attempt_at,
@@ -49,7 +50,6 @@ STORE_BACKOFF = 1.0  # seconds to wait after a store error before trying again
 SHOW_MIN_WAIT = 1.0  # shorter waits (min_interval spacing) are neither logged nor stored
 
 SessionFactory = Callable[[UpstreamConfig, str], Session]
-Reply = tuple[str, Action, SmtpReply]  # one recipient's reply and what it means
 Writes = list[asyncio.Task[None]]  # a batch's outcome writes, made while the next sends
 
 
@@ -227,7 +227,7 @@ class Lane:
             return None
         if is_expired(lease.received_at, now, self.config.queue.max_lifetime):
             text = "4.4.7 expired: undelivered for longer than queue.max_lifetime"
-            outcomes = [RecipientOutcome(r, RecipientState.FAILED, text) for r in lease.recipients]
+            outcomes = [RecipientOutcome(r, RecipientState.FAILED, text) for r in lease.addresses]
             await self._record(lease, outcomes, now, event="expired")
             return None
         reservation: int | None = None  # no limits: no ledger row, no store write
@@ -264,17 +264,17 @@ class Lane:
         try:
             result = await session.send(
                 lease.mail_from,
-                lease.recipients,
+                lease.addresses,
                 body,
                 name=lease.queue_id,
                 mail_options=lease.mail_options,
                 # NOTIFY/ORCPT per recipient (RFC 3461), for an upstream that offers DSN
-                rcpt_dsn=dict(zip(lease.recipients, lease.rcpt_dsn, strict=False)),
+                rcpt_dsn={r.address: r.dsn for r in lease.recipients},
             )
         except UpstreamUnavailable as exc:
             result = SendResult(reached_data=exc.reached_data)
             reply = SmtpReply(0, str(exc))
-            result.replies = {rcpt: reply for rcpt in lease.recipients}
+            result.replies = {rcpt: reply for rcpt in lease.addresses}
         if not result.reached_data and reservation is not None:
             # The upstream never saw the message: the slot goes back to the ledger.
             await self.store.cancel_send(reservation)
@@ -285,17 +285,17 @@ class Lane:
         self, lease: Lease, result: SendResult, elapsed: float, writes: Writes
     ) -> Wait | None:
         now = self.clock.now()
-        replies: list[Reply] = []
-        for rcpt in lease.recipients:
+        replies: list[RecipientReply] = []
+        for rcpt in lease.addresses:
             reply = result.replies.get(rcpt, SmtpReply(0, "no reply from the upstream"))
-            replies.append((rcpt, classify_reply(reply) if reply.code else Action.RETRY, reply))
-        held = next(
-            ((a, r) for _, a, r in replies if a in (Action.THROTTLED, Action.AUTH_FAILED)), None
-        )
-        wait = await self._hold(held[0], held[1], now) if held is not None else None
+            action = classify_reply(reply) if reply.code else Action.RETRY
+            replies.append(RecipientReply(rcpt, action, reply))
+        holds = (Action.THROTTLED, Action.AUTH_FAILED)
+        held = next((r for r in replies if r.action in holds), None)
+        wait = await self._hold(held.action, held.reply, now) if held is not None else None
         outcomes = [self._outcome(lease, item, now, wait) for item in replies]
         self.notices.observe(self.upstream, replies, now)
-        if wait is None and self.throttled and any(a is Action.DELIVERED for _, a, _ in replies):
+        if wait is None and self.throttled and any(r.action is Action.DELIVERED for r in replies):
             self.throttled = False
             await self.store.release_upstream(self.name)
         # Recorded while the lane sends the next message (the lease fences the write); the
@@ -304,14 +304,13 @@ class Lane:
         return wait
 
     def _outcome(
-        self, lease: Lease, item: Reply, now: float, held: Wait | None
+        self, lease: Lease, item: RecipientReply, now: float, held: Wait | None
     ) -> RecipientOutcome:
         """One recipient's result; a held upstream's wait replaces the retry schedule's."""
-        rcpt, action, reply = item
-        text = str(reply)
-        if action is Action.DELIVERED:
+        rcpt, text = item.address, str(item.reply)
+        if item.action is Action.DELIVERED:
             return RecipientOutcome(rcpt, RecipientState.DELIVERED, text)
-        if action is Action.FAILED:
+        if item.action is Action.FAILED:
             return RecipientOutcome(rcpt, RecipientState.FAILED, text)
         retry = lease.attempts + 1  # the attempt just made was attempt `retry`; next: retry N
         retry_at = next_attempt_at(retry, now, self.config.queue.retry)

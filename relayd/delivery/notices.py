@@ -15,8 +15,7 @@ from collections.abc import Sequence
 from relayd.config.model import UpstreamConfig
 from relayd.notices.notifier import NoticeKind, Notifier
 from relayd.policy.hints import hint_for
-from relayd.policy.outcome import Action
-from relayd.types import SmtpReply
+from relayd.policy.outcome import Action, RecipientReply
 
 UPSTREAM_KINDS = (
     NoticeKind.AUTH_FAILED,
@@ -34,7 +33,7 @@ class UpstreamNotices:
     def observe(
         self,
         upstream: UpstreamConfig,
-        replies: Sequence[tuple[str, Action, SmtpReply]],
+        replies: Sequence[RecipientReply],
         now: float,
     ) -> None:
         """One attempt (one message) through `upstream`: raise or clear its conditions."""
@@ -42,19 +41,17 @@ class UpstreamNotices:
         if notifier is None or not replies:
             return
         name = upstream.name
-        actions = [action for _, action, _ in replies]
-        if Action.DELIVERED in actions:
+        if any(r.action is Action.DELIVERED for r in replies):
             for kind in UPSTREAM_KINDS:
                 notifier.clear(kind, name, now)
             return
-        held = next(((a, r) for _, a, r in replies if a in _HOLDS), None)
+        held = next((r for r in replies if r.action in _HOLDS), None)
         if held is not None:
-            action, reply = held
-            kind = _HOLDS[action]
-            hint = hint_for(upstream.provider, reply, None)
-            notifier.raise_(kind, name, str(reply), affected=1, hint=hint, now=now)
-        elif all(reply.code == 0 for _, _, reply in replies):
-            detail = str(replies[0][2])
+            kind = _HOLDS[held.action]
+            hint = hint_for(upstream.provider, held.reply, None)
+            notifier.raise_(kind, name, str(held.reply), affected=1, hint=hint, now=now)
+        elif all(r.reply.code == 0 for r in replies):
+            detail = str(replies[0].reply)
             notifier.raise_(NoticeKind.UPSTREAM_UNREACHABLE, name, detail, affected=1, now=now)
 
 

@@ -30,11 +30,19 @@ from relayd.policy.addresses import AddressError, check_address
 from relayd.policy.headers import prepare, received_header
 from relayd.policy.routing import Routes
 from relayd.store.base import MessageIntake
-from relayd.types import NewMessage, RcptDsn, new_queue_id
+from relayd.types import NewMessage, Recipient, new_queue_id
 
 _KNOWN_MAIL_PARAMS = {"SIZE", "BODY", "SMTPUTF8", "RET", "ENVID"}
 
 log = get_logger("intake")
+
+
+class IntakeEnvelope(Envelope):
+    """aiosmtpd's envelope with typed recipients, NOTIFY/ORCPT included (rcpt_tos stays empty)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.recipients: list[Recipient] = []
 
 
 class IntakeHandler:
@@ -95,13 +103,15 @@ class IntakeHandler:
         envelope.smtp_utf8 = utf8
         return R250_OK
 
-    async def handle_DATA(self, server: AuthSMTP, session: Session, envelope: Envelope) -> str:
+    async def handle_DATA(
+        self, server: AuthSMTP, session: Session, envelope: IntakeEnvelope
+    ) -> str:
         now = self.clock.now()
         client = str(session.peer[0]) if session.peer else "?"
         mail_from = envelope.mail_from or ""
         content = envelope.original_content or b""
         queue_id = new_queue_id(now)
-        recipients = tuple(envelope.rcpt_tos)
+        recipients = tuple(envelope.recipients)
         protocol = _protocol_name(session, server)
         received = received_header(
             helo=session.host_name or "unknown",
@@ -109,7 +119,7 @@ class IntakeHandler:
             hostname=self.config.server.hostname,
             protocol=protocol,
             queue_id=queue_id,
-            recipients=recipients,
+            recipients=tuple(r.address for r in recipients),
             at=now,
         )
         body, message_id = prepare(
@@ -142,7 +152,6 @@ class IntakeHandler:
             mail_options=tuple(envelope.mail_options),
             auth_user=auth_user,
             queue_id=queue_id,
-            rcpt_dsn=_rcpt_dsn(envelope),
         )
         try:
             await self.store.enqueue(message)
@@ -184,11 +193,3 @@ def _protocol_name(session: Session, server: AuthSMTP) -> str:
     if session.authenticated:
         name += "A"
     return name
-
-
-def _rcpt_dsn(envelope: Envelope) -> tuple[RcptDsn, ...]:
-    """Each recipient's DSN parameters, or () when no recipient had any."""
-    params = [p for p in envelope.rcpt_options if isinstance(p, RcptDsn)]
-    if len(params) != len(envelope.rcpt_tos) or not any(p != RcptDsn() for p in params):
-        return ()
-    return tuple(params)

@@ -10,13 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from typing import Any, cast
-
-from aiosmtpd.smtp import Envelope
+from typing import Any
 
 from relayd.dsn.params import DsnParamError, rcpt_params
 from relayd.intake.auth import AuthSMTP
-from relayd.intake.handler import IntakeHandler
+from relayd.intake.handler import IntakeEnvelope, IntakeHandler
 from relayd.intake.replies import (
     R250_RCPT_OK,
     R354_DATA,
@@ -37,6 +35,7 @@ from relayd.intake.replies import (
 )
 from relayd.logs import get_logger
 from relayd.policy.addresses import AddressError, check_address, split_path
+from relayd.types import Recipient
 
 MAX_LINE = 1000  # RFC 5321 4.5.3.1.6, including CRLF; +1 for a stuffed dot
 
@@ -112,11 +111,13 @@ class IntakeSMTP(AuthSMTP):
         self.sessions.discard(self)
         super().connection_lost(exc)
 
-    def env(self) -> Envelope:
-        """The current transaction's envelope (aiosmtpd creates it before any command).
+    def _create_envelope(self) -> IntakeEnvelope:
+        return IntakeEnvelope()
 
-        A method, not a property: aiosmtpd's __init__ inspects every attribute."""
-        assert self.envelope is not None
+    def env(self) -> IntakeEnvelope:
+        """The current transaction's envelope (aiosmtpd creates it before any command); a
+        method, not a property: aiosmtpd's __init__ inspects every attribute."""
+        assert isinstance(self.envelope, IntakeEnvelope)
         return self.envelope
 
     async def _handle_client(self) -> None:
@@ -157,7 +158,7 @@ class IntakeSMTP(AuthSMTP):
             return
         try:
             address, params = split_path(arg[3:])
-            rcpt_dsn = rcpt_params(params)
+            recipient = Recipient(address, rcpt_params(params))
             check_address(address, utf8=self.env().smtp_utf8)
         except DsnParamError as exc:
             await self.push(R501_BAD_DSN_PARAMETER.format(reason=exc))
@@ -165,19 +166,17 @@ class IntakeSMTP(AuthSMTP):
         except AddressError as exc:
             await self.push(R501_BAD_RECIPIENT.format(reason=exc))
             return
-        if len(self.env().rcpt_tos) >= self.handler.config.server.max_recipients:
-            await self.push(
-                R452_TOO_MANY_RECIPIENTS.format(limit=self.handler.config.server.max_recipients)
-            )
+        limit = self.handler.config.server.max_recipients
+        if len(self.env().recipients) >= limit:
+            await self.push(R452_TOO_MANY_RECIPIENTS.format(limit=limit))
             return
-        self.env().rcpt_tos.append(address)
-        cast("list[object]", self.env().rcpt_options).append(rcpt_dsn)  # one per recipient
+        self.env().recipients.append(recipient)
         await self.push(R250_RCPT_OK)
 
     async def smtp_DATA(self, arg: str | None) -> None:
         if await self.check_helo_needed() or await self.check_auth_needed("DATA"):
             return
-        if not self.env().rcpt_tos:
+        if not self.env().recipients:
             await self.push(R503_NEED_RCPT)
             return
         if arg:

@@ -31,6 +31,16 @@ class Action(enum.StrEnum):
 
 
 @dataclass(frozen=True)
+class RecipientReply:
+    """One recipient's reply to an attempt and what it means: a lane turns it into the
+    recipient's outcome, delivery/notices.py into raised or cleared operator notices."""
+
+    address: str
+    action: Action
+    reply: SmtpReply
+
+
+@dataclass(frozen=True)
 class Rule:
     """One row of the table: a reply matches when every given field matches.
 

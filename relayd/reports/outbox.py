@@ -10,14 +10,14 @@ from relayd.config.model import Config
 from relayd.policy.headers import find_message_id, header_block
 from relayd.policy.routing import Routes
 from relayd.store.base import MessageIntake
-from relayd.types import NewMessage, QueueId, new_queue_id
+from relayd.types import NewMessage, QueueId, Recipient, new_queue_id
 
 
 async def submit(
     config: Config,
     store: MessageIntake,
     raw: bytes,
-    recipients: tuple[str, ...],
+    addresses: tuple[str, ...],
     now: float,
     *,
     sender: str = "",
@@ -28,7 +28,7 @@ async def submit(
     return await store.enqueue(
         NewMessage(
             mail_from=sender,
-            recipients=recipients,
+            recipients=tuple(Recipient(address) for address in addresses),
             body=raw,
             upstream=via or Routes.from_config(config).pick(sender, None),
             message_id=find_message_id(header_block(raw)) or "",

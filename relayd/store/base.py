@@ -100,7 +100,7 @@ class DeliveryQueue(MessageBodies, Protocol):
 
         Oldest due first. A message whose lease has expired is claimable again; the
         lease covers only the recipients that were due, each with the RFC 3461 parameters
-        enqueue stored for it (`Lease.rcpt_dsn`, in the order of `Lease.recipients`).
+        enqueue stored for it (`Recipient.dsn`).
         """
 
     async def record_outcome(

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from relayd.store.sqlite.store import SqliteStore
-from relayd.types import NewMessage, QueueId
+from relayd.types import NewMessage, QueueId, Recipient
 from tests.acceptance.process import Launcher, arun_cli, write_config
 from tests.support.client import message, send
 from tests.support.fake_upstream import FakeUpstream
@@ -38,7 +38,7 @@ async def enqueue_old(path: Path, hours: float) -> QueueId:
         return await store.enqueue(
             NewMessage(
                 mail_from="old@archive.example",
-                recipients=("full@example.net",),
+                recipients=(Recipient("full@example.net"),),
                 body=b"Subject: old\r\nX-Old: yes\r\n\r\nold\r\n",
                 upstream="main",
                 message_id="<old@archive.example>",

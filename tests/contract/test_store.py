@@ -21,6 +21,7 @@ from relayd.types import (
     NewMessage,
     QueueDepth,
     QueueId,
+    Recipient,
     RecipientOutcome,
     RecipientState,
     UpstreamHold,
@@ -42,7 +43,7 @@ def message(
 ) -> NewMessage:
     return NewMessage(
         mail_from="billing@example.org",
-        recipients=recipients or ("alice@example.com",),
+        recipients=tuple(Recipient(a) for a in recipients or ("alice@example.com",)),
         body=body,
         upstream=upstream,
         message_id=f"<{at}@example.org>",
@@ -84,7 +85,7 @@ async def test_enqueue_then_lease_returns_the_message_with_its_body(store: Contr
     assert lease.queue_id == queue_id
     assert lease.upstream == "practice"
     assert lease.mail_from == new.mail_from
-    assert lease.recipients == ("alice@example.com", "bob@example.com")
+    assert lease.addresses == ("alice@example.com", "bob@example.com")
     assert lease.message_id == new.message_id
     assert lease.received_at == T0
     assert lease.size == 10_000
@@ -190,7 +191,7 @@ async def test_a_lease_ends_with_its_outcome(store: ContractStore) -> None:
         await store.record_outcome(lease, [outcome("bob@example.com", State.DELIVERED)], T0 + 2)
     # bob had no outcome: he is still due, and the message is free to lease at once.
     again = await lease_one(store, T0 + 2)
-    assert again.recipients == ("bob@example.com",)
+    assert again.addresses == ("bob@example.com",)
 
 
 async def test_an_expired_lease_nobody_took_may_still_record(store: ContractStore) -> None:
@@ -244,7 +245,7 @@ async def test_partial_delivery_brings_back_only_the_deferred_recipient_at_its_t
     assert await store.next_due("practice", T0 + 1) == T0 + 300
     assert await store.lease_due("practice", T0 + 299, 10, LEASE, "w") == []
     retry = await lease_one(store, T0 + 300)
-    assert retry.recipients == ("bob@example.com",)
+    assert retry.addresses == ("bob@example.com",)
     assert retry.attempts == 1
     assert await store.load_body(queue_id) == message().body
 
@@ -651,7 +652,7 @@ async def test_retry_now_makes_pending_recipients_due(store: ContractStore) -> N
 
     assert await store.retry_now(partial, T0 + 10) == 1  # bob; alice is delivered
     lease = await lease_one(store, T0 + 10)
-    assert (lease.queue_id, lease.recipients) == (partial, ("bob@example.com",))
+    assert (lease.queue_id, lease.addresses) == (partial, ("bob@example.com",))
     await store.release(lease, T0 + 5000, "window closed")
 
     assert await store.retry_now(None, T0 + 20) == 2  # bob and carol, not held dave
@@ -670,7 +671,7 @@ async def test_held_recipients_are_not_leased_until_released(store: ContractStor
     assert await store.release_message(queue_id, T0 + 200) == 0
     assert await store.lease_due("practice", T0 + 199, 10, LEASE, "w") == []
     lease = await lease_one(store, T0 + 200)
-    assert lease.recipients == ("alice@example.com", "bob@example.com")
+    assert lease.addresses == ("alice@example.com", "bob@example.com")
 
 
 async def test_delete_removes_a_message(store: ContractStore) -> None:

@@ -7,23 +7,24 @@ from __future__ import annotations
 import dataclasses
 
 from relayd.dsn.parse import ParsedDsn, ParsedRecipient
-from relayd.types import RcptDsn, RecipientState
+from relayd.types import RcptDsn, Recipient, RecipientState
 
 from .conftest import ContractStore
 from .test_store import LEASE, T0, lease_one, message, outcome
 
 
 async def test_report_info_keeps_dsn_parameters(store: ContractStore) -> None:
-    new = dataclasses.replace(
-        message("a@example.com", "b@example.com"),
-        rcpt_dsn=(RcptDsn("NEVER"), RcptDsn("FAILURE,DELAY", "rfc822;b@example.com")),
+    rcpts = (
+        Recipient("a@example.com", RcptDsn("NEVER")),
+        Recipient("b@example.com", RcptDsn("FAILURE,DELAY", "rfc822;b@example.com")),
     )
+    new = dataclasses.replace(message(), recipients=rcpts)
     queue_id = await store.enqueue(new)
     info = await store.report_info(queue_id)
     assert info is not None
     assert info.mail_from == "billing@example.org"
     assert not info.delay_warned
-    assert [r.dsn for r in info.recipients] == list(new.rcpt_dsn)
+    assert [(r.address, r.dsn) for r in info.recipients] == [(r.address, r.dsn) for r in rcpts]
     assert await store.mark_delay_warned(queue_id)
     assert not await store.mark_delay_warned(queue_id)  # once
     info = await store.report_info(queue_id)
@@ -33,18 +34,17 @@ async def test_report_info_keeps_dsn_parameters(store: ContractStore) -> None:
 async def test_a_lease_carries_its_recipients_dsn_parameters(store: ContractStore) -> None:
     """Delivery forwards NOTIFY/ORCPT upstream from the lease: each leased recipient's own,
     in the lease's order, also when a retry leases only some of them."""
-    params = (
-        RcptDsn("SUCCESS,FAILURE", "rfc822;a+x@example.com"),
-        RcptDsn(),
-        RcptDsn("NEVER", "utf-8;c@example.com"),
+    rcpts = (
+        Recipient("a@example.com", RcptDsn("SUCCESS,FAILURE", "rfc822;a+x@example.com")),
+        Recipient("b@example.com"),
+        Recipient("c@example.com", RcptDsn("NEVER", "utf-8;c@example.com")),
     )
-    rcpts = ("a@example.com", "b@example.com", "c@example.com")
-    queue_id = await store.enqueue(dataclasses.replace(message(*rcpts), rcpt_dsn=params))
+    queue_id = await store.enqueue(dataclasses.replace(message(), recipients=rcpts))
     await store.enqueue(message("plain@example.com", "other@example.com", at=T0 + 1))
 
     first, plain = await store.lease_due("practice", T0 + 1, 10, LEASE, "worker-1")
-    assert (first.queue_id, first.recipients, first.rcpt_dsn) == (queue_id, rcpts, params)
-    assert plain.rcpt_dsn == (RcptDsn(), RcptDsn())  # none given: one empty set each
+    assert (first.queue_id, first.recipients) == (queue_id, rcpts)
+    assert [r.dsn for r in plain.recipients] == [RcptDsn(), RcptDsn()]  # none given: empty
     await store.record_outcome(
         first,
         [
@@ -56,8 +56,7 @@ async def test_a_lease_carries_its_recipients_dsn_parameters(store: ContractStor
     )
 
     retry = await lease_one(store, T0 + 10)
-    assert retry.recipients == ("a@example.com", "c@example.com")
-    assert retry.rcpt_dsn == (params[0], params[2])
+    assert retry.recipients == (rcpts[0], rcpts[2])
 
 
 async def test_match_bounce_by_message_id_marks_bounced_idempotently(

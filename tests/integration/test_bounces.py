@@ -39,6 +39,7 @@ from relayd.types import (
     MessageView,
     NewMessage,
     QueueId,
+    Recipient,
     RecipientOutcome,
     RecipientState,
     RecipientView,
@@ -215,7 +216,7 @@ async def send(
     await store.enqueue(
         NewMessage(
             mail_from="billing@practice.example",
-            recipients=tuple(recipients),
+            recipients=tuple(Recipient(address) for address in recipients),
             body=body,
             upstream="main",
             message_id=message_id,
@@ -225,7 +226,7 @@ async def send(
     )
     (lease,) = await store.lease_due("main", at, 1, 60, "test-worker")
     assert lease.queue_id == queue_id
-    delivered = [RecipientOutcome(r, RecipientState.DELIVERED, ACCEPTED) for r in lease.recipients]
+    delivered = [RecipientOutcome(r, RecipientState.DELIVERED, ACCEPTED) for r in lease.addresses]
     await store.record_outcome(lease, delivered, at + 1)
 
 

@@ -13,7 +13,7 @@ from relayd.bounces.poller import BouncePoller
 from relayd.bounces.store import QueueBounceStore
 from relayd.clock import SystemClock
 from relayd.store.sqlite.store import SqliteStore
-from relayd.types import NewMessage, QueueId, RecipientOutcome, RecipientState
+from relayd.types import NewMessage, QueueId, Recipient, RecipientOutcome, RecipientState
 from tests.conftest import ConfigFactory, running
 from tests.support.dovecot import Dovecot, private_dovecot
 from tests.support.fake_upstream import FakeUpstream
@@ -44,7 +44,7 @@ async def test_late_bounce_with_the_real_store(
     dovecot.append(sample("reply.eml"))
     original = NewMessage(
         mail_from="billing@practice.example",
-        recipients=("no-such-user@example.com",),
+        recipients=(Recipient("no-such-user@example.com"),),
         body=b"Subject: invoice\r\n\r\nhello\r\n",
         upstream="main",
         message_id=f"<relayd.{QUEUE_ID}@relay.test>",
@@ -54,7 +54,7 @@ async def test_late_bounce_with_the_real_store(
     async with SqliteStore(config.queue.path) as store:
         await store.enqueue(original)
         (lease,) = await store.lease_due("main", now - 590, 1, 60, "w")
-        delivered = RecipientOutcome(lease.recipients[0], RecipientState.DELIVERED, "250 ok")
+        delivered = RecipientOutcome(lease.addresses[0], RecipientState.DELIVERED, "250 ok")
         await store.record_outcome(lease, [delivered], now - 590)
         poller = BouncePoller(settings, QueueBounceStore(config, store), clock)
         result = await poller.poll_once(now)

@@ -10,7 +10,7 @@ from structlog.testing import capture_logs
 
 from relayd.daemon.relayd import Relayd
 from relayd.store import open_store
-from relayd.types import MessageView, NewMessage, RecipientState
+from relayd.types import MessageView, NewMessage, Recipient, RecipientState
 from tests.conftest import ConfigFactory, running
 from tests.support.client import message, send
 from tests.support.fake_upstream import FakeUpstream
@@ -314,7 +314,7 @@ def _new_message(index: int) -> NewMessage:
     body = message(subject=f"fence{index}")
     return NewMessage(
         mail_from="app@example.org",
-        recipients=("someone@example.net",),
+        recipients=(Recipient("someone@example.net"),),
         body=body,
         upstream="main",
         message_id=f"<fence{index}@example.org>",

@@ -28,7 +28,7 @@ import pytest
 from relayd.errors import LeaseLost, StoreUnavailable
 from relayd.store.postgres.sql import SCHEMA_VERSION
 from relayd.store.postgres.store import PostgresStore
-from relayd.types import Ceiling, NewMessage, RecipientOutcome, RecipientState
+from relayd.types import Ceiling, NewMessage, Recipient, RecipientOutcome, RecipientState
 from tests.acceptance.process import (
     DaemonProcess,
     Launcher,
@@ -300,7 +300,8 @@ T0 = 1_700_000_000.0
 
 
 def new(at: float, upstream: str = "main") -> NewMessage:
-    return NewMessage("a@example.org", ("b@example.net",), b"x", upstream, f"<{at}@t>", at)
+    rcpts = (Recipient("b@example.net"),)
+    return NewMessage("a@example.org", rcpts, b"x", upstream, f"<{at}@t>", at)
 
 
 async def open_stores(dsn: str, count: int) -> list[PostgresStore]:

@@ -48,7 +48,7 @@ def test_delete_with_dsn_queues_a_failure_report_first(make_config: ConfigFactor
     """`relayd queue delete ID --dsn`: the sender's report goes to the bounce mailbox."""
     from email import message_from_bytes
 
-    from relayd.types import NewMessage, QueueId
+    from relayd.types import NewMessage, QueueId, Recipient
 
     config = make_config(
         'provider = "generic"\nhost = "127.0.0.1"\nport = 9\nsecurity = "none"\nauth = "none"',
@@ -65,7 +65,7 @@ def test_delete_with_dsn_queues_a_failure_report_first(make_config: ConfigFactor
             return await store.enqueue(
                 NewMessage(
                     "app@example.org",
-                    ("x@example.net",),
+                    (Recipient("x@example.net"),),
                     body,
                     "main",
                     "<stuck@example.org>",

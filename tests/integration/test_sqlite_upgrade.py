@@ -33,6 +33,7 @@ from relayd.types import (
     MessageView,
     QueueId,
     RcptDsn,
+    Recipient,
     RecipientOutcome,
     RecipientState,
     RecipientView,
@@ -342,7 +343,7 @@ async def test_due_mail_is_leased_with_its_exact_bytes_and_delivered(v1_queue: P
 
         # Oldest due first; the dead worker's expired lease does not hold its message back;
         # only due, pending recipients are leased (not the delivered, failed or held ones).
-        got = [(lease.queue_id, lease.recipients, lease.attempts) for lease in leases]
+        got = [(lease.queue_id, lease.addresses, lease.attempts) for lease in leases]
         assert got == [
             (ORPHANED, ("henry@example.com",), 0),
             (QUEUED, ("anna@example.com", "ben@example.org"), 0),
@@ -359,14 +360,14 @@ async def test_due_mail_is_leased_with_its_exact_bytes_and_delivered(v1_queue: P
             assert await store.load_body(lease.queue_id) == BODIES[lease.queue_id]
 
         stale = Lease(
-            ORPHANED, "main", "billing@practice.example", ("henry@example.com",), 0,
+            ORPHANED, "main", "billing@practice.example", (Recipient("henry@example.com"),), 0,
             f"<relayd.{ORPHANED}@relay.test>", NOW - 600, 1, DEAD_TOKEN, NOW - 300,
         )  # fmt: skip
         with pytest.raises(LeaseLost):  # the dead worker's token is fenced out
             await store.record_outcome(stale, [_delivered("henry@example.com")], NOW)
 
         for lease in leases:
-            await store.record_outcome(lease, [_delivered(r) for r in lease.recipients], NOW)
+            await store.record_outcome(lease, [_delivered(r) for r in lease.addresses], NOW)
         for queue_id in (ORPHANED, QUEUED, PARTLY):
             view = await store.show(queue_id)
             assert view is not None
@@ -385,14 +386,14 @@ async def test_held_paused_and_finished_mail_behave_as_before(v1_queue: Path) ->
         assert await store.release_message(HELD, NOW) == 1  # the operator releases it
         leases = await store.lease_due("main", NOW, 10, 300, "w")
         assert [x.queue_id for x in leases] == [ORPHANED, QUEUED, PARTLY, HELD]
-        assert leases[-1].recipients == ("grace@example.com",)  # not the failed one
+        assert leases[-1].addresses == ("grace@example.com",)  # not the failed one
         assert await store.load_body(HELD) == BODIES[HELD]
 
         assert await store.upstream_hold("office") == HOLD
         assert await store.lease_due("office", NOW, 10, 300, "w") == []  # due at NOW + 900
         assert await store.next_due("office", NOW) == NOW + 900
         (later,) = await store.lease_due("office", NOW + 900, 10, 300, "w")
-        assert (later.queue_id, later.recipients, later.attempts) == (
+        assert (later.queue_id, later.addresses, later.attempts) == (
             PAUSED,
             ("ivy@example.org",),
             2,

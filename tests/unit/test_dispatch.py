@@ -29,6 +29,7 @@ from relayd.types import (
     NewMessage,
     QueueId,
     RcptDsn,
+    Recipient,
     RecipientOutcome,
     RecipientState,
     SmtpReply,
@@ -127,7 +128,7 @@ class Harness:
         return await self.store.enqueue(
             NewMessage(
                 mail_from="app@example.org",
-                recipients=recipients or ("someone@example.net",),
+                recipients=tuple(Recipient(a) for a in recipients or ("someone@example.net",)),
                 body=b"Subject: hi\r\n\r\nhello\r\n",
                 upstream="main",
                 message_id=f"<{at}@example.org>",
@@ -337,10 +338,8 @@ async def test_each_attempt_hands_the_session_the_recipients_dsn_parameters(
     async with SqliteStore(tmp_path / "virtual.db") as store:
         h = Harness(make_config(UPSTREAM), store, T0)
         h.session.replies.append("451 4.3.0 try later")
-        rcpts, params = tuple(dsn), tuple(dsn.values())
-        await store.enqueue(
-            NewMessage("app@example.org", rcpts, b"x\r\n", "main", "<m@x>", T0, rcpt_dsn=params)
-        )
+        rcpts = tuple(Recipient(address, params) for address, params in dsn.items())
+        await store.enqueue(NewMessage("app@example.org", rcpts, b"x\r\n", "main", "<m@x>", T0))
         sent = await h.run(sends=2, until=T0 + 60)
     assert [s.recipients for s in sent] == [tuple(dsn)] * 2
     assert [s.rcpt_dsn for s in sent] == [dsn, dsn]

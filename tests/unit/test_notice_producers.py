@@ -14,7 +14,7 @@ from relayd.delivery.notices import UpstreamNotices
 from relayd.errors import StoreError
 from relayd.notices.notifier import Notifier, NotifySettings
 from relayd.notices.watches import NoticeRound, QueueWatch
-from relayd.policy.outcome import Action
+from relayd.policy.outcome import Action, RecipientReply
 from relayd.types import RecipientState, SmtpReply
 from tests.support.fakes import T0, FakeClock, QueueStore, Sink
 
@@ -34,12 +34,12 @@ async def test_auth_failure_raises_with_the_provider_hint_and_a_delivery_clears_
     notifier = Notifier(sink, NotifySettings(hostname="h"))
     notices = UpstreamNotices(notifier)
     refused = SmtpReply(535, "5.7.8 Username and Password not accepted.")
-    notices.observe(Upstream(), [("a@x", Action.AUTH_FAILED, refused)], T0)  # type: ignore[arg-type]
+    notices.observe(Upstream(), [RecipientReply("a@x", Action.AUTH_FAILED, refused)], T0)  # type: ignore[arg-type]
     assert _kinds(notifier) == [("auth_failed", "main")]
     assert await notifier.flush(T0)
     assert "apppasswords" in " ".join(sink.sent[0][1].split())
     ok = SmtpReply(250, "2.0.0 OK")
-    notices.observe(Upstream(), [("a@x", Action.DELIVERED, ok)], T0 + 5)  # type: ignore[arg-type]
+    notices.observe(Upstream(), [RecipientReply("a@x", Action.DELIVERED, ok)], T0 + 5)  # type: ignore[arg-type]
     assert notifier.active() == []
     assert await notifier.flush(T0 + 1000)
     assert "RESOLVED" in sink.sent[1][1]
@@ -52,7 +52,7 @@ async def test_unreachable_is_reported_only_after_its_grace() -> None:
     notices = UpstreamNotices(notifier)
     dropped = SmtpReply(0, "connection refused")
     for second in range(3):
-        notices.observe(Upstream(), [("a@x", Action.RETRY, dropped)], T0 + second)  # type: ignore[arg-type]
+        notices.observe(Upstream(), [RecipientReply("a@x", Action.RETRY, dropped)], T0 + second)  # type: ignore[arg-type]
     assert _kinds(notifier) == [("upstream_unreachable", "main")]
     assert not await notifier.flush(T0 + 3)  # the default grace (600 s) has not passed
     assert await notifier.flush(T0 + 601)
@@ -60,7 +60,7 @@ async def test_unreachable_is_reported_only_after_its_grace() -> None:
     # A 4xx reply is no outage: nothing is raised for it.
     other = Notifier(sink, settings)
     later = SmtpReply(451, "4.3.0 later")
-    UpstreamNotices(other).observe(Upstream(), [("a@x", Action.RETRY, later)], T0)  # type: ignore[arg-type]
+    UpstreamNotices(other).observe(Upstream(), [RecipientReply("a@x", Action.RETRY, later)], T0)  # type: ignore[arg-type]
     assert other.active() == []
 
 
@@ -95,10 +95,10 @@ def test_a_throttle_raises_upstream_throttled_and_a_delivery_clears_it() -> None
     notifier = Notifier(Sink(), NotifySettings(hostname="h"))
     notices = UpstreamNotices(notifier)
     quota = SmtpReply(550, "5.4.5 Daily user sending limit exceeded.")
-    notices.observe(Upstream(), [("a@x", Action.THROTTLED, quota)], T0)  # type: ignore[arg-type]
+    notices.observe(Upstream(), [RecipientReply("a@x", Action.THROTTLED, quota)], T0)  # type: ignore[arg-type]
     assert _kinds(notifier) == [("upstream_throttled", "main")]
     ok = SmtpReply(250, "2.0.0 OK")
-    notices.observe(Upstream(), [("a@x", Action.DELIVERED, ok)], T0 + 5)  # type: ignore[arg-type]
+    notices.observe(Upstream(), [RecipientReply("a@x", Action.DELIVERED, ok)], T0 + 5)  # type: ignore[arg-type]
     assert notifier.active() == []
 
 
@@ -135,7 +135,8 @@ async def test_a_non_leader_node_mails_its_own_conditions_named_by_its_hostname(
     store = _backlogged(leading=False)
     notice_round = NoticeRound(node2, store, NOTICES)
     refused = SmtpReply(535, "5.7.8 Username and Password not accepted.")
-    UpstreamNotices(node2).observe(Upstream(), [("a@x", Action.AUTH_FAILED, refused)], clock.now())  # type: ignore[arg-type]
+    replies = [RecipientReply("a@x", Action.AUTH_FAILED, refused)]
+    UpstreamNotices(node2).observe(Upstream(), replies, clock.now())  # type: ignore[arg-type]
     await notice_round(clock.now())
     assert store.asked == ["notices"]
     assert _kinds(node2) == [("auth_failed", "main")]  # the queue is the leader's to check

@@ -26,6 +26,7 @@ from relayd.types import (
     QueueDepth,
     QueueId,
     RcptDsn,
+    Recipient,
     RecipientOutcome,
     RecipientState,
     RecipientView,
@@ -84,11 +85,9 @@ async def insert_messages(conn: Conn, messages: Sequence[NewMessage]) -> None:
         bodies=[m.body for m in messages],
     )
     rows = [
-        (m.queue_id, i, rcpt, float(m.received_at), dsn.notify, dsn.orcpt)
+        (m.queue_id, i, rcpt.address, float(m.received_at), rcpt.dsn.notify, rcpt.dsn.orcpt)
         for m in messages
-        for i, (rcpt, dsn) in enumerate(
-            zip(m.recipients, m.rcpt_dsn or (RcptDsn(),) * len(m.recipients), strict=True)
-        )
+        for i, rcpt in enumerate(m.recipients)
     ]
     await _execute(
         conn,
@@ -141,7 +140,7 @@ def _lease(row: Any, due: list[Any], lease_until: float) -> Lease:
         queue_id=QueueId(row["id"]),
         upstream=row["upstream"],
         mail_from=row["mail_from"],
-        recipients=tuple(r["address"] for r in due),
+        recipients=tuple(Recipient(r["address"], RcptDsn(r["notify"], r["orcpt"])) for r in due),
         attempts=max(r["attempts"] for r in due),
         message_id=row["message_id"],
         received_at=row["received_at"],
@@ -149,7 +148,6 @@ def _lease(row: Any, due: list[Any], lease_until: float) -> Lease:
         token=row["lease_token"],
         lease_until=lease_until,
         mail_options=tuple(json.loads(row["mail_options"])),
-        rcpt_dsn=tuple(RcptDsn(r["notify"], r["orcpt"]) for r in due),
     )
 
 
@@ -165,7 +163,7 @@ async def record_outcome(
     conn: Conn, lease: Lease, outcomes: Sequence[RecipientOutcome], now: float
 ) -> None:
     for outcome in outcomes:
-        if outcome.recipient not in lease.recipients:
+        if outcome.recipient not in lease.addresses:
             raise StoreError(f"outcome for {outcome.recipient!r}, which the lease does not cover")
     await _fence(conn, lease)
     pending = [not outcome.state.is_final for outcome in outcomes]
@@ -192,7 +190,7 @@ async def release(conn: Conn, lease: Lease, not_before: float, reason: str) -> N
         conn,
         Q["delay_recipients"],
         queue_id=lease.queue_id,
-        addresses=list(lease.recipients),
+        addresses=list(lease.addresses),
         not_before=float(not_before),
         reason=reason,
     )

@@ -26,6 +26,7 @@ from relayd.types import (
     QueueDepth,
     QueueId,
     RcptDsn,
+    Recipient,
     RecipientOutcome,
     RecipientState,
     RecipientView,
@@ -92,19 +93,18 @@ def enqueue(conn: sqlite3.Connection, message: NewMessage) -> QueueId:
         },
     )
     conn.execute(Q["insert_body"], {"queue_id": queue_id, "body": message.body})
-    dsn = message.rcpt_dsn or (RcptDsn(),) * len(message.recipients)
     conn.executemany(
         Q["insert_recipient"],
         (
             {
                 "queue_id": queue_id,
                 "idx": idx,
-                "address": address,
+                "address": rcpt.address,
                 "due": message.received_at,
-                "notify": params.notify,
-                "orcpt": params.orcpt,
+                "notify": rcpt.dsn.notify,
+                "orcpt": rcpt.dsn.orcpt,
             }
-            for idx, (address, params) in enumerate(zip(message.recipients, dsn, strict=True))
+            for idx, rcpt in enumerate(message.recipients)
         ),
     )
     return queue_id
@@ -138,7 +138,9 @@ def lease_due(
                 queue_id=QueueId(queue_id),
                 upstream=upstream_,
                 mail_from=mail_from,
-                recipients=tuple(row[0] for row in due),
+                recipients=tuple(
+                    Recipient(address, RcptDsn(notify, orcpt)) for address, _, notify, orcpt in due
+                ),
                 attempts=max(row[1] for row in due),
                 message_id=message_id,
                 received_at=received_at,
@@ -146,7 +148,6 @@ def lease_due(
                 token=token,
                 lease_until=now + lease_for,
                 mail_options=tuple(json.loads(options)),
-                rcpt_dsn=tuple(RcptDsn(notify, orcpt) for _, _, notify, orcpt in due),
             )
         )
     return leases
@@ -164,7 +165,7 @@ def record_outcome(
 ) -> None:
     _fence(conn, lease)
     for outcome in outcomes:
-        if outcome.recipient not in lease.recipients:
+        if outcome.recipient not in lease.addresses:
             raise StoreError(f"outcome for {outcome.recipient!r}, which the lease does not cover")
         if outcome.state.is_final:
             next_attempt_at, wait_reason = None, None
@@ -199,7 +200,7 @@ def release(conn: sqlite3.Connection, lease: Lease, not_before: float, reason: s
                 "not_before": not_before,
                 "reason": reason,
             }
-            for address in lease.recipients
+            for address in lease.addresses
         ),
     )
     conn.execute(Q["clear_lease"], {"queue_id": lease.queue_id})
