@@ -33,8 +33,9 @@ EXPOSE 2525 9025
 # default 30s) and exits 0. Give it longer than that: docker run --stop-timeout 45
 # (docker stop -t 45; compose: stop_grace_period: 45s); the default 10s cuts deliveries short.
 STOPSIGNAL SIGTERM
-# /readyz answers 503 when the queue cannot be written, the listener is down, or an
-# upstream is paused (throttled, AUTH failing); urlopen raises on it, so the check fails.
+# /readyz answers 503 when the queue cannot be written or the listener is down; urlopen
+# raises on it, so the check fails. A paused upstream (throttled, AUTH failing) is only a
+# warning in /readyz (200): mail is still accepted and queued.
 HEALTHCHECK --interval=30s --timeout=5s --start-period=20s --retries=3 \
     CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:9025/readyz', timeout=4)"]
 ENTRYPOINT ["relayd"]

@@ -82,6 +82,23 @@ def configure(
     )
 
 
+class _Stderr:
+    """Whatever sys.stderr is when a line is written (a CLI command run in-process by a
+    test writes to that test's captured stream, not to one closed since)."""
+
+    def write(self, text: str) -> int:
+        return sys.stderr.write(text)
+
+    def flush(self) -> None:
+        sys.stderr.flush()
+
+
+def configure_cli(fmt: Literal["json", "console"] = "console", level: str = "info") -> None:
+    """A CLI command's logs go to stderr: its stdout is its output (`--json` documents, the
+    effective config), which scripts parse."""
+    configure(fmt, level, stream=_Stderr())
+
+
 def set_level(level: str) -> None:
     """Change the level of a process configure() set up; a no-op otherwise (in-process tests)."""
     if _configured:

@@ -17,6 +17,7 @@ from relayd.cli.queue import CHANGES
 from relayd.clock import Clock, SystemClock
 from relayd.config.model import Config, UpstreamConfig, default_config_path, load, render_effective
 from relayd.errors import ConfigError, RelaydError, StoreError
+from relayd.logs import configure_cli
 from relayd.store import migrate_store, store_for
 from relayd.store.base import Store
 from relayd.types import QueueId, RecipientState
@@ -89,6 +90,7 @@ def _queue_parser(queue: argparse.ArgumentParser) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
+    configure_cli()  # until the config says how: never on stdout, which carries output
     clock = SystemClock()  # the one every command is given
     _exit_if_sendmail(argv, clock)
     args = _parse(argv)
@@ -102,6 +104,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     except OSError as exc:
         print(f"relayd: cannot read the config: {exc}", file=sys.stderr)
         sys.exit(EXIT_CONFIG)
+    configure_cli(config.log.format, config.log.level)
     if args.command == "check-config":
         print(render_effective(config), end="")
         sys.exit(EXIT_OK)

@@ -101,6 +101,11 @@ class UpstreamConfig(_Model):
         if preset is None:
             return data  # not a table, or an unknown provider that _known_provider reports
         filled = {key: value for key, value in preset.defaults().items() if data.get(key) is None}
+        if preset.name == "generic" and data.get("auth") is None:
+            # Any SMTP server: a login only when the table gives credentials (an open LAN
+            # smarthost on port 25 has none).
+            credentials = ("username", "password_file", "password_env")
+            filled["auth"] = "password" if any(data.get(k) for k in credentials) else "none"
         marked = set(filled)
         security = data.get("security") or filled.get("security")
         if data.get("port") is None and security in DEFAULT_PORTS:
@@ -130,11 +135,11 @@ class UpstreamConfig(_Model):
         if self.password_file is not None and self.password_env is not None:
             raise KeyedValueError(("password_env",), "set password_file or password_env, not both")
         if self.auth in ("password", "xoauth2") and self.username is None:
-            raise KeyedValueError(("username",), f'auth = "{self.auth}" needs a username')
+            raise KeyedValueError(("username",), f"{self._auth_said()} needs a username")
         no_secret = self.password is None and self.password_file is None and not self.password_env
         if self.auth == "password" and no_secret:
             raise KeyedValueError(
-                ("password_file",), 'auth = "password" needs password_file or password_env'
+                ("password_file",), f"{self._auth_said()} needs password_file or password_env"
             )
         if (
             self.auth not in (None, "none")
@@ -143,6 +148,16 @@ class UpstreamConfig(_Model):
         ):
             raise KeyedValueError(
                 ("security",),
-                f'auth = "{self.auth}" with security = "none" would send the credentials '
+                f'{self._auth_said()} with security = "none" would send the credentials '
                 'unencrypted; use "starttls" or "tls", or set allow_plaintext_auth = true',
             )
+
+    def _auth_said(self) -> str:
+        """`auth = "..."` as an error names it: a default the file never wrote says so, and
+        how to change it."""
+        if "auth" not in self.preset_fields:
+            return f'auth = "{self.auth}"'
+        return (
+            f'auth = "{self.auth}" (the default for provider "{self.provider}"; set auth = '
+            '"none" for a server without login)'
+        )

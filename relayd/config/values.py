@@ -29,7 +29,7 @@ _DOMAIN = re.compile(r"^[a-z0-9-]+(?:\.[a-z0-9-]+)*$")
 _ADDRESS = re.compile(r"^[^@\s*]+@[a-z0-9-]+(?:\.[a-z0-9-]+)*$")
 _DAY = "(?:mon|tue|wed|thu|fri|sat|sun)"
 _DAYS = re.compile(rf"^{_DAY}(?:-{_DAY})?(?:\s*,\s*{_DAY}(?:-{_DAY})?)*$")
-_HOURS = re.compile(r"^(\d\d):(\d\d)-(\d\d):(\d\d)$")
+_HOURS = re.compile(r"^(\d{1,2}):(\d\d)\s*-\s*(\d{1,2}):(\d\d)$")  # "8:00-18:00" too
 _UPSTREAM_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
 _PATTERN_HELP = '(use "alerts@x.example", "*@x.example", "*" or "user:NAME")'
 
@@ -159,7 +159,8 @@ def _hours(value: str) -> str:
             f'"{value}" is not a range of hours (use e.g. "08:00-18:00"; across midnight, '
             'two ranges: "22:00-24:00", "00:00-06:00")'
         )
-    return value.strip()
+    assert match is not None
+    return f"{int(match[1]):02}:{match[2]}-{int(match[3]):02}:{match[4]}"
 
 
 def _password_hash(value: SecretStr) -> SecretStr:

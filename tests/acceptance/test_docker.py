@@ -148,3 +148,12 @@ async def test_the_container_layout_runs_and_its_healthcheck_follows_readyz(
     code, took = await daemon.terminate()
     assert code == 0 and took < 45  # within the documented --stop-timeout
     assert all(event.get("level") for event in daemon.events())  # JSON lines on stderr
+
+
+def test_the_health_check_comment_says_what_readyz_does() -> None:
+    """The comment above HEALTHCHECK agrees with /readyz and the README (issue 15): a paused
+    upstream is a warning with 200, not a 503."""
+    comment = DOCKERFILE.read_text().split("HEALTHCHECK", 1)[0].rsplit("STOPSIGNAL", 1)[1]
+    unhealthy = comment.split("503", 1)[1].split(";", 1)[0]
+    assert "paused" not in unhealthy
+    assert "paused upstream" in comment and "warning" in comment

@@ -127,3 +127,27 @@ async def test_queue_tool_usage_errors(tmp_path: Path, upstream: FakeUpstream, p
     assert "no message" in await tool.run("show", "NOSUCHID", expect=1)
     assert "no message" in await tool.run("hold", "NOSUCHID", expect=1)
     assert "needs a queue ID, or --all" in await tool.run("retry", expect=2)
+
+
+async def test_queue_delete_with_a_report_prints_only_json_with_json(
+    tmp_path: Path, launch: Launcher, upstream: FakeUpstream, port: int
+) -> None:
+    """`queue delete ID --dsn --json` (issue 15): stdout is one JSON document; the
+    `dsn_queued` log line goes to stderr, as every CLI command's logs do."""
+    upstream.script.rcpt_replies["someone@example.net"] = REFUSAL
+    config = write_config(
+        tmp_path, port=port, upstream_port=upstream.port, queue={"retry": '["1h"]'}
+    )
+    daemon = await launch.start_ready(config, port)
+    await send(port, message(subject="to delete"))
+    (deferred,) = await daemon.wait_event("deferred")
+    code, _ = await daemon.terminate()
+    assert code == 0
+    with config.open("a") as file:
+        file.write('\n[bounces]\nmailbox = "bounces@example.org"\n')
+    result = await arun_cli(
+        "queue", "delete", deferred["queue_id"], "--dsn", "--json", "-c", str(config)
+    )
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["affected"] == 1
+    assert "dsn_queued" in result.stderr

@@ -794,3 +794,30 @@ def test_locator_handles_quoting_multiline_strings_and_nesting() -> None:
     assert locator.line_of(("arr", 1, "x")) == 11
     assert locator.line_of(("arr", 1, "sub", "y", "z")) == 13
     assert locator.line_of(("nowhere",)) is None
+
+
+def test_hours_accept_h_mm_as_people_write_it(tmp_path: Path) -> None:
+    """ "8:00-18:00" means 08:00-18:00 (issue 15): stored in the two-digit form."""
+    config = load_text(tmp_path, CAPTURE + 'window = { hours = ["8:00-18:00", "19:30 - 21:45"] }\n')
+    window = config.upstreams["capture"].window
+    assert window is not None
+    assert window.hours == ["08:00-18:00", "19:30-21:45"]
+
+
+def test_a_generic_upstream_without_credentials_logs_in_to_nothing(tmp_path: Path) -> None:
+    """An open LAN smarthost (issue 15): no username, no password, so no AUTH; with a
+    username the default is a password login, as before."""
+    lan = '[upstreams.lan]\nhost = "smarthost.lan"\nsecurity = "none"\n'
+    config = load_text(tmp_path, lan)
+    assert config.upstreams["lan"].auth == "none"
+    assert "auth" in config.upstreams["lan"].preset_fields  # check-config marks it a default
+    office = '[upstreams.o]\nhost = "h"\nusername = "u"\npassword_env = "P"\n'
+    assert load_text(tmp_path, office, P="x").upstreams["o"].auth == "password"
+
+
+def test_an_error_about_a_default_auth_says_it_is_one_and_how_to_change_it(
+    tmp_path: Path,
+) -> None:
+    error = str(error_of(tmp_path, '[upstreams.g]\nprovider = "gmail"\n'))
+    assert 'auth = "password" (the default for provider "gmail"; set auth = "none"' in error
+    assert "needs a username" in error
