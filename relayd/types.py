@@ -226,3 +226,11 @@ class QueueDepth:
 
     def oldest_age(self, now: float) -> float:
         return 0.0 if self.oldest_pending is None else max(0.0, now - self.oldest_pending)
+
+
+@dataclass
+class SendResult:
+    """Per-recipient replies of one attempt; `reached_data` says the upstream saw the message."""
+
+    replies: dict[str, SmtpReply] = field(default_factory=dict)
+    reached_data: bool = False

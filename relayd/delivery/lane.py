@@ -23,7 +23,7 @@ from typing import Protocol
 from relayd.clock import Clock
 from relayd.config.model import Config, UpstreamConfig
 from relayd.delivery.notices import UpstreamNotices
-from relayd.delivery.session import SendResult, Session
+from relayd.delivery.session import Session
 from relayd.errors import LeaseLost, StoreError, UpstreamUnavailable
 from relayd.logs import get_logger
 from relayd.policy.outcome import (
@@ -39,7 +39,14 @@ from relayd.policy.waits import MAX_SLEEP, UNKNOWN, Wait, hold_wait, window_wait
 from relayd.policy.windows import parse_window
 from relayd.reports import dsn_reports
 from relayd.store.base import DeliveryQueue, SendLedger, UpstreamHolds
-from relayd.types import Lease, RecipientOutcome, RecipientState, SmtpReply, UpstreamHold
+from relayd.types import (
+    Lease,
+    RecipientOutcome,
+    RecipientState,
+    SendResult,
+    SmtpReply,
+    UpstreamHold,
+)
 from relayd.units import format_duration, format_iso
 
 log = get_logger("dispatch")

@@ -7,40 +7,29 @@ reused for consecutive messages; any failure closes it so the next send reconnec
 from __future__ import annotations
 
 import asyncio
-import os
 import ssl
 from collections.abc import Mapping
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Protocol
 
 import aiosmtplib
 
 from relayd.clock import Clock
 from relayd.config.model import UpstreamConfig
+from relayd.delivery.capture import DirectorySession
 from relayd.delivery.oauth import TokenSource, TokenSources
 from relayd.delivery.transcripts import make_upstream_smtp, scrub_password
 from relayd.dsn.params import rcpt_options
 from relayd.errors import UpstreamAuthError, UpstreamUnavailable
 from relayd.policy.from_policy import apply_from_policy, envelope_sender
 from relayd.policy.providers import PRESETS
-from relayd.types import NoticeHook, RcptDsn, SmtpReply
+from relayd.types import NoticeHook, RcptDsn, SendResult, SmtpReply
 
 # Replies relayd synthesises for the directory capture upstream.
-CAPTURED = SmtpReply(250, "2.0.0 Ok: written to the capture directory")
 
 NO_SMTPUTF8 = SmtpReply(553, "5.6.7 the upstream does not support SMTPUTF8 (non-ASCII address)")
 
 # MAIL FROM parameters forwarded when the upstream advertises the matching extension.
 _FORWARDED_OPTIONS = {"BODY": "8bitmime", "SMTPUTF8": "smtputf8", "RET": "dsn", "ENVID": "dsn"}
-
-
-@dataclass
-class SendResult:
-    """Per-recipient replies of one attempt; `reached_data` says the upstream saw the message."""
-
-    replies: dict[str, SmtpReply] = field(default_factory=dict)
-    reached_data: bool = False
 
 
 class Session(Protocol):
@@ -62,7 +51,7 @@ class Session(Protocol):
 
 
 def open_session(
-    upstream: UpstreamConfig, local_hostname: str, tokens: TokenSource | None
+    upstream: UpstreamConfig, local_hostname: str, tokens: TokenSource | None, clock: Clock
 ) -> Session:
     """The session kind the upstream's provider calls for, with its from_policy.
 
@@ -72,7 +61,7 @@ def open_session(
     session: Session
     if upstream.provider == "directory":
         assert upstream.path is not None
-        session = DirectorySession(upstream.path)
+        session = DirectorySession(upstream.path, upstream.name, clock)
     else:
         session = SmtpSession(upstream, local_hostname, tokens)
     return PolicySession(session, upstream) if PolicySession.applies(upstream) else session
@@ -86,9 +75,10 @@ class SessionOpener:
         self, upstreams: list[UpstreamConfig], clock: Clock, notices: NoticeHook | None = None
     ) -> None:
         self.tokens = TokenSources(upstreams, clock, notices)
+        self.clock = clock
 
     def __call__(self, upstream: UpstreamConfig, local_hostname: str) -> Session:
-        return open_session(upstream, local_hostname, self.tokens.get(upstream))
+        return open_session(upstream, local_hostname, self.tokens.get(upstream), self.clock)
 
 
 class PolicySession:
@@ -128,49 +118,6 @@ class PolicySession:
 
     async def close(self) -> None:
         await self.inner.close()
-
-
-class DirectorySession:
-    """The `directory` capture upstream: one .eml per message, written atomically."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-
-    async def send(
-        self,
-        mail_from: str,
-        recipients: tuple[str, ...],
-        body: bytes,
-        *,
-        name: str,
-        mail_options: tuple[str, ...] = (),
-        rcpt_dsn: Mapping[str, RcptDsn] | None = None,
-    ) -> SendResult:
-        try:
-            await asyncio.to_thread(self._write, name, body)
-        except OSError as exc:
-            raise UpstreamUnavailable(f"cannot write to {self.path}: {exc.strerror}") from exc
-        return SendResult({rcpt: CAPTURED for rcpt in recipients}, reached_data=True)
-
-    def _write(self, name: str, body: bytes) -> None:
-        # temp + fsync + rename + fsync(dir): a reader never sees a half-written file, and a
-        # retry after a crash rewrites the same name (at-least-once, no duplicates here).
-        self.path.mkdir(parents=True, exist_ok=True)
-        final = self.path / f"{name}.eml"
-        temp = self.path / f".{name}.eml.tmp"
-        with open(temp, "wb") as handle:
-            handle.write(body)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temp, final)
-        dir_fd = os.open(self.path, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-
-    async def close(self) -> None:
-        return None
 
 
 class SmtpSession:

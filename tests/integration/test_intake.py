@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import smtplib
 import sqlite3
 import subprocess
+import time
+from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -37,6 +40,27 @@ async def wait_files(folder: Path, count: int, timeout: float = 10) -> list[Path
             return files
         await asyncio.sleep(0.05)
     raise AssertionError(f"{count} files expected in {folder}")
+
+
+async def test_the_capture_keeps_the_envelope_beside_the_message(
+    capture_config: Config, tmp_path: Path
+) -> None:
+    """Issue 15: a Bcc recipient is in no header, so `<queue-id>.json` carries the envelope;
+    LF-only lines from the app are written in wire form (CRLF throughout)."""
+    data = message(body="one\ntwo\n\nthree\r\n").replace(b"\r\nSubject", b"\nSubject")
+    rcpts = ["someone@example.net", "hidden@example.net"]
+    async with running(capture_config) as daemon:
+        assert await send(port_of(daemon), data, rcpts=rcpts) == {}
+        (eml,) = await wait_files(tmp_path / "outbox", 1)
+    envelope = json.loads(eml.with_suffix(".json").read_text())
+    assert envelope["mail_from"] == "app@example.org"
+    assert envelope["rcpt_to"] == rcpts
+    assert envelope["upstream"] == next(iter(capture_config.upstreams))
+    assert abs(datetime.fromisoformat(envelope["time"]).timestamp() - time.time()) < 60
+    stored = eml.read_bytes()
+    assert b"hidden@example.net" not in stored
+    assert stored.count(b"\n") == stored.count(b"\r\n") == stored.count(b"\r")
+    assert b"\r\none\r\ntwo\r\n\r\nthree\r\n" in stored
 
 
 async def test_message_reaches_capture_folder_byte_for_byte(
@@ -172,8 +196,9 @@ async def test_bare_lf_dot_does_not_end_data(capture_config: Config, tmp_path: P
         assert (await client.cmd("NOOP")).startswith("250")
         await client.close()
         (eml,) = await wait_files(tmp_path / "outbox", 1)
+    # One message, the smuggled command inside it (the capture writes wire form: CRLF).
     assert (
-        b"before\n.\r\nMAIL FROM:<evil@example.org>\r\nstill body\r.\r\nmore\r\n"
+        b"before\r\n.\r\nMAIL FROM:<evil@example.org>\r\nstill body\r\n.\r\nmore\r\n"
         in eml.read_bytes()
     )
 

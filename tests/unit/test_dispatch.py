@@ -19,7 +19,6 @@ import pytest
 
 from relayd.config.model import Config
 from relayd.delivery.lanes import LaneSet
-from relayd.delivery.session import SendResult
 from relayd.policy.limits import next_permitted
 from relayd.policy.windows import SendWindow, is_open, next_open, parse_window
 from relayd.store.sqlite.store import SqliteStore
@@ -32,6 +31,7 @@ from relayd.types import (
     Recipient,
     RecipientOutcome,
     RecipientState,
+    SendResult,
     SmtpReply,
     UpstreamHold,
 )
