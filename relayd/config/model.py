@@ -64,6 +64,23 @@ __all__ = [
 DEFAULT_PATH = Path("/etc/relayd/relayd.toml")
 
 
+MAILNAME = Path("/etc/mailname")  # Debian's name for the mail system (Postfix reads it too)
+
+
+def default_hostname(mailname: Path = MAILNAME) -> str:
+    """server.hostname when the file leaves it out: /etc/mailname where present, else the
+    fully qualified name, else the host name (getfqdn says "localhost" on a machine whose
+    /etc/hosts maps its name to 127.0.1.1 without a domain)."""
+    try:
+        name = mailname.read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError):
+        name = ""
+    if name:
+        return name
+    fqdn = socket.getfqdn()
+    return socket.gethostname() if fqdn.startswith("localhost") else fqdn
+
+
 class _Model(BaseModel):
     # hide_input_in_errors: a chained ValidationError must not print what was in the file.
     model_config = ConfigDict(extra="forbid", frozen=True, hide_input_in_errors=True)
@@ -81,7 +98,7 @@ class ServerConfig(_Model):
     """The local SMTP intake."""
 
     listen: list[Listen] = Field(default_factory=lambda: ["127.0.0.1:2525"], min_length=1)
-    hostname: Hostname = Field(default_factory=socket.getfqdn)
+    hostname: Hostname = Field(default_factory=lambda: default_hostname())
     max_message_size: Size = 25_000_000
     max_recipients: StrictInt = Field(default=100, ge=1)
     allowed_networks: list[Network] = Field(

@@ -125,6 +125,13 @@ class Relayd:
             await self._start_admin(store)
             self._start_side_tasks(store)
             self._install_signals()
+            if "." not in self.config.server.hostname:
+                log.warning(
+                    "hostname_not_qualified",
+                    hostname=self.config.server.hostname,
+                    fix="set server.hostname to this host's fully qualified name (mail.example"
+                    ".org): it is in EHLO, Message-IDs and Received lines, which providers check",
+                )
             if await self._workers_ready():
                 notify("READY=1")
                 self.started.set()
