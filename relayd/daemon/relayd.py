@@ -65,6 +65,7 @@ class Relayd:
         notices: NoticeHook | None = None,
     ) -> None:
         self.config = config
+        self.started_with = config  # what start binds (listen, queue, ...): reloads compare to it
         self.clock = clock or SystemClock()
         self.handle_signals = handle_signals
         self.notifier, self._notice_sink = make_notifier(config)
@@ -233,7 +234,9 @@ class Relayd:
         """Re-read the configuration file and swap in what can change (daemon/reload.py)."""
         assert self.lanes is not None
         notify("RELOADING=1")
-        config = await reload_config(self.config, self.lanes, self._swap_config, self.notifier)
+        config = await reload_config(
+            self.config, self.lanes, self._swap_config, self.notifier, self.started_with
+        )
         if self.workers is not None and config is not self.config:
             self.workers.reload(config)  # SIGHUP: they read the new file themselves
         self.config = config

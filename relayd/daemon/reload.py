@@ -52,10 +52,11 @@ def _value(config: Config, dotted: str) -> object:
     return value
 
 
-def restart_needed(old: Config, new: Config) -> list[str]:
-    """The dotted keys in RESTART_KEYS whose values differ (names only: never a value, which
-    may be a secret)."""
-    return [key for key in RESTART_KEYS if _value(old, key) != _value(new, key)]
+def restart_needed(running: Config, new: Config) -> list[str]:
+    """The dotted keys in RESTART_KEYS whose new values differ from what runs (`running`: the
+    configuration the daemon started with, not the file read last); names only, never a
+    value, which may be a secret."""
+    return [key for key in RESTART_KEYS if _value(running, key) != _value(new, key)]
 
 
 def changed_upstreams(old: Config, new: Config) -> dict[str, list[str]]:
@@ -76,9 +77,11 @@ async def reload_config(
     lanes: LaneSet,
     swap: Callable[[Config], None],
     notifier: Notifier | None = None,
+    started: Config | None = None,
 ) -> Config:
     """Load `current.source` again; on success `swap` it in, update the lanes, and return it;
-    on failure log why, raise config_reload_failed with `notifier`, and return `current`."""
+    on failure log why, raise config_reload_failed with `notifier`, and return `current`.
+    `started` is the configuration the daemon bound at start (default: `current`)."""
     path = current.source
     if path is None:
         log.error("config_reload_failed", error="the configuration was not read from a file")
@@ -96,7 +99,7 @@ async def reload_config(
         return current
     if notifier is not None:
         notifier.clear(NoticeKind.CONFIG_RELOAD_FAILED, key, lanes.clock.now())
-    restart = restart_needed(current, new)
+    restart = restart_needed(started or current, new)
     upstreams = changed_upstreams(current, new)
     swap(new)
     await lanes.apply(new, new.queue.shutdown_timeout)

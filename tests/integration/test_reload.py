@@ -224,3 +224,25 @@ async def test_a_changed_bounce_imap_account_needs_a_restart(
     (restart,) = [e for e in logs if e["event"] == "config_reload_restart_needed"]
     assert restart["keys"] == ["bounces.imap"]
     assert "imap-secret-9" not in repr(logs)
+
+
+async def test_a_key_put_back_as_it_runs_needs_no_restart(
+    make_config: ConfigFactory, upstream: FakeUpstream
+) -> None:
+    """Issue 15: admin.listen changed, reloaded (restart needed), changed back to the port
+    actually bound, reloaded: that second reload needs no restart (compared with what runs,
+    not with the file read last)."""
+    config = make_config(generic(upstream.port), extra='[admin]\nlisten = "127.0.0.1:0"\n')
+    path = source(config)
+    bound = path.read_text()
+    with capture_logs() as logs:
+        async with running(config) as daemon:
+            path.write_text(bound.replace('listen = "127.0.0.1:0"', 'listen = "127.0.0.1:1"'))
+            assert (await reload(daemon, logs))["event"] == "config_reloaded"
+            first = [e for e in logs if e["event"] == "config_reload_restart_needed"]
+            assert [e["keys"] for e in first] == [["admin.listen"]]
+            seen = len(logs)
+            path.write_text(bound)
+            assert (await reload(daemon, logs))["event"] == "config_reloaded"
+            again = [e for e in logs[seen:] if e["event"] == "config_reload_restart_needed"]
+            assert again == []
