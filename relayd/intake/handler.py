@@ -175,7 +175,9 @@ class IntakeHandler:
     ) -> list[str]:
         session.host_name = name  # aiosmtpd leaves this to an EHLO hook
         lines = self.accounts.ehlo_lines(lines)
-        return [*lines[:-1], "250-DSN", lines[-1]] if lines else lines  # RFC 3461 4
+        # PIPELINING (RFC 2920): aiosmtpd reads one command at a time from its stream, so a
+        # batch is answered in order; DSN (RFC 3461 4).
+        return [*lines[:-1], "250-PIPELINING", "250-DSN", lines[-1]] if lines else lines
 
     async def handle_exception(self, error: Exception) -> str:
         """aiosmtpd's default would send `500 Error: (ExcType) text` to the client."""

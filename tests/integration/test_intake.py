@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import shutil
 import smtplib
 import sqlite3
 import subprocess
@@ -266,33 +268,47 @@ async def test_store_failure_answers_451_not_5xx(capture_config: Config) -> None
         assert await send(port_of(daemon)) == {}  # and it recovers
 
 
-async def test_swaks_can_send(capture_config: Config, tmp_path: Path) -> None:
-    import os
-    import shutil
-
-    if shutil.which("swaks") is None:
+def swaks() -> str:
+    """swaks, a real SMTP client with a pipelining mode; skipped (failed under CI) without."""
+    path = shutil.which("swaks")
+    if path is None:
         if os.environ.get("CI") == "true":
             pytest.fail("swaks is required under CI (apt-get install swaks)")
         pytest.skip("swaks is not installed (apt-get install swaks)")
+    return path
+
+
+async def run_swaks(port: int, *args: str) -> subprocess.CompletedProcess[str]:
+    command = [swaks(), "--server", f"127.0.0.1:{port}", "--from", "app@example.org", *args]
+    return await asyncio.to_thread(
+        subprocess.run, command, capture_output=True, text=True, timeout=30, check=False
+    )
+
+
+async def test_swaks_can_send(capture_config: Config, tmp_path: Path) -> None:
     async with running(capture_config) as daemon:
-        result = await asyncio.to_thread(
-            subprocess.run,
-            [
-                "swaks",
-                "--server",
-                f"127.0.0.1:{port_of(daemon)}",
-                "--from",
-                "app@example.org",
-                "--to",
-                "x@example.net",
-                "--header",
-                "Subject: swaks",
-            ],
-            capture_output=True,
-            text=True,
-            timeout=30,
-            check=False,
+        result = await run_swaks(
+            port_of(daemon), "--to", "x@example.net", "--header", "Subject: swaks"
         )
         assert result.returncode == 0, result.stdout + result.stderr
         assert "250 2.0.0 Ok: queued as" in result.stdout
         await wait_files(tmp_path / "outbox", 1)
+
+
+async def test_a_pipelining_client_sends_its_commands_in_one_batch(
+    capture_config: Config, tmp_path: Path
+) -> None:
+    """PIPELINING (RFC 2920) is advertised, and swaks --pipeline sends MAIL, RCPT, RCPT and
+    DATA in one write and reads the four replies after (issue 15)."""
+    async with running(capture_config) as daemon:
+        result = await run_swaks(
+            port_of(daemon), "--pipeline", "--to", "x@example.net,y@example.net"
+        )
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert "250-PIPELINING" in result.stdout
+        assert "250 2.0.0 Ok: queued as" in result.stdout
+        (eml,) = await wait_files(tmp_path / "outbox", 1)
+    assert json.loads(eml.with_suffix(".json").read_text())["rcpt_to"] == [
+        "x@example.net",
+        "y@example.net",
+    ]
