@@ -34,7 +34,7 @@ def readme_paths(readme: str) -> set[str]:
     return {
         token.strip("\"'(),;")
         for token in tokens
-        if token.startswith(_TOP) or re.fullmatch(r"[\w./-]+\.md", token)
+        if token.startswith(_TOP) or re.fullmatch(r"[\w.-][\w./-]*\.md", token)
     }
 
 

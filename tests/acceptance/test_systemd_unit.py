@@ -90,3 +90,48 @@ def test_exec_start_is_a_valid_relayd_command_line(tmp_path: Path) -> None:
     )
     result = run_cli("check-config", flag, str(config))
     assert result.returncode == 0, result.stderr
+
+
+def test_the_low_ports_drop_in_makes_the_capability_reachable(tmp_path: Path) -> None:
+    """Issue 15: port 25 needs CAP_NET_BIND_SERVICE, which PrivateUsers=yes makes
+    unreachable; the README's drop-in grants it and turns PrivateUsers off, and the
+    unit with it still verifies, at the score the README gives."""
+    needs_analyze()
+    assert ANALYZE is not None
+    command = relayd_command()
+    if len(command) != 1:
+        pytest.skip("relayd is not installed as a script")
+    unit = tmp_path / "relayd.service"
+    unit.write_text(UNIT.read_text().replace("/usr/local/bin/relayd", command[0]))
+    drop_in = REPO_ROOT / "systemd" / "relayd-low-ports.conf"
+    (tmp_path / "relayd.service.d").mkdir()
+    (tmp_path / "relayd.service.d" / "low-ports.conf").write_text(drop_in.read_text())
+    settings = re.findall(r"^(\w+)=(.*)$", drop_in.read_text(), re.MULTILINE)
+    assert settings == [
+        ("CapabilityBoundingSet", "CAP_NET_BIND_SERVICE"),
+        ("AmbientCapabilities", "CAP_NET_BIND_SERVICE"),
+        ("PrivateUsers", "no"),
+    ]
+    verify = subprocess.run(
+        [ANALYZE, "verify", str(unit)], capture_output=True, text=True, check=False
+    )
+    assert verify.returncode == 0 and verify.stderr.strip() == "", verify.stderr
+    security = subprocess.run(
+        [ANALYZE, "security", "--offline=yes", str(unit)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert re.search(r"✗ PrivateUsers=", security.stdout), security.stdout  # read, and off
+    match = re.search(r"Overall exposure level for relayd.service: (\d+\.\d)", security.stdout)
+    assert match, security.stdout
+    readme = (REPO_ROOT / "README.md").read_text()
+    assert f"`systemd-analyze\nsecurity` scores the unit {match.group(1)}." in readme
+    assert "low-ports.conf" in readme
+
+
+def test_the_readme_installs_the_documentation_the_unit_names() -> None:
+    (documentation,) = unit_value("Documentation")
+    path = documentation.removeprefix("file://")
+    readme = (REPO_ROOT / "README.md").read_text()
+    assert re.search(rf"install .*README\.md {re.escape(path)}", readme)
