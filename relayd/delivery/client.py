@@ -4,8 +4,15 @@ DATA: aiosmtplib's `SMTP.data` rewrites every message with two regular expressio
 CR/LF to CRLF, then dot-stuffing): about 2 ms of one core for a 100 KiB body, a third of the
 delivery cost. Almost every message that reaches us is already in wire form: intake stores
 exactly the CRLF lines the client sent, un-stuffed. For such a body a cheap scan proves both
-rewrites would change nothing, and UpstreamSMTP writes the body as it is; any other body goes
-through aiosmtplib's own DATA.
+rewrites would change nothing, and UpstreamSMTP writes the body as it is; any other body gets
+the same two rewrites first.
+
+DATA is also where a broken or out-of-step upstream shows (a 250 to DATA, say, when it sent
+a RCPT reply twice). aiosmtplib reports every unexpected code alike, as SMTPDataError, so a
+250 to DATA looked like a delivered message although no body was sent. UpstreamSMTP tells them
+apart: a 4xx or 5xx is the upstream's answer (SMTPDataError); any other code where 354 or the
+final reply belongs raises OutOfStep and closes the connection. Only a 2xx to the final dot
+means delivered.
 
 AUTH: aiosmtplib's `login` tries every mechanism both sides know, one after another, so a
 wrong password costs two failed logins (PLAIN, then LOGIN) each time, and providers count
@@ -15,10 +22,28 @@ aiosmtplib ranks first.
 
 from __future__ import annotations
 
-from typing import Literal
+import re
+from typing import Literal, NoReturn
 
 import aiosmtplib
 from aiosmtplib.typing import Default
+
+_LINE_END = re.compile(rb"\r\n|\n|\r(?!\n)")  # what aiosmtplib's DATA turns into CRLF
+_LEADING_DOT = re.compile(rb"(?m)^\.")  # dot-stuffing, RFC 5321 4.5.2
+
+
+class OutOfStep(aiosmtplib.SMTPException):
+    """A reply no server in step with us sends there (a 2xx to DATA, a 3xx to the final dot):
+    no reply of the transaction can be trusted (a RCPT refusal may be another's), so every
+    recipient is deferred and the connection is closed, never reused."""
+
+
+def to_wire(body: bytes) -> bytes:
+    """The body as DATA sends it: every line ending CRLF, the last one too, dots stuffed."""
+    body = _LINE_END.sub(b"\r\n", body)
+    if not body.endswith(b"\r\n"):
+        body += b"\r\n"
+    return _LEADING_DOT.sub(b"..", body)
 
 
 def is_wire_clean(body: bytes) -> bool:
@@ -57,21 +82,31 @@ class UpstreamSMTP(aiosmtplib.SMTP):
         timeout: float | Literal[Default.token] | None = Default.token,
     ) -> aiosmtplib.SMTPResponse:
         protocol = self.protocol
-        if isinstance(message, str) or protocol is None or not is_wire_clean(message):
-            return await super().data(message, timeout=timeout)
+        if protocol is None:
+            raise aiosmtplib.SMTPServerDisconnected("Connection lost")
         await self._ehlo_or_helo_if_needed()
+        body = message.encode("ascii") if isinstance(message, str) else message
+        if not is_wire_clean(body):
+            body = to_wire(body)
         wait = self.timeout if timeout is Default.token else timeout
         try:
             start = await protocol.execute_command(b"DATA", timeout=wait)
             if start.code != aiosmtplib.SMTPStatus.start_input:
-                raise aiosmtplib.SMTPDataError(start.code, start.message)
+                self._refused(start, "DATA")
             # read_response arms the protocol for the reply before it awaits anything, so
             # no byte of the reply can arrive between the write and it.
-            protocol.write(message + b".\r\n")
+            protocol.write(body + b".\r\n")
             response = await protocol.read_response(timeout=wait)
         except (aiosmtplib.SMTPServerDisconnected, aiosmtplib.SMTPTimeoutError):
             self.close()
             raise
-        if response.code != aiosmtplib.SMTPStatus.completed:
-            raise aiosmtplib.SMTPDataError(response.code, response.message)
+        if not 200 <= response.code < 300:
+            self._refused(response, "the end of DATA")
         return response
+
+    def _refused(self, reply: aiosmtplib.SMTPResponse, stage: str) -> NoReturn:
+        """A 4xx or 5xx is the upstream's answer; any other code means it is out of step."""
+        if 400 <= reply.code < 600:
+            raise aiosmtplib.SMTPDataError(reply.code, reply.message)
+        self.close()
+        raise OutOfStep(f"protocol error: {reply.code} to {stage}")

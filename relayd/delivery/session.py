@@ -16,6 +16,7 @@ import aiosmtplib
 from relayd.clock import Clock
 from relayd.config.model import UpstreamConfig
 from relayd.delivery.capture import DirectorySession
+from relayd.delivery.client import OutOfStep
 from relayd.delivery.oauth import TokenSource, TokenSources
 from relayd.delivery.transcripts import make_upstream_smtp, scrub_password
 from relayd.dsn.params import rcpt_options
@@ -271,7 +272,7 @@ class SmtpSession:
             response = await smtp.data(body)
         except aiosmtplib.SMTPDataError as exc:
             response = aiosmtplib.SMTPResponse(exc.code, exc.message)
-        except (aiosmtplib.SMTPServerDisconnected, aiosmtplib.SMTPTimeoutError) as exc:
+        except (aiosmtplib.SMTPServerDisconnected, aiosmtplib.SMTPTimeoutError, OutOfStep) as exc:
             raise UpstreamUnavailable(_describe(exc), reached_data=True) from exc
         for rcpt in accepted:
             result.replies[rcpt] = SmtpReply(response.code, response.message)

@@ -1,0 +1,62 @@
+"""A raw SMTP upstream on loopback that answers each command with whatever the test scripts,
+in step or not (a 250 to DATA, a reply sent twice): what aiosmtpd (fake_upstream.py) will
+not do."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+# A test's script: (connection number from 1, command line) -> the raw reply text to send,
+# any number of lines; None for the usual answer (USUAL).
+Script = Callable[[int, str], str | None]
+
+USUAL = {"EHLO": "250-raw\r\n250 8BITMIME\r\n", "DATA": "354 go ahead\r\n", "QUIT": "221 bye\r\n"}
+
+
+@dataclass
+class RawUpstream:
+    script: Script = lambda connection, command: None
+    commands: list[tuple[int, str]] = field(default_factory=list)  # (connection, line)
+    bodies: list[bytes] = field(default_factory=list)  # every DATA body read, un-stuffed
+    connections: int = 0
+    port: int = 0
+    _server: asyncio.Server | None = None
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+
+    def reply(self, connection: int, line: str) -> str:
+        scripted = self.script(connection, line)
+        if scripted is not None:
+            return scripted
+        return USUAL.get(line.split(" ", 1)[0].upper(), "250 ok\r\n")
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        connection = self.connections
+        writer.write(b"220 raw ESMTP\r\n")
+        try:
+            while line := (await reader.readline()).decode("utf-8", "replace").rstrip("\r\n"):
+                self.commands.append((connection, line))
+                answer = self.reply(connection, line)
+                writer.write(answer.encode())
+                await writer.drain()
+                if line.upper() == "QUIT":
+                    break
+                if line.upper() == "DATA" and answer.startswith("354"):
+                    body = await reader.readuntil(b"\r\n.\r\n")
+                    self.bodies.append(body[:-3].replace(b"\r\n..", b"\r\n."))
+                    self.commands.append((connection, "."))
+                    writer.write(self.reply(connection, ".").encode())
+        except (ConnectionError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            writer.close()
