@@ -218,6 +218,16 @@ class Lane:
             except LeaseLost:
                 log.warning("lease_lost", queue_id=lease.queue_id, upstream=self.name)
 
+    async def _raised(self, session: Session, lease: Lease, exc: Exception, writes: Writes) -> None:
+        """An unforeseen error (an address aiosmtplib refuses, a bug) touches this message only."""
+        log.exception("delivery_error", queue_id=lease.queue_id, upstream=self.name)
+        await session.close()  # it may be mid-transaction: the next message starts afresh
+        now = self.clock.now()
+        reply = SmtpReply(0, f"unexpected error: {type(exc).__name__}: {exc}")
+        replies = [RecipientReply(rcpt, Action.RETRY, reply) for rcpt in lease.addresses]
+        outcomes = [self._outcome(lease, item, now, None) for item in replies]
+        writes.append(asyncio.create_task(self._record(lease, outcomes, now)))
+
     def _attempt_budget(self) -> float:
         """How long one attempt may take (connect, a few commands, DATA), at most half a lease."""
         attempt = self.upstream.connect_timeout + 3 * self.upstream.timeout
@@ -252,6 +262,11 @@ class Lane:
         self.in_flight += 1
         try:
             return await self._send(session, lease, reservation, writes)
+        except StoreError:
+            raise
+        except Exception as exc:
+            await self._raised(session, lease, exc, writes)
+            return None
         finally:
             self.in_flight -= 1
 

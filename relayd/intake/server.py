@@ -22,7 +22,6 @@ from relayd.intake.replies import (
     R452_TOO_MANY_RECIPIENTS,
     R500_LINE_TOO_LONG,
     R501_BAD_DSN_PARAMETER,
-    R501_BAD_RECIPIENT,
     R501_SYNTAX_DATA,
     R501_SYNTAX_MAIL,
     R501_SYNTAX_RCPT,
@@ -30,6 +29,7 @@ from relayd.intake.replies import (
     R503_NEED_RCPT,
     R503_NESTED_MAIL,
     R552_TOO_BIG,
+    R553_BAD_RECIPIENT,
     R553_BAD_SENDER,
     R554_ACCESS_DENIED,
 )
@@ -164,7 +164,7 @@ class IntakeSMTP(AuthSMTP):
             await self.push(R501_BAD_DSN_PARAMETER.format(reason=exc))
             return
         except AddressError as exc:
-            await self.push(R501_BAD_RECIPIENT.format(reason=exc))
+            await self.push(R553_BAD_RECIPIENT.format(reason=exc))
             return
         limit = self.handler.config.server.max_recipients
         if len(self.env().recipients) >= limit:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
+import unicodedata
 
 MAX_PATH = 254  # RFC 5321 4.5.3.1.3 (256 including the angle brackets)
 MAX_LOCAL = 64  # RFC 5321 4.5.3.1.1
@@ -53,8 +54,13 @@ def check_address(address: str, *, utf8: bool) -> str:
         raise AddressError(f"longer than {MAX_PATH} characters")
     if not utf8 and not address.isascii():
         raise AddressError("non-ASCII address needs the SMTPUTF8 parameter")
-    if any(ord(ch) < 0x20 or ord(ch) == 0x7F for ch in address):
-        raise AddressError("control characters")
+    unsendable = next((ch for ch in address if _is_unsendable(ch)), None)
+    if unsendable is not None:
+        name = unicodedata.name(unsendable, "a control character")
+        raise AddressError(
+            f"contains U+{ord(unsendable):04X} ({name}), which no SMTP command line may carry;"
+            " correct the address"
+        )
     local, at, domain = address.rpartition("@")
     if not at or not local or not domain:
         raise AddressError("expected local-part@domain")
@@ -79,3 +85,12 @@ def _check_domain(domain: str) -> None:
     labels = domain.rstrip(".").split(".")
     if not all(_LABEL.match(label) for label in labels):
         raise AddressError("invalid domain")
+
+
+def _is_unsendable(ch: str) -> bool:
+    """Controls (C0, DEL, C1 such as U+0085), line and paragraph separators (U+2028/2029),
+    lone surrogates and whitespace other than the space a quoted local part may hold: each
+    can end or split a command line on the way (aiosmtplib refuses to send them), so mail to
+    or from such an address could never leave."""
+    category = unicodedata.category(ch)
+    return ch != " " and (ch.isspace() or category in ("Cc", "Cs", "Zl", "Zp"))

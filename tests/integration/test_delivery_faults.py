@@ -15,9 +15,11 @@ from relayd.store import open_store
 from relayd.types import NewMessage, Recipient, RecipientState, RecipientView
 from tests.conftest import ConfigFactory, running
 from tests.support.client import message
+from tests.support.fake_upstream import FakeUpstream
 from tests.support.raw_upstream import RawUpstream
 
 from .test_delivery import generic, until
+from .test_dsn import BOUNCES
 
 ODD = "odd@example.net"  # the recipient whose transaction the upstream gets wrong
 GOOD = "good@example.net"
@@ -118,3 +120,35 @@ async def test_a_reply_out_of_step_defers_and_closes_the_connection(
 async def _states_are(daemon: Relayd, odd: RecipientState, good: RecipientState) -> bool:
     views = await _recipients(daemon)
     return ODD in views and views[ODD].state is odd and views[GOOD].state is good
+
+
+async def test_a_message_that_raises_touches_only_itself(
+    make_config: ConfigFactory, upstream: FakeUpstream
+) -> None:
+    """A recipient aiosmtplib will not send (U+2028; it slipped past intake, here straight
+    into the store) raises ValueError mid-transaction. That message is deferred with the
+    reason, its attempt counted, and fails at max_lifetime; the next message in the batch is
+    sent at once on a reset connection, and delivered."""
+    poison = "a\u2028b@example.net"
+    config = make_config(
+        generic(upstream.port), extra=BOUNCES, queue='max_lifetime = "3s"\nlease_time = "5m"'
+    )
+    await _enqueue(
+        config,
+        _new_message("poison", poison, options=("SMTPUTF8",), age=0.1),
+        _new_message("good", GOOD),
+    )
+    async with running(config) as daemon:
+        (got,) = await upstream.wait_for(1, timeout=5)  # well within the 5-minute lease
+        assert got.recipients == [GOOD]
+        await until(lambda: _failed(daemon, poison), timeout=10)
+        views = await _recipients(daemon)
+        _, report = await upstream.wait_for(2, timeout=10)
+    assert views[GOOD].state is RecipientState.DELIVERED
+    assert views[poison].attempts > 1  # retried with backoff, not stuck in its lease
+    assert "unexpected error: ValueError" in (views[poison].last_reply or "")
+    assert (report.mail_from, report.recipients) == ("<>", ["bounces@practice.example"])
+
+
+async def _failed(daemon: Relayd, address: str) -> bool:
+    return (await _recipients(daemon))[address].state is RecipientState.FAILED

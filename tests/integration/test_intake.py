@@ -159,8 +159,8 @@ async def test_bad_recipients_and_too_many(capture_config: Config) -> None:
         await client.cmd("EHLO app.test")
         assert (await client.cmd("RCPT TO:<x@example.net>")).startswith("503 5.5.1")
         assert (await client.cmd("MAIL FROM:<>")).startswith("250")  # null sender is valid
-        assert (await client.cmd("RCPT TO:<bad address>")).startswith("501 5.1.3")
-        assert (await client.cmd("RCPT TO:<@example.net>")).startswith("501 5.1.3")
+        assert (await client.cmd("RCPT TO:<bad address>")).startswith("553 5.1.3")
+        assert (await client.cmd("RCPT TO:<@example.net>")).startswith("553 5.1.3")
         for index in range(3):
             assert (await client.cmd(f"RCPT TO:<r{index}@example.net>")).startswith("250")
         assert (await client.cmd("RCPT TO:<r4@example.net>")).startswith("452 4.5.3")
@@ -178,6 +178,24 @@ async def test_utf8_addresses_with_smtputf8(capture_config: Config, tmp_path: Pa
         assert (await client.cmd("Subject: \u00e9\r\n\r\nhi\r\n.\r\n".encode())).startswith("250")
         await client.close()
         await wait_files(tmp_path / "outbox", 1)
+
+
+@pytest.mark.parametrize("char", ["\u2028", "\u2029", "\u0085", "\u00a0", "\x0b"])
+async def test_an_address_no_command_line_may_carry_is_refused(
+    capture_config: Config, char: str
+) -> None:
+    """aiosmtplib would refuse to send it; accepted, the message could never leave."""
+    async with running(capture_config) as daemon:
+        client = RawClient(port_of(daemon))
+        await client.connect()
+        await client.cmd("EHLO app.test")
+        sender = await client.cmd(f"MAIL FROM:<a{char}b@example.org> SMTPUTF8")
+        assert (await client.cmd("MAIL FROM:<a@example.org> SMTPUTF8")).startswith("250")
+        recipient = await client.cmd(f"RCPT TO:<c{char}d@example.net>")
+        await client.close()
+    for reply in (sender, recipient):
+        assert reply.startswith(f"553 5.1.3 Bad {'sender' if reply is sender else 'recipient'}")
+        assert f"contains U+{ord(char):04X}" in reply
 
 
 async def test_bare_lf_dot_does_not_end_data(capture_config: Config, tmp_path: Path) -> None:
