@@ -22,7 +22,7 @@ from email.parser import BytesHeaderParser
 from typing import Literal
 
 from relayd.dsn.params import original_recipient
-from relayd.policy.headers import find_message_id, header_block
+from relayd.policy.headers import find_message_id, header_block, header_text
 from relayd.units import format_rfc5322
 
 Action = Literal["failed", "delayed", "delivered", "relayed", "expanded"]
@@ -39,7 +39,6 @@ SUBJECT_DELIVERED = "Successful Mail Delivery Report"
 FULL_RETURN_LIMIT = 1_000_000
 
 _STATUS = re.compile(r"^([245])\.(\d{1,3})\.(\d{1,3})$")
-_CRLF_RUN = re.compile(r"[\r\n]+[ \t]*")
 _LONE_LF = re.compile(rb"(?<!\r)\n")
 _SMTP = policy.SMTP
 
@@ -133,7 +132,7 @@ def build_dsn(
     returned = original if full else headers
     digest = hashlib.sha256(original + repr((now, to, recipients)).encode()).hexdigest()
     boundary = _boundary(digest, returned)
-    original_id = find_message_id(headers)
+    original_id = header_text(find_message_id(headers) or "")
     text = _human_text(reporting_mta, headers, original_id, queue_id, recipients, arrival_date)
     if return_full and not full:
         text += "\nThe message was too large to return in full; its headers are attached.\n"
@@ -183,14 +182,14 @@ def _top_headers(
     eight_bit: bool,
 ) -> bytes:
     head = EmailMessage(policy=_SMTP)
-    head["From"] = _one_line(from_addr)
-    head["To"] = _one_line(to)
+    head["From"] = header_text(from_addr)
+    head["To"] = header_text(to)
     head["Subject"] = subject
     head["Date"] = format_rfc5322(now)
-    head["Message-ID"] = _one_line(message_id)
+    head["Message-ID"] = header_text(message_id)
     if original_id:
-        head["In-Reply-To"] = _one_line(original_id)
-        head["References"] = _one_line(original_id)
+        head["In-Reply-To"] = original_id
+        head["References"] = original_id
     head["Auto-Submitted"] = "auto-replied"
     head[DSN_MARKER] = "yes"
     head["MIME-Version"] = "1.0"
@@ -217,9 +216,9 @@ def _status_part(
 ) -> bytes:
     """The message/delivery-status body (RFC 3464 2.1): per-message fields, then one block
     per recipient. Any non-ASCII field makes it message/global-delivery-status (RFC 6533)."""
-    blocks = [[f"Reporting-MTA: dns; {_one_line(reporting_mta)}"]]
+    blocks = [[f"Reporting-MTA: dns; {header_text(reporting_mta)}"]]
     if envelope_id:
-        blocks[0].append(f"Original-Envelope-Id: {_one_line(envelope_id)}")
+        blocks[0].append(f"Original-Envelope-Id: {header_text(envelope_id)}")
     blocks[0].append(f"Arrival-Date: {format_rfc5322(arrival_date)}")
     blocks.extend(_recipient_block(r) for r in recipients)
     body = "\r\n\r\n".join("\r\n".join(_fold(line) for line in block) for block in blocks)
@@ -234,15 +233,15 @@ def _status_part(
 def _recipient_block(r: DsnRecipient) -> list[str]:
     lines = []
     if r.original_recipient:
-        orcpt = _one_line(original_recipient(r.original_recipient))
+        orcpt = header_text(original_recipient(r.original_recipient))
         lines.append(f"Original-Recipient: {orcpt}")
-    address = _one_line(r.address)
+    address = header_text(r.address)
     lines.append(f"Final-Recipient: {'rfc822' if address.isascii() else 'utf-8'}; {address}")
     lines += [f"Action: {r.action}", f"Status: {r.status}"]
     if r.remote_mta:
-        lines.append(f"Remote-MTA: dns; {_one_line(r.remote_mta)}")
+        lines.append(f"Remote-MTA: dns; {header_text(r.remote_mta)}")
     if r.diagnostic:
-        lines.append(f"Diagnostic-Code: smtp; {_one_line(r.diagnostic)}")
+        lines.append(f"Diagnostic-Code: smtp; {header_text(r.diagnostic)}")
     if r.last_attempt is not None:
         lines.append(f"Last-Attempt-Date: {format_rfc5322(r.last_attempt)}")
     if r.will_retry_until is not None and r.action == "delayed":
@@ -300,10 +299,10 @@ def _recipient_text(r: DsnRecipient) -> Iterable[str]:
         "relayed": "relayed to a system that sends no reports",
         "expanded": "delivered and forwarded",
     }[r.action]
-    yield f"<{r.address}>: {what} ({r.status})"
+    yield f"<{header_text(r.address)}>: {what} ({r.status})"
     if r.diagnostic:
-        where = f"The server {r.remote_mta} said" if r.remote_mta else "The reason"
-        yield f"    {where}: {_one_line(r.diagnostic)}"
+        where = f"The server {header_text(r.remote_mta)} said" if r.remote_mta else "The reason"
+        yield f"    {where}: {header_text(r.diagnostic)}"
     if r.action == "delayed" and r.will_retry_until is not None:
         until = format_rfc5322(r.will_retry_until)
         yield f"    relayd keeps trying until {until}; no action is needed yet."
@@ -336,12 +335,7 @@ def _safe_header(headers: Message, name: str) -> str | None:
         value = headers.get(name)
     except (ValueError, TypeError, IndexError):  # a malformed header in the app's message
         return None
-    return _one_line(str(value)) if value is not None else None
-
-
-def _one_line(value: str) -> str:
-    """A header value as one line: CR/LF from a multi-line reply become spaces."""
-    return _CRLF_RUN.sub(" ", value).strip()
+    return header_text(str(value)) if value is not None else None
 
 
 def _fold(line: str, width: int = 78) -> str:

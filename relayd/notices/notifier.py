@@ -24,6 +24,7 @@ from typing import Literal, Protocol
 
 from relayd.clock import Clock
 from relayd.logs import get_logger
+from relayd.policy.headers import encodable, header_text
 from relayd.types import Notice, NoticeHook
 from relayd.units import format_rfc5322, format_utc_minutes
 
@@ -297,16 +298,18 @@ class Notifier:
 def render_notice(
     subject: str, body: str, *, from_addr: str, to: str, now: float, message_id: str
 ) -> bytes:
-    """A notice as a message (for a NoticeSink): plain text, marked automatic (RFC 3834)."""
+    """A notice as a message (for a NoticeSink): plain text, marked automatic (RFC 3834).
+    Its text quotes upstream replies and names from outside: header_text keeps them from
+    making a header the `email` package refuses."""
     message = EmailMessage()
-    message["From"] = from_addr
-    message["To"] = to
-    message["Subject"] = subject
+    message["From"] = header_text(from_addr)
+    message["To"] = header_text(to)
+    message["Subject"] = header_text(subject)
     message["Date"] = format_rfc5322(now)
-    message["Message-ID"] = message_id
+    message["Message-ID"] = header_text(message_id)
     message["Auto-Submitted"] = "auto-generated"
     message["X-Relayd-Notice"] = "yes"
-    message.set_content(body, charset="utf-8", cte="quoted-printable")
+    message.set_content(encodable(body), charset="utf-8", cte="quoted-printable")
     return message.as_bytes(policy=message.policy.clone(linesep="\r\n"))
 
 

@@ -14,6 +14,12 @@ _HEADER_END = re.compile(rb"\r?\n\r?\n")
 _MESSAGE_ID = re.compile(rb"^message-id:[ \t]*(.*(?:\r?\n[ \t].*)*)", re.IGNORECASE | re.MULTILINE)
 _DATE = re.compile(rb"^date:", re.IGNORECASE | re.MULTILINE)
 _CLEAN = re.compile(r"[^\x21-\x7e]")
+# What may not stand in a header value relayd writes: the C0 and C1 controls, DEL, and the
+# other line breaks of str.splitlines() (U+2028, U+2029), which the `email` package refuses.
+_UNSAFE = "\x00-\x1f\x7f-\x9f\u2028\u2029"
+_UNSAFE_RUN = re.compile(f" *[{_UNSAFE}][ {_UNSAFE}]*")
+# Lone surrogates: what surrogateescape makes of invalid UTF-8, which no codec writes back.
+_SURROGATE = re.compile(r"[\ud800-\udfff]")
 
 
 def header_block(body: bytes) -> bytes:
@@ -29,6 +35,22 @@ def find_message_id(headers: bytes) -> str | None:
         return None
     value = re.sub(rb"\r?\n[ \t]+", b" ", match.group(1)).strip()
     return value.decode("utf-8", "replace") or None
+
+
+def encodable(text: str) -> str:
+    """`text` as UTF-8 can write it: a lone surrogate (invalid bytes an app or upstream sent)
+    becomes U+FFFD, as a reader shows it."""
+    return _SURROGATE.sub("\ufffd", text)
+
+
+def header_text(value: str) -> str:
+    """App or upstream text made safe for a header (or one-line field) relayd builds.
+
+    Every run of controls and line breaks becomes one space, so that no value an app sends
+    can make the `email` package refuse a report about it, or split a line; the rest (the
+    non-ASCII text a person reads) stays as it was.
+    """
+    return _UNSAFE_RUN.sub(" ", encodable(value)).strip()
 
 
 def has_date(headers: bytes) -> bool:

@@ -23,6 +23,7 @@ from relayd.config.model import Config
 from relayd.config.reports import BouncesConfig
 from relayd.dsn.build import DsnRecipient, build_dsn, is_dsn, status_for
 from relayd.dsn.params import mail_dsn
+from relayd.errors import StoreError
 from relayd.logs import get_logger
 from relayd.policy.headers import header_block
 from relayd.reports import outbox
@@ -45,7 +46,26 @@ async def before_record(
     now: float,
 ) -> None:
     """Enqueue the DSN or delay warning these outcomes call for, if any (raises StoreError:
-    the caller then records nothing and the lease expires, so the report is not lost)."""
+    the caller then records nothing and the lease expires, so the report is not lost).
+
+    Any other failure is a report that cannot be made at all (a bug, or app data that
+    slipped past header_text): trying again would fail the same way at every lease expiry
+    and strand the message, so it is logged with the queue id and the outcome recorded."""
+    try:
+        await _before_record(config, store, lease, outcomes, now)
+    except StoreError:
+        raise
+    except Exception:
+        log.exception("dsn_failed", queue_id=lease.queue_id, message_id=lease.message_id)
+
+
+async def _before_record(
+    config: Config,
+    store: ReportStore,
+    lease: Lease,
+    outcomes: Sequence[RecipientOutcome],
+    now: float,
+) -> None:
     bounces = config.bounces
     if bounces is None or not lease.mail_from:  # no bounce mailbox; or a report itself
         return
