@@ -1,0 +1,109 @@
+"""Real filesystem faults under a real relayd: a full queue disk, another process's lock."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import smtplib
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.acceptance.process import Launcher, free_port, write_config
+from tests.support.client import send
+from tests.support.fake_upstream import FakeUpstream
+from tests.support.http import get_json
+
+pytestmark = pytest.mark.slow
+
+TMPFS_SIZE = "2m"
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 2 MiB tmpfs of its own, so the test can fill it; skipped (visibly) where mount is
+    not permitted, except under CI=true, where the fault must be tested."""
+    mountpoint = tmp_path / "disk"
+    mountpoint.mkdir()
+    command = ["mount", "-t", "tmpfs", "-o", f"size={TMPFS_SIZE}", "tmpfs", str(mountpoint)]
+    try:
+        mounted = subprocess.run(command, capture_output=True, text=True, check=False)
+    except FileNotFoundError as exc:
+        mounted = subprocess.CompletedProcess(command, 1, "", str(exc))
+    if mounted.returncode != 0:
+        reason = f"cannot mount a tmpfs here ({mounted.stderr.strip()}): needs root"
+        if os.environ.get("CI") == "true":
+            pytest.fail(reason)
+        pytest.skip(reason)
+    try:
+        yield mountpoint
+    finally:
+        subprocess.run(["umount", "-l", str(mountpoint)], check=False)
+
+
+def fill(directory: Path) -> Path:
+    """Write a file until the file system is full (ENOSPC); returns it (delete it to free)."""
+    filler = directory / "filler"
+    for small in (4096, 512, 64, 1):  # down to the last partial block
+        with contextlib.suppress(OSError), filler.open("ab", buffering=0) as out:
+            while True:
+                out.write(b"\0" * small)
+    return filler
+
+
+def with_admin_and_notices(config: Path, admin: int) -> None:
+    text = config.read_text()
+    text += f"""
+[admin]
+listen = "127.0.0.1:{admin}"
+
+[notifications]
+mailbox = "ops@example.net"
+disk_free_min = "1MiB"
+"""
+    config.write_text(text)
+
+
+async def refused_with(port: int) -> str:
+    with pytest.raises(smtplib.SMTPDataError) as refused:
+        await send(port)
+    error = refused.value.smtp_error
+    return f"{refused.value.smtp_code} {error.decode() if isinstance(error, bytes) else error}"
+
+
+async def test_a_full_queue_disk_is_451_unready_and_disk_low_within_seconds(
+    small_disk: Path, launch: Launcher, upstream: FakeUpstream, port: int
+) -> None:
+    admin = free_port()
+    config = write_config(small_disk, port=port, upstream_port=upstream.port)
+    with_admin_and_notices(config, admin)
+    daemon = await launch.start_ready(config, port)
+    await daemon.wait_event("admin_listening")
+    status, ready = await get_json(admin, "/readyz")
+    assert status == 200, ready
+
+    filler = fill(small_disk)
+    assert shutil.disk_usage(small_disk).free == 0
+    full_at = time.monotonic()
+
+    assert (await refused_with(port)).startswith("451 4.3.0")
+    status, ready = await get_json(admin, "/readyz")
+    assert status == 503
+    assert ready["store"]["ok"] is False
+    (problem,) = ready["problems"]
+    assert problem.startswith("store: disk full: ")
+    assert str(small_disk) in problem and "free space there" in problem
+    (notice,) = await daemon.wait_event("notice", timeout=8.0, kind="disk_low")
+    assert notice["key"] == str(small_disk)
+    assert time.monotonic() - full_at < 8.0
+
+    filler.unlink()
+    await send(port)
+    assert (await get_json(admin, "/readyz"))[0] == 200
+    await upstream.wait_for(1)
+    code, _ = await daemon.terminate()
+    assert code == 0
