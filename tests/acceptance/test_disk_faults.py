@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import fcntl
 import os
 import shutil
 import smtplib
@@ -107,3 +109,55 @@ async def test_a_full_queue_disk_is_451_unready_and_disk_low_within_seconds(
     await upstream.wait_for(1)
     code, _ = await daemon.terminate()
     assert code == 0
+
+
+@contextlib.contextmanager
+def write_lock_held(queue: Path) -> Iterator[None]:
+    """This process (not relayd) holds the queue's write lock, as a stuck queue command."""
+    fd = os.open(f"{queue}-writelock", os.O_RDWR)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+LOCK_TIMEOUT = 2.0
+
+
+async def test_a_held_write_lock_costs_a_451_within_lock_timeout_and_never_holds_shutdown(
+    tmp_path: Path, launch: Launcher, upstream: FakeUpstream, port: int
+) -> None:
+    config = write_config(
+        tmp_path, port=port, upstream_port=upstream.port, queue={"lock_timeout": '"2s"'}
+    )
+    daemon = await launch.start_ready(config, port)
+    with write_lock_held(tmp_path / "queue.db"):
+        started = time.monotonic()
+        reply = await asyncio.wait_for(refused_with(port), LOCK_TIMEOUT + 3)
+        assert reply.startswith("451 4.3.0"), reply
+        assert LOCK_TIMEOUT - 0.5 < time.monotonic() - started < LOCK_TIMEOUT + 2
+        (unavailable,) = daemon.find("store_unavailable")
+        assert "queue.lock_timeout" in str(unavailable) and "writelock" in str(unavailable)
+
+        # SIGTERM while a client waits in DATA: like any transaction in DATA it gets its
+        # answer (the 451, at lock_timeout); the store's close does not wait for the lock.
+        waiting = asyncio.ensure_future(refused_with(port))
+        await asyncio.sleep(0.5)
+        code, took = await daemon.terminate()
+        assert code == 0
+        assert took < LOCK_TIMEOUT + 1
+        assert (await asyncio.wait_for(waiting, 5)).startswith("451 4.3.0")
+    assert upstream.received == []
+
+
+async def test_sigterm_is_prompt_while_another_process_holds_the_write_lock(
+    tmp_path: Path, launch: Launcher, upstream: FakeUpstream, port: int
+) -> None:
+    config = write_config(tmp_path, port=port, upstream_port=upstream.port)  # lock_timeout 5s
+    daemon = await launch.start_ready(config, port)
+    with write_lock_held(tmp_path / "queue.db"):
+        await asyncio.sleep(1.5)  # the lanes' poll for other processes' commits now waits
+        code, took = await daemon.terminate()
+    assert code == 0
+    assert took < 1.5

@@ -21,7 +21,7 @@ from relayd.dsn.parse import ParsedDsn
 from relayd.errors import StoreError, StoreUnavailable
 from relayd.store.base import ReportInfo, SendSlot
 from relayd.store.sqlite import ops, reports
-from relayd.store.sqlite.db import Database
+from relayd.store.sqlite.db import DEFAULT_LOCK_TIMEOUT, Database
 from relayd.store.wakeup import Wakeup
 from relayd.types import (
     Ceiling,
@@ -36,7 +36,6 @@ from relayd.types import (
 )
 from relayd.units import format_size
 
-DEFAULT_BUSY_TIMEOUT = 5.0
 EXTERNAL_POLL = 1.0  # seconds between checks for commits made by other processes
 # check_writable's floor: below this much free space the next enqueue, or the checkpoint
 # after it, is likely to fail even when a one-page probe still fits in the WAL's old space.
@@ -46,13 +45,13 @@ READY_FREE_MIN = 1024 * 1024
 class SqliteStore:
     """The queue, the rate ledger and upstream holds in one SQLite database at `path`.
 
-    `busy_timeout` is how long a write waits for another process's lock (the queue tool,
-    a backup) before failing with StoreUnavailable. Use as `async with SqliteStore(p)`,
-    or call open() and close().
+    `lock_timeout` (queue.lock_timeout) is how long a write waits for another process's
+    lock (the queue tool, a backup): the queue's write lock, then SQLite's own; then it fails
+    with StoreUnavailable. Use as `async with SqliteStore(p)`, or call open() and close().
     """
 
-    def __init__(self, path: Path, *, busy_timeout: float = DEFAULT_BUSY_TIMEOUT) -> None:
-        self._db = Database(path, busy_timeout)
+    def __init__(self, path: Path, *, lock_timeout: float = DEFAULT_LOCK_TIMEOUT) -> None:
+        self._db = Database(path, busy_timeout=lock_timeout, lock_timeout=lock_timeout)
         self._work = asyncio.Event()
         self._wakeup = Wakeup(path)
         self._external_poll: asyncio.Task[None] | None = None
