@@ -172,7 +172,10 @@ class AdminServer:
         try:
             await asyncio.wait_for(self.store.check_writable(), STORE_PROBE_TIMEOUT)
         except TimeoutError:
-            return False, f"no durable write within {STORE_PROBE_TIMEOUT:g}s (a lock held?)"
+            return False, (
+                f"no durable write within {STORE_PROBE_TIMEOUT:g}s: another process may hold the "
+                "queue's lock (queue.lock_timeout), or the disk or database is too slow"
+            )
         except StoreError as exc:
             return False, str(exc)
         return True, None
