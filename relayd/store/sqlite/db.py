@@ -16,7 +16,8 @@ of `<queue>-writelock` before SQLite's own lock: a blocked process retries every
 milliseconds, where SQLite's busy handler sleeps in steps of up to 100 ms. It waits at most
 `lock_timeout` (queue.lock_timeout), and not at all once the store is closing: a process
 that keeps the lock (a stuck queue command, a backup) costs a client a 451, never a hang,
-and never holds up shutdown. Every request waiting when the lock times out fails with it.
+and holds up shutdown no longer than the writes in flight wait. Every request waiting when
+the lock times out fails with it.
 """
 
 from __future__ import annotations
