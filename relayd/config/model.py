@@ -134,6 +134,7 @@ class QueueConfig(_Model):
     dsn_file: ConfPath | None = None
     dsn_env: str | None = None
     pool_size: StrictInt = Field(default=10, ge=1)
+    lock_timeout: Timeout = 5.0  # a write waits this long for another process's lock, then 451
     retention: Duration = 30 * 86400.0  # finished messages kept this long; 0 = for ever
     max_lifetime: Timeout = 5 * 86400.0
     retry: list[Duration] = durations("1m", "5m", "15m", "30m", "1h", "2h", "4h")

@@ -4,12 +4,13 @@ A minimal HTTP/1.1 server on asyncio.start_server in the daemon's loop: three GE
 request per connection, bounded reads. It reads the store and the metrics; it changes no mail.
 
 - /healthz: the process and its event loop answer (200 always).
-- /readyz: 200 when relayd can accept mail: the store takes a write transaction and every
-  intake listener is serving; otherwise 503. A paused upstream (throttled, or AUTH failing)
-  does not make it unready: mail is still accepted and queued, and a 503 would get a healthy
-  relay restarted or taken out of service by Docker or a load balancer for a provider's
-  quota. The JSON body names every paused upstream under "warnings" and gives each upstream's
-  state and last delivery result; the operator notices (notices/notifier.py) report pauses too.
+- /readyz: 200 when relayd can accept mail: the store commits a durable write (and, on
+  SQLite, has room to grow) and every intake listener is serving; otherwise 503. A paused
+  upstream (throttled, or AUTH failing) does not make it unready: mail is still accepted and
+  queued, and a 503 would get a healthy relay restarted or taken out of service by Docker or
+  a load balancer for a provider's quota. The JSON body names every paused upstream under
+  "warnings" and gives each upstream's state and last delivery result; the operator notices
+  (notices/notifier.py) report pauses too.
 - /metrics: Prometheus text format (metrics.py), queue gauges refreshed from the store.
 """
 
@@ -26,24 +27,23 @@ from relayd import metrics
 from relayd.clock import Clock
 from relayd.errors import StoreError
 from relayd.logs import get_logger
-from relayd.store.base import QueueStats, SendLedger, UpstreamHolds
+from relayd.store.base import QueueStats, Readiness, UpstreamHolds
 from relayd.units import format_iso
 
 log = get_logger("admin")
 
 READ_TIMEOUT = 5.0  # seconds for a client to send its request head
 MAX_HEAD = 16 * 1024  # bytes of request line and headers
-STORE_PROBE_TIMEOUT = 3.0  # a store slower than this to take a write lock is not ready
-PROBE_RESERVATION = 0  # reservation ids start at 1: cancelling 0 is a write that changes nothing
+STORE_PROBE_TIMEOUT = 3.0  # a store slower than this to commit a write is not ready
 
 _REASONS = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed"}
 _REASONS[503] = "Service Unavailable"
 JSON_TYPE = "application/json"
 
 
-class AdminStore(QueueStats, SendLedger, UpstreamHolds, Protocol):
-    """What the endpoint reads: the depth for /metrics, a ledger write as the readiness probe,
-    and each upstream's hold."""
+class AdminStore(QueueStats, Readiness, UpstreamHolds, Protocol):
+    """What the endpoint reads: the depth for /metrics, the readiness probe (a durable
+    write), and each upstream's hold."""
 
 
 @dataclass(frozen=True)
@@ -170,9 +170,12 @@ class AdminServer:
 
     async def _probe_store(self) -> tuple[bool, str | None]:
         try:
-            await asyncio.wait_for(self.store.cancel_send(PROBE_RESERVATION), STORE_PROBE_TIMEOUT)
+            await asyncio.wait_for(self.store.check_writable(), STORE_PROBE_TIMEOUT)
         except TimeoutError:
-            return False, f"no write transaction within {STORE_PROBE_TIMEOUT:g}s"
+            return False, (
+                f"no durable write within {STORE_PROBE_TIMEOUT:g}s: another process may hold the "
+                "queue's lock (queue.lock_timeout), or the disk or database is too slow"
+            )
         except StoreError as exc:
             return False, str(exc)
         return True, None

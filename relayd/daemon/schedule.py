@@ -51,7 +51,7 @@ JobBody = Callable[[float], Awaitable[object]]  # called with the injected clock
 Job = tuple[float, JobBody, float | None]  # Schedule.every's interval, body and first
 
 NOTICES_EVERY = 5.0  # seconds between notice rounds (a digest at most every digest_interval)
-DISK_EVERY = 60.0  # seconds between free-space checks
+DISK_EVERY = 5.0  # seconds between free-space checks (statvfs is cheap; a full disk is urgent)
 STATUS_EVERY = 15.0  # seconds between systemd STATUS= updates
 RETENTION_EVERY = 3600.0  # seconds between history purges
 RETENTION_FIRST = 60.0  # the first purge waits until startup traffic has settled

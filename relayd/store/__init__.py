@@ -17,6 +17,7 @@ from relayd.store.sqlite.store import SqliteStore
 
 BACKENDS = ("sqlite", "postgres")
 DEFAULT_POOL_SIZE = 10  # as store/postgres/db.py's; the postgres modules load only when used
+DEFAULT_LOCK_TIMEOUT = 5.0  # as the backends'
 
 
 class QueueSettings(Protocol):
@@ -34,21 +35,36 @@ class QueueSettings(Protocol):
     @property
     def pool_size(self) -> int: ...
 
+    @property
+    def lock_timeout(self) -> float: ...
+
 
 def store_for(queue: QueueSettings) -> Store:
     """An unopened store as the [queue] section says (the daemon, the queue tool)."""
-    return open_store(queue.backend, queue.path, dsn=queue.dsn_text, pool_size=queue.pool_size)
+    return open_store(
+        queue.backend,
+        queue.path,
+        dsn=queue.dsn_text,
+        pool_size=queue.pool_size,
+        lock_timeout=queue.lock_timeout,
+    )
 
 
 def open_store(
-    backend: str, path: Path, *, dsn: str | None = None, pool_size: int = DEFAULT_POOL_SIZE
+    backend: str,
+    path: Path,
+    *,
+    dsn: str | None = None,
+    pool_size: int = DEFAULT_POOL_SIZE,
+    lock_timeout: float = DEFAULT_LOCK_TIMEOUT,
 ) -> Store:
     """An unopened store for `backend` (call `await store.open()`, or `async with`).
 
-    sqlite uses `path`; postgres uses `dsn` and at most `pool_size` pooled connections.
+    sqlite uses `path`; postgres uses `dsn` and at most `pool_size` pooled connections. A
+    write waits at most `lock_timeout` seconds for a lock another process or node holds.
     """
     if backend == "sqlite":
-        return SqliteStore(path)
+        return SqliteStore(path, lock_timeout=lock_timeout)
     if backend == "postgres":
         if not dsn:
             raise StoreError("the postgres backend needs a DSN (queue.dsn)")
@@ -56,7 +72,7 @@ def open_store(
         # install (and every `relayd sendmail` run) 60 ms of start-up for nothing.
         from relayd.store.postgres.store import PostgresStore
 
-        return PostgresStore(dsn, pool_size=pool_size)
+        return PostgresStore(dsn, pool_size=pool_size, lock_timeout=lock_timeout)
     raise StoreError(f"unknown queue backend {backend!r} (known: {', '.join(BACKENDS)})")
 
 

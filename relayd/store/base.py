@@ -174,6 +174,18 @@ class UpstreamHolds(Protocol):
         """
 
 
+class Readiness(Protocol):
+    """The readiness probe (/readyz): could intake commit a message now?"""
+
+    async def check_writable(self) -> None:
+        """Commit a durable write that leaves nothing behind, as an enqueue commits; raise
+        StoreUnavailable naming the cause when that fails or would fail (a full disk, a lock
+        held too long, the database down).
+
+        A write that changes nothing is no probe: SQLite commits it without touching the
+        disk, so it passes on a full one."""
+
+
 class QueueStats(Protocol):
     """The queue in numbers: the heartbeat's STATUS=, /metrics, the backlog notices."""
 
@@ -244,6 +256,7 @@ class Store(
     DeliveryQueue,
     SendLedger,
     UpstreamHolds,
+    Readiness,
     QueueStats,
     QueueAdmin,
     ReportSource,

@@ -64,7 +64,7 @@ class SqliteBackend:
         self.path = directory / "queue" / "queue.db"
 
     def make(self) -> SqliteStore:
-        return SqliteStore(self.path, busy_timeout=BUSY_TIMEOUT)
+        return SqliteStore(self.path, lock_timeout=BUSY_TIMEOUT)
 
     @contextlib.contextmanager
     def locked(self) -> Iterator[None]:

@@ -380,6 +380,19 @@ async def test_a_locked_database_raises_store_unavailable_and_recovers(
     assert (await store.counts())[State.QUEUED] == 2
 
 
+async def test_check_writable_commits_nothing_visible_and_fails_while_locked(
+    store: ContractStore, backend: Backend
+) -> None:
+    queue_id = await store.enqueue(message())
+    before = await store.list_messages()
+    await store.check_writable()
+    await store.check_writable()
+    assert await store.list_messages() == before
+    with backend.locked(), pytest.raises(StoreUnavailable):
+        await store.check_writable()
+    assert (await store.show(queue_id)) is not None
+
+
 # --- the send ledger --------------------------------------------------------------------
 
 

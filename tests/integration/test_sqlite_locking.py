@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from relayd.errors import StoreUnavailable
 from relayd.store.sqlite.db import Database
 from relayd.store.sqlite.store import EXTERNAL_POLL, SqliteStore
 
@@ -151,6 +152,7 @@ async def test_a_dropped_body_is_not_zeroed_page_by_page(db: Database) -> None:
 NEVER_CLOSED = """
 import asyncio, sys
 from pathlib import Path
+from relayd.errors import StoreUnavailable
 from relayd.store.sqlite.db import Database
 
 async def main() -> None:
@@ -171,3 +173,33 @@ def test_a_store_never_closed_does_not_keep_the_process_alive(tmp_path: Path) ->
         text=True,
     )
     assert result.returncode == 0, result.stderr
+
+
+async def test_a_lock_held_past_lock_timeout_fails_every_waiting_write(tmp_path: Path) -> None:
+    """Bounded: each write waiting for the lock gets StoreUnavailable (intake's 451) at
+    lock_timeout, naming the lock file and the key; the lock freed, writes commit again."""
+    db = Database(tmp_path / "queue.db", busy_timeout=5.0, lock_timeout=0.3)
+    await db.open()
+    try:
+        with held_by_another_process(db.path):
+            started = asyncio.get_running_loop().time()
+            writes = [db.write(lambda conn: conn.execute("SELECT 1")) for _ in range(3)]
+            failures = await asyncio.wait_for(asyncio.gather(*writes, return_exceptions=True), 2)
+            took = asyncio.get_running_loop().time() - started
+        assert all(isinstance(failure, StoreUnavailable) for failure in failures), failures
+        assert "queue.db-writelock" in str(failures[0]) and "queue.lock_timeout" in str(failures[0])
+        assert 0.3 <= took < 1.0  # one wait for all of them, not one each
+        await db.write(lambda conn: conn.execute("SELECT 1"))
+    finally:
+        await db.close()
+
+
+async def test_close_does_not_wait_for_a_lock_another_process_holds(tmp_path: Path) -> None:
+    db = Database(tmp_path / "queue.db", busy_timeout=5.0, lock_timeout=30.0)
+    await db.open()
+    with held_by_another_process(db.path):
+        pending = asyncio.ensure_future(db.write(lambda conn: conn.execute("SELECT 1")))
+        await asyncio.sleep(0.1)
+        await asyncio.wait_for(db.close(), 2)
+        with pytest.raises(StoreUnavailable):
+            await pending

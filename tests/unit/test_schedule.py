@@ -243,7 +243,7 @@ def test_the_daemon_gets_every_periodic_job_as_one_coalesced_instance(
     schedule = jobs.schedule
     assert jobs_of(schedule) == {
         "bounces": (1, True, 120),  # IDLE off: a poll round every poll_interval
-        "disk": (1, True, 60),
+        "disk": (1, True, 5),
         "notices": (1, True, 5),
         "retention": (1, True, 3600),
         "status": (1, True, 15),

@@ -245,6 +245,11 @@ async def cancel_send(conn: Conn, reservation_id: int) -> None:
     await _execute(conn, Q["delete_ledger"], id=reservation_id)
 
 
+async def probe_write(conn: Conn) -> None:
+    await conn.execute(Q["probe_lock"].sql)
+    await conn.fetchval(Q["probe_write"].sql)
+
+
 # --- upstream holds and waits ----------------------------------------------------------
 
 

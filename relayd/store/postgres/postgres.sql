@@ -312,6 +312,16 @@ RETURNING id;
 -- name: delete_ledger
 DELETE FROM send_ledger WHERE id = :id;
 
+-- name: probe_lock
+-- The readiness probe (check_writable), first: the locks an enqueue takes (the lock_timeout
+-- applies), so a client that holds the queue's tables makes it fail as it makes intake fail.
+LOCK TABLE messages, bodies, recipients IN ROW EXCLUSIVE MODE;
+
+-- name: probe_write
+-- Then a transaction id: COMMIT writes and flushes its record to the WAL, as an enqueue's
+-- does; no table changes.
+SELECT txid_current();
+
 -- name: upsert_hold
 INSERT INTO upstream_holds (upstream, until, reason, level)
 VALUES (:upstream, :until, :reason, :level)

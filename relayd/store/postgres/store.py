@@ -197,6 +197,10 @@ class PostgresStore:
             return
         await self._write(lambda conn: ops.cancel_send(conn, reservation_id))
 
+    async def check_writable(self) -> None:
+        """A committed transaction id (the database server watches its own disk)."""
+        await self._write(ops.probe_write)
+
     # --- upstream holds -------------------------------------------------------------
 
     async def hold_upstream(self, hold: UpstreamHold) -> None:

@@ -12,8 +12,12 @@ takes, the more requests share the commit that follows.
 Reads run on the second connection in autocommit mode: WAL lets them proceed while a write
 waits for the lock or commits, and they always see committed state. Between processes
 sharing the queue (intake workers, the queue tool) the writers take turns on an flock(2)
-of `<queue>-writelock` before SQLite's own lock: a blocked process wakes the moment the
-lock is free, where SQLite's busy handler sleeps in steps of up to 100 ms.
+of `<queue>-writelock` before SQLite's own lock: a blocked process retries every few
+milliseconds, where SQLite's busy handler sleeps in steps of up to 100 ms. It waits at most
+`lock_timeout` (queue.lock_timeout), and not at all once the store is closing: a process
+that keeps the lock (a stuck queue command, a backup) costs a client a 451, never a hang,
+and holds up shutdown no longer than the writes in flight wait. Every request waiting when
+the lock times out fails with it.
 """
 
 from __future__ import annotations
@@ -23,6 +27,8 @@ import fcntl
 import os
 import queue
 import sqlite3
+import threading
+import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -66,6 +72,8 @@ def _wrap(exc: Exception) -> Exception:
 
 
 IDLE_CHECK = 0.5  # seconds the idle write thread waits before it checks the loop is alive
+LOCK_RETRY_MAX = 0.005  # seconds between tries of a held lock: how late a freed one is seen
+DEFAULT_LOCK_TIMEOUT = 5.0
 _SYNC_FULL = "PRAGMA synchronous = FULL"
 _SYNC_NORMAL = "PRAGMA synchronous = NORMAL"
 
@@ -94,9 +102,13 @@ class _BatchFailed(Exception):
 class Database:
     """The connection, its thread and its writer; SqliteStore's only way to SQLite."""
 
-    def __init__(self, path: Path, busy_timeout: float) -> None:
+    def __init__(
+        self, path: Path, busy_timeout: float, lock_timeout: float = DEFAULT_LOCK_TIMEOUT
+    ) -> None:
         self.path = path
-        self.busy_timeout = busy_timeout
+        self.busy_timeout = busy_timeout  # SQLite's own lock, after the writer lock
+        self.lock_timeout = lock_timeout  # the writer lock (module docstring)
+        self.lock_path = Path(f"{path}-writelock")
         self.commits = 0  # committed write transactions (group commit makes this < writes)
         self._synchronous_full = True  # the schema's pragmas start with synchronous=FULL
         self._conn: sqlite3.Connection | None = None
@@ -107,6 +119,7 @@ class Database:
         self._requests: queue.SimpleQueue[_Request | None] = queue.SimpleQueue()
         self._writer: asyncio.Future[None] | None = None  # the write thread's loop
         self._closed = False
+        self._closing = threading.Event()  # the write thread's lock wait gives up at once
 
     # --- lifecycle ------------------------------------------------------------------
 
@@ -130,6 +143,7 @@ class Database:
         if self._closed:
             return
         self._closed = True
+        self._closing.set()
         if self._writer is not None:
             self._requests.put(None)
             await self._writer
@@ -150,11 +164,10 @@ class Database:
             raise StoreUnavailable(f"cannot create {self.path.parent}: {exc}") from exc
         # isolation_level=None: the writer issues BEGIN/COMMIT itself.
         self._conn = sqlite3.connect(self.path, timeout=self.busy_timeout, isolation_level=None)
-        lock_path = f"{self.path}-writelock"
         try:
-            self._lock_fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            self._lock_fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         except OSError as exc:
-            raise StoreUnavailable(f"cannot open {lock_path}: {exc}") from exc
+            raise StoreUnavailable(f"cannot open {self.lock_path}: {exc}") from exc
         with self._write_lock():
             schema_ops.create_schema(self._conn)
 
@@ -181,11 +194,32 @@ class Database:
     def _write_lock(self) -> Iterator[None]:
         """Hold the queue's writer lock (between processes; see the module docstring)."""
         assert self._lock_fd is not None
-        fcntl.flock(self._lock_fd, fcntl.LOCK_EX)
+        self._take_lock(self._lock_fd)
         try:
             yield
         finally:
             fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
+
+    def _take_lock(self, fd: int) -> None:
+        """flock(LOCK_EX) within lock_timeout, else StoreUnavailable naming the lock file."""
+        deadline = time.monotonic() + self.lock_timeout
+        pause = 0.0005
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return
+            except BlockingIOError:
+                pass
+            if self._closing.is_set():
+                raise StoreUnavailable(f"closing while another process holds {self.lock_path}")
+            if time.monotonic() >= deadline:
+                raise StoreUnavailable(
+                    f"another process has held the queue's write lock {self.lock_path} for "
+                    f"over {self.lock_timeout:g}s (queue.lock_timeout): a stuck `relayd queue` "
+                    f"command or a backup? `fuser -v {self.lock_path}` names it"
+                )
+            time.sleep(pause)
+            pause = min(pause * 2, LOCK_RETRY_MAX)
 
     async def _on_thread(
         self, fn: Callable[[], T], executor: ThreadPoolExecutor | None = None
@@ -258,6 +292,9 @@ class Database:
                 with self._write_lock():
                     stopping = self._take_waiting(batch)
                     results = self._run_batch(batch)
+            except StoreUnavailable as exc:  # the lock: fail everyone who waited for it
+                stopping = self._take_waiting(batch)
+                results = [_Result(error=StoreUnavailable(str(exc))) for _ in batch]
             except Exception as exc:  # the writer must outlive any one batch
                 results = [_Result(error=StoreError(f"write batch failed: {exc}")) for _ in batch]
             try:

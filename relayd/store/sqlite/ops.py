@@ -235,6 +235,11 @@ def cancel_send(conn: sqlite3.Connection, reservation_id: int) -> None:
     conn.execute(Q["delete_ledger"], {"id": reservation_id})
 
 
+def probe_write(conn: sqlite3.Connection) -> None:
+    conn.execute(Q["probe_insert"])
+    conn.execute(Q["probe_delete"])
+
+
 def hold_upstream(conn: sqlite3.Connection, hold: UpstreamHold) -> None:
     conn.execute(
         Q["upsert_hold"],

@@ -126,6 +126,15 @@ SELECT max(version) FROM schema_version;
 -- name: schema_version_set
 INSERT INTO schema_version (version) VALUES (:version);
 
+-- name: probe_insert
+-- The readiness probe (check_writable): a row written and deleted in one transaction, so
+-- the commit appends a page to the WAL and fsyncs it as an enqueue does, and leaves nothing.
+-- No schema is version 0, and schema_version_get's max() never sees the row anyway.
+INSERT INTO schema_version (version) VALUES (0);
+
+-- name: probe_delete
+DELETE FROM schema_version WHERE version = 0;
+
 -- name: insert_message
 INSERT INTO messages (
     id, upstream, mail_from, message_id, received_at, size, mail_options,

@@ -11,16 +11,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import shutil
 from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Self
 
 from relayd.dsn.parse import ParsedDsn
-from relayd.errors import StoreError
+from relayd.errors import StoreError, StoreUnavailable
 from relayd.store.base import ReportInfo, SendSlot
 from relayd.store.sqlite import ops, reports
-from relayd.store.sqlite.db import Database
+from relayd.store.sqlite.db import DEFAULT_LOCK_TIMEOUT, Database
 from relayd.store.wakeup import Wakeup
 from relayd.types import (
     Ceiling,
@@ -33,21 +34,24 @@ from relayd.types import (
     RecipientState,
     UpstreamHold,
 )
+from relayd.units import format_size
 
-DEFAULT_BUSY_TIMEOUT = 5.0
 EXTERNAL_POLL = 1.0  # seconds between checks for commits made by other processes
+# check_writable's floor: below this much free space the next enqueue, or the checkpoint
+# after it, is likely to fail even when a one-page probe still fits in the WAL's old space.
+READY_FREE_MIN = 1024 * 1024
 
 
 class SqliteStore:
     """The queue, the rate ledger and upstream holds in one SQLite database at `path`.
 
-    `busy_timeout` is how long a write waits for another process's lock (the queue tool,
-    a backup) before failing with StoreUnavailable. Use as `async with SqliteStore(p)`,
-    or call open() and close().
+    `lock_timeout` (queue.lock_timeout) is how long a write waits for another process's
+    lock (the queue tool, a backup): the queue's write lock, then SQLite's own; then it fails
+    with StoreUnavailable. Use as `async with SqliteStore(p)`, or call open() and close().
     """
 
-    def __init__(self, path: Path, *, busy_timeout: float = DEFAULT_BUSY_TIMEOUT) -> None:
-        self._db = Database(path, busy_timeout)
+    def __init__(self, path: Path, *, lock_timeout: float = DEFAULT_LOCK_TIMEOUT) -> None:
+        self._db = Database(path, busy_timeout=lock_timeout, lock_timeout=lock_timeout)
         self._work = asyncio.Event()
         self._wakeup = Wakeup(path)
         self._external_poll: asyncio.Task[None] | None = None
@@ -172,6 +176,26 @@ class SqliteStore:
 
     async def cancel_send(self, reservation_id: int) -> None:
         await self._db.write(lambda conn: ops.cancel_send(conn, reservation_id), durable=False)
+
+    # --- readiness ------------------------------------------------------------------
+
+    async def check_writable(self) -> None:
+        """Room to grow on the queue's file system, then a durable write (fsynced).
+
+        The free space counts: the WAL reuses its file after a checkpoint, so a small
+        write can still commit on a full disk while every message gets 451."""
+        directory = self.path.parent
+        try:
+            _total, _used, free = await asyncio.to_thread(shutil.disk_usage, directory)
+        except OSError as exc:
+            raise StoreUnavailable(f"cannot measure the free space of {directory}: {exc}") from exc
+        if free < READY_FREE_MIN:
+            raise StoreUnavailable(
+                f"disk full: {format_size(free)} free on the file system holding {directory}, "
+                f"intake needs at least {format_size(READY_FREE_MIN)} to commit mail; "
+                "free space there"
+            )
+        await self._db.write(ops.probe_write)
 
     # --- upstream holds -------------------------------------------------------------
 
