@@ -24,8 +24,8 @@ from typing import Any
 import asyncpg
 
 from relayd.errors import StoreError
-from relayd.store.postgres import ops
 from relayd.store.postgres.db import Database, translated
+from relayd.store.postgres.sql import Conn, Q
 
 CHANNEL = "relayd_work"
 RECONNECT_PAUSES = (0.25, 0.5, 1.0)  # the last one repeats
@@ -109,13 +109,20 @@ class Listener:
         while True:
             await asyncio.sleep(POLL_INTERVAL)
             with contextlib.suppress(StoreError):
-                signal = await self._db.run(ops.work_signal)
+                signal = await self._db.run(_work_signal)
                 if seen is not None and signal != seen:
                     self._on_work()
                 seen = signal
             conn = self._conn
             if conn is not None and not await _answers(conn, POLL_INTERVAL):
                 conn.terminate()  # its termination listener starts the reconnect
+
+
+async def _work_signal(conn: Conn) -> tuple[float | None, int]:
+    """What the poll compares (postgres.sql, work_signal)."""
+    row = await conn.fetchrow(Q["work_signal"].sql)
+    assert row is not None
+    return (None if row["due"] is None else float(row["due"])), int(row["holds"])
 
 
 async def _answers(conn: asyncpg.Connection[asyncpg.Record], timeout: float) -> bool:

@@ -391,10 +391,3 @@ async def counts(conn: Conn) -> dict[RecipientState, int]:
 async def depth(conn: Conn) -> QueueDepth:
     """counts() and the oldest pending arrival (run in one snapshot by the store)."""
     return QueueDepth(await counts(conn), await _fetchval(conn, Q["oldest_pending"]))
-
-
-async def work_signal(conn: Conn) -> tuple[float | None, int]:
-    """What the listener's fallback poll compares (postgres.sql, work_signal)."""
-    row = await conn.fetchrow(Q["work_signal"].sql)
-    assert row is not None
-    return (None if row["due"] is None else float(row["due"])), int(row["holds"])
