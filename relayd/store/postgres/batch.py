@@ -7,7 +7,9 @@ array statements (messages, bodies, recipients) and one NOTIFY, commits once, an
 then resolves each caller's future. If the batch fails for a reason that belongs to one
 message (a duplicate queue id, bad bytes), it is redone with one SAVEPOINT per message
 so only that caller fails; if the server is unavailable, every caller gets
-StoreUnavailable and the SMTP client retries.
+StoreUnavailable and the SMTP client retries. A caller waits at most COMMIT_TIMEOUT for
+its commit (intake answers 451 within it when the database does not); a message whose
+caller gave up before its batch began is not written.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from relayd.store.postgres.sql import Conn
 from relayd.types import NewMessage, QueueId
 
 Notify = Callable[[Conn], Awaitable[None]]
+COMMIT_TIMEOUT = 8.0  # seconds an enqueue waits for its commit: below SMTP clients' patience
 
 
 @dataclass
@@ -65,12 +68,20 @@ class GroupCommit:
             raise StoreError("the store is closed" if self._closed else "the store is not open")
         request = _Request(ops.with_queue_id(message), asyncio.get_running_loop().create_future())
         self._queue.put_nowait(request)
-        return await request.future
+        try:
+            async with asyncio.timeout(COMMIT_TIMEOUT):
+                return await request.future  # cancelled on timeout: the writer skips it
+        except TimeoutError:
+            raise StoreUnavailable(
+                f"postgres: no commit within {COMMIT_TIMEOUT:g}s; "
+                "is the database server reachable and answering?"
+            ) from None
 
     async def _write_loop(self) -> None:
         stopping = False
         while not stopping:
             batch, stopping = await next_batch(self._queue)
+            batch = [request for request in batch if not request.future.done()]
             if not batch:
                 continue
             try:

@@ -6,6 +6,11 @@ LISTEN support, so the backend needs one dependency and no adapter layer. Every 
 borrows a pool connection for one transaction and gives it back; nothing holds a pool
 connection across an upstream send.
 
+Timeouts: no wait on the server is unbounded. Every session relayd opens gets the
+settings in `Database.server_settings` (lock, statement and idle-in-transaction timeouts,
+TCP keepalives), so the server ends what a frozen or vanished node left behind; every
+connect, pool wait and statement has a client-side timeout too.
+
 Errors: a driver error never leaves this module unwrapped. Connection trouble, a full disk,
 a server shutting down, lock or statement timeouts and serialisation failures become
 StoreUnavailable ("try again later": intake answers 451, a lane backs off); anything else
@@ -31,7 +36,14 @@ Op = Callable[[Conn], Awaitable[T]]
 
 DEFAULT_POOL_SIZE = 10
 DEFAULT_LOCK_TIMEOUT = 5.0  # seconds a statement waits for a lock (cf. sqlite busy_timeout)
-DEFAULT_COMMAND_TIMEOUT = 30.0  # seconds for one statement, or to get a pool connection
+DEFAULT_COMMAND_TIMEOUT = 30.0  # seconds for one statement (client and server side)
+CONNECT_TIMEOUT = 5.0  # seconds to open a connection, or to wait for a pool's
+# A session idle this long inside a transaction is ended by the server, and its locks with
+# it: a node frozen or cut off mid-transaction blocks the others for seconds, not hours.
+IDLE_IN_TRANSACTION_TIMEOUT = 5.0
+# The server's TCP keepalives per session (idle, interval, count): the session of a host
+# that vanished ends after 5 + 2 * 3 = 11 s instead of the kernel's ~2 h 11 min.
+TCP_KEEPALIVES = (5, 2, 3)
 
 # SQLSTATE classes and codes after which the same request may well succeed later.
 _UNAVAILABLE_CLASSES = frozenset(
@@ -43,7 +55,8 @@ _UNAVAILABLE_CLASSES = frozenset(
         "58",  # system error: I/O error
     }
 )
-_UNAVAILABLE_CODES = frozenset({"55P03", "25006"})  # lock_not_available, read_only (standby)
+# lock_not_available, read_only (standby), idle_in_transaction_session_timeout
+_UNAVAILABLE_CODES = frozenset({"55P03", "25006", "25P03"})
 
 
 def translate(exc: BaseException) -> StoreError:
@@ -51,8 +64,10 @@ def translate(exc: BaseException) -> StoreError:
     if isinstance(exc, asyncpg.PostgresError):
         state = str(exc.sqlstate or "")
         unavailable = state[:2] in _UNAVAILABLE_CLASSES or state in _UNAVAILABLE_CODES
-    else:  # refused, reset, DNS, connect or command timeout
-        unavailable = isinstance(exc, OSError | TimeoutError)
+    else:  # refused, reset, DNS, connect or command timeout, a connection lost mid-query
+        unavailable = isinstance(
+            exc, OSError | TimeoutError | asyncpg.exceptions.ConnectionDoesNotExistError
+        )
     error = (StoreUnavailable if unavailable else StoreError)(f"postgres: {exc}")
     error.__cause__ = exc
     return error
@@ -103,7 +118,15 @@ class Database:
     def server_settings(self) -> dict[str, str]:
         """Per-session settings of every connection relayd opens. The DSN may add more, and
         name the sessions itself (`?application_name=relayd-node2`); else "relayd"."""
-        settings = {"lock_timeout": f"{max(1, round(self.lock_timeout * 1000))}ms"}
+        idle, interval, count = TCP_KEEPALIVES
+        settings = {
+            "lock_timeout": _ms(self.lock_timeout),
+            "statement_timeout": _ms(self.command_timeout),
+            "idle_in_transaction_session_timeout": _ms(IDLE_IN_TRANSACTION_TIMEOUT),
+            "tcp_keepalives_idle": str(idle),
+            "tcp_keepalives_interval": str(interval),
+            "tcp_keepalives_count": str(count),
+        }
         if "application_name" not in urllib.parse.parse_qs(urllib.parse.urlsplit(self.dsn).query):
             settings["application_name"] = "relayd"
         return settings
@@ -114,7 +137,7 @@ class Database:
             return await asyncpg.connect(
                 self.dsn,
                 server_settings=self.server_settings,
-                timeout=self.command_timeout,
+                timeout=CONNECT_TIMEOUT,
                 command_timeout=self.command_timeout,
             )
 
@@ -129,7 +152,7 @@ class Database:
                 min_size=1,
                 max_size=self.pool_size,
                 command_timeout=self.command_timeout,
-                timeout=self.command_timeout,
+                timeout=CONNECT_TIMEOUT,
                 server_settings=self.server_settings,
             )
         try:
@@ -153,7 +176,7 @@ class Database:
         """A pool connection for the block (errors translated)."""
         if self._pool is None:
             raise StoreError("the store is closed" if self._closed else "the store is not open")
-        async with translated(), self._pool.acquire(timeout=self.command_timeout) as conn:
+        async with translated(), self._pool.acquire(timeout=CONNECT_TIMEOUT) as conn:
             yield conn
 
     async def run(self, op: Op[T], *, write: bool = False, snapshot: bool = False) -> T:
@@ -170,6 +193,10 @@ class Database:
                 async with conn.transaction(isolation="repeatable_read", readonly=True):
                     return await op(conn)
             return await op(conn)
+
+
+def _ms(seconds: float) -> str:
+    return f"{max(1, round(seconds * 1000))}ms"
 
 
 async def _current_schema(conn: Conn) -> str:

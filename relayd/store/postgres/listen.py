@@ -1,15 +1,17 @@
-"""New-work wake-ups between nodes: LISTEN on one dedicated connection per store.
+"""New-work wake-ups between nodes: LISTEN on one dedicated connection per store, and a poll.
 
 Every write that makes mail due (enqueue, retry, release, release_upstream) sends
 `pg_notify('relayd_work', '<schema> <instance>')` inside its transaction, so the
 notification leaves only at COMMIT. Each store's listener wakes its dispatcher for a
 notification from another instance on the same schema (its own writes wake it directly,
-without the round trip). Nothing polls: a node asleep stays asleep until work arrives or
-its own timer ends.
+without the round trip).
 
-If the listening connection drops, the listener reconnects with a growing pause and then
-wakes the dispatcher once, because notifications sent meanwhile are lost; until then the
-dispatcher's own timers (next due time, at most a minute) keep mail moving.
+A notification sent while the listening session is gone is lost, so two things bound
+what a lost one costs to POLL_INTERVAL: if the connection drops, the listener reconnects
+at most RECONNECT_PAUSES[-1] after the server answers again and then wakes the
+dispatcher once; and every POLL_INTERVAL it reads the queue's work signal (postgres.sql)
+and wakes the dispatcher when that changed, and checks that the listening session still
+answers (a silently dead one is replaced).
 """
 
 from __future__ import annotations
@@ -23,9 +25,11 @@ import asyncpg
 
 from relayd.errors import StoreError
 from relayd.store.postgres.db import Database, translated
+from relayd.store.postgres.sql import Conn, Q
 
 CHANNEL = "relayd_work"
-RECONNECT_PAUSES = (0.5, 1.0, 2.0, 5.0, 10.0, 30.0)  # the last one repeats
+RECONNECT_PAUSES = (0.25, 0.5, 1.0)  # the last one repeats
+POLL_INTERVAL = 2.0  # seconds: the most a lost notification delays new work
 
 
 class Listener:
@@ -37,7 +41,7 @@ class Listener:
         self._on_work = on_work
         self._conn: asyncpg.Connection[asyncpg.Record] | None = None
         self._lost = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
+        self._tasks: list[asyncio.Task[None]] = []
 
     @property
     def payload(self) -> str:
@@ -47,14 +51,18 @@ class Listener:
     async def start(self) -> None:
         """LISTEN now (so a commit right after open() wakes us), then keep it up."""
         await self._connect()
-        self._task = asyncio.create_task(self._keep_listening(), name="relayd-postgres-listen")
+        self._tasks = [
+            asyncio.create_task(self._keep_listening(), name="relayd-postgres-listen"),
+            asyncio.create_task(self._poll(), name="relayd-postgres-poll"),
+        ]
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
+        tasks, self._tasks = self._tasks, []
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
             with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+                await task
         conn, self._conn = self._conn, None
         if conn is not None:
             with contextlib.suppress(Exception):
@@ -94,3 +102,32 @@ class Listener:
                     continue
                 break
             self._on_work()  # notifications sent while we were away are lost
+
+    async def _poll(self) -> None:
+        """Every POLL_INTERVAL: wake on a changed work signal; replace a mute session."""
+        seen = None
+        while True:
+            await asyncio.sleep(POLL_INTERVAL)
+            with contextlib.suppress(StoreError):
+                signal = await self._db.run(_work_signal)
+                if seen is not None and signal != seen:
+                    self._on_work()
+                seen = signal
+            conn = self._conn
+            if conn is not None and not await _answers(conn, POLL_INTERVAL):
+                conn.terminate()  # its termination listener starts the reconnect
+
+
+async def _work_signal(conn: Conn) -> tuple[float | None, int]:
+    """What the poll compares (postgres.sql, work_signal)."""
+    row = await conn.fetchrow(Q["work_signal"].sql)
+    assert row is not None
+    return (None if row["due"] is None else float(row["due"])), int(row["holds"])
+
+
+async def _answers(conn: asyncpg.Connection[asyncpg.Record], timeout: float) -> bool:
+    try:
+        await conn.fetchval("SELECT 1", timeout=timeout)
+    except Exception:
+        return False
+    return True

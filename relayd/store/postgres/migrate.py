@@ -20,6 +20,7 @@ async def migrate(conn: Conn) -> tuple[int, int]:
     `conn` is an asyncpg connection inside a transaction (the lock is released at COMMIT).
     """
     await conn.execute(Q["migrate_lock"].sql)
+    await conn.execute(Q["migrate_untimed"].sql)
     await conn.execute(Q["schema_version_create"].sql)
     before = int(await conn.fetchval(Q["schema_version_get"].sql))
     if before > SCHEMA_VERSION:

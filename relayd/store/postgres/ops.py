@@ -3,8 +3,8 @@
 Each runs inside the transaction Database.run (or the group committer) opened around it
 and never commits itself, so each is a straight list of named queries from postgres.sql;
 the semantics are sqlite/ops.py's, statement for statement, with row locks where several
-nodes may race: SKIP LOCKED when leasing, FOR UPDATE on the message when fencing and on the
-upstream's ledger row when reserving a send.
+nodes may race: SKIP LOCKED when leasing, FOR UPDATE on the message when fencing; the send
+ledger is reserved optimistically (a version per upstream), so no lock outlives a statement.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
-from relayd.errors import LeaseLost, StoreError
+from relayd.errors import LeaseLost, StoreError, StoreUnavailable
 from relayd.policy import limits
 from relayd.store.base import SendSlot
 from relayd.store.postgres.sql import Conn, Q, Query
@@ -214,6 +214,9 @@ async def load_body(conn: Conn, queue_id: QueueId) -> bytes:
 # --- the send ledger -------------------------------------------------------------------
 
 
+RESERVE_ATTEMPTS = 50  # reads of a ledger that others keep changing before giving up
+
+
 async def reserve_send(
     conn: Conn,
     upstream: str,
@@ -222,23 +225,36 @@ async def reserve_send(
     min_interval: float,
     weight: int,
 ) -> SendSlot:
-    """Under the upstream's row lock: prune, read, decide with relayd.policy.limits, insert."""
-    if await _fetchval(conn, Q["lock_upstream_ledger"], upstream=upstream) is None:
-        await _execute(conn, Q["create_upstream_ledger"], upstream=upstream)
-        await _fetchval(conn, Q["lock_upstream_ledger"], upstream=upstream)
+    """Read the ledger, decide with relayd.policy.limits, and insert only if nobody reserved
+    in between (one statement, its row lock never held across a round trip); else again.
+
+    Runs outside a transaction: each statement commits by itself.
+    """
     horizon = limits.ledger_horizon(ceilings, min_interval)
-    rows = await _fetch(
-        conn, Q["prune_and_select_ledger"], upstream=upstream, before=float(now - horizon)
+    for _ in range(RESERVE_ATTEMPTS):
+        rows = await _fetch(conn, Q["read_ledger"], upstream=upstream, before=float(now - horizon))
+        if not rows:
+            await _execute(conn, Q["create_upstream_ledger"], upstream=upstream)
+            continue
+        sends = [(float(r["sent_at"]), int(r["weight"])) for r in rows if r["sent_at"] is not None]
+        earliest = limits.next_permitted(sends, now, ceilings, min_interval, weight)
+        if earliest > now:
+            reason = limits.describe_wait(sends, now, ceilings, min_interval, weight)
+            return SendSlot(None, earliest, reason)
+        reservation = await _fetchval(
+            conn,
+            Q["insert_ledger_if_unchanged"],
+            upstream=upstream,
+            version=rows[0]["version"],
+            sent_at=float(now),
+            weight=weight,
+        )
+        if reservation is not None:
+            return SendSlot(int(reservation), now)
+    raise StoreUnavailable(
+        f"send ledger of {upstream!r}: {RESERVE_ATTEMPTS} reservations by other nodes came in "
+        "between reading and reserving; trying again later"
     )
-    sends = [(float(row["sent_at"]), int(row["weight"])) for row in rows]
-    earliest = limits.next_permitted(sends, now, ceilings, min_interval, weight)
-    if earliest > now:
-        reason = limits.describe_wait(sends, now, ceilings, min_interval, weight)
-        return SendSlot(None, earliest, reason)
-    reservation = await _fetchval(
-        conn, Q["insert_ledger"], upstream=upstream, sent_at=float(now), weight=weight
-    )
-    return SendSlot(int(reservation), now)
 
 
 async def cancel_send(conn: Conn, reservation_id: int) -> None:

@@ -29,6 +29,11 @@ INSERT INTO schema_version (version) VALUES (:version);
 -- Serialises migrations of this schema between nodes starting at once; released at COMMIT.
 SELECT pg_advisory_xact_lock(hashtextextended('relayd.migrate/' || current_schema(), 0));
 
+-- name: migrate_untimed
+-- A migration may rewrite a large table: statement_timeout (db.py) is for the queue's
+-- own statements, not for this transaction's.
+SET LOCAL statement_timeout = 0;
+
 -- name: migration_1
 -- One row per accepted message; it stays as history for the queue tool once every
 -- recipient is final, until purge_finished() removes it (queue.retention).
@@ -82,8 +87,8 @@ CREATE TABLE recipients (
 -- The queue tool's `list --state held` and counts().
 CREATE INDEX recipients_state ON recipients (state, queue_id);
 
--- One row per upstream that has ever reserved a send: reserve_send locks it FOR UPDATE,
--- so the read-compute-insert of the ledger is serialised per upstream across every node.
+-- One row per upstream that has ever reserved a send; its version (migration_3) makes
+-- the read-compute-insert of the ledger atomic per upstream across every node.
 CREATE TABLE send_locks (
     upstream text PRIMARY KEY
 );
@@ -122,6 +127,12 @@ CREATE TABLE imap_state (
     uidvalidity bigint NOT NULL,
     last_uid    bigint NOT NULL
 );
+
+-- name: migration_3
+-- The send ledger's reservation without a lock held across a round trip: each upstream's
+-- row counts the reservations made, and one is granted only if none came in between
+-- (insert_ledger_if_unchanged).
+ALTER TABLE send_locks ADD COLUMN version bigint NOT NULL DEFAULT 0;
 
 -- name: notify_work
 -- Wakes every node's wait_for_work(); delivered at COMMIT, dropped on ROLLBACK.
@@ -277,6 +288,14 @@ WHERE id IN (SELECT queue_id FROM recipients WHERE state IN ('queued', 'deferred
 SELECT b.body FROM messages AS m LEFT JOIN bodies AS b ON b.queue_id = m.id
 WHERE m.id = :queue_id;
 
+-- name: work_signal
+-- The listener's fallback poll (listen.py): the latest due time of mail due now, and the
+-- number of holds. It changes when mail becomes due (an enqueue, a retry, a release) or a
+-- hold ends, so a node that missed the NOTIFY saying so still learns it.
+SELECT (SELECT max(next_attempt_at) FROM messages
+        WHERE next_attempt_at <= extract(epoch FROM now())) AS due,
+       (SELECT count(*) FROM upstream_holds) AS holds;
+
 -- name: next_due
 -- An unexpired lease counts from its expiry (the worker may still defer the message).
 SELECT min(
@@ -286,27 +305,35 @@ SELECT min(
 FROM messages
 WHERE upstream = :upstream AND next_attempt_at IS NOT NULL;
 
--- name: lock_upstream_ledger
--- reserve_send's serialisation point: one row lock per upstream, held until COMMIT, so
--- the ledger read, the limits arithmetic and the insert are atomic across all nodes.
-SELECT upstream FROM send_locks WHERE upstream = :upstream FOR UPDATE;
-
 -- name: create_upstream_ledger
 INSERT INTO send_locks (upstream) VALUES (:upstream) ON CONFLICT DO NOTHING;
 
--- name: prune_and_select_ledger
--- Forget sends that can never count again, and read the rest (same predicate, so the
--- statement's single snapshot seeing the deleted rows does not matter).
+-- name: read_ledger
+-- reserve_send, step 1, no lock: forget sends that can never count again, and read the
+-- rest with the version they add up to (one snapshot, so the rows are those of that
+-- version). No row when the upstream has never reserved.
 WITH pruned AS (
     DELETE FROM send_ledger WHERE upstream = :upstream AND sent_at < :before
 )
-SELECT sent_at, weight FROM send_ledger
-WHERE upstream = :upstream AND sent_at >= :before
-ORDER BY sent_at;
+SELECT l.version, s.sent_at, s.weight
+FROM send_locks AS l
+LEFT JOIN send_ledger AS s ON s.upstream = l.upstream AND s.sent_at >= :before
+WHERE l.upstream = :upstream
+ORDER BY s.sent_at;
 
--- name: insert_ledger
+-- name: insert_ledger_if_unchanged
+-- reserve_send, step 2, one statement: take the upstream's row lock, bump its version
+-- only if it is still the one step 1 read, and record the send only if it was. The lock
+-- lasts this statement, never a client round trip: a node that freezes holds nothing.
+-- A concurrent reservation waits for this one, then finds the version moved (READ
+-- COMMITTED re-checks the row) and inserts nothing: it reads again.
+WITH claimed AS (
+    UPDATE send_locks SET version = version + 1
+    WHERE upstream = :upstream AND version = :version
+    RETURNING upstream
+)
 INSERT INTO send_ledger (upstream, sent_at, weight)
-VALUES (:upstream, :sent_at, :weight)
+SELECT upstream, :sent_at, :weight FROM claimed
 RETURNING id;
 
 -- name: delete_ledger

@@ -2,12 +2,13 @@
 
 PostgresStore is the `Store` contract (store/base.py) over asyncpg. Several nodes behave
 as one relay: they claim mail with SELECT ... FOR UPDATE SKIP LOCKED and expiring leases
-(fenced by a token on every final write), reserve sends under a row lock per upstream (so
-the rate ceilings and min_interval hold across all of them), share holds and waits, and
-wake each other with LISTEN/NOTIFY. What lives here is which verbs write and which NOTIFY;
-the SQL is in postgres.sql, the transaction bodies in postgres/ops.py, the pool and error
-translation in postgres/db.py, group commit in postgres/batch.py, the listener in
-postgres/listen.py, migrations in postgres/migrate.py and leadership in postgres/leader.py.
+(fenced by a token on every final write), reserve sends with a version per upstream (so
+the rate ceilings and min_interval hold across all of them, and no lock waits on a node),
+share holds and waits, and wake each other with LISTEN/NOTIFY. What lives here is which
+verbs write and which NOTIFY; the SQL is in postgres.sql, the transaction bodies in
+postgres/ops.py, the pool, its timeouts and error translation in postgres/db.py, group
+commit in postgres/batch.py, the listener and its poll in postgres/listen.py, migrations
+in postgres/migrate.py and leadership in postgres/leader.py.
 """
 
 from __future__ import annotations
@@ -188,7 +189,7 @@ class PostgresStore:
         reservation), so it costs no transaction and no lock shared by every node."""
         if not ceilings and min_interval <= 0:
             return SendSlot(UNMETERED, now)
-        return await self._write(
+        return await self._db.run(  # not one transaction: see ops.reserve_send
             lambda conn: ops.reserve_send(conn, upstream, now, ceilings, min_interval, weight)
         )
 
