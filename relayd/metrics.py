@@ -42,6 +42,12 @@ RECIPIENTS = Counter(
     ["upstream", "outcome"],
     registry=REGISTRY,
 )
+LATE_BOUNCES = Counter(
+    "relayd_late_bounces",
+    "Recipients named by late bounce reports read over IMAP, by kind: failed, delayed",
+    ["upstream", "kind"],
+    registry=REGISTRY,
+)
 LATENCY = Histogram(
     "relayd_delivery_latency_seconds",
     "Time from acceptance to delivery of a recipient",
@@ -129,9 +135,12 @@ def outcomes(
         _last[upstream] = LastResult(result.state.value, result.reply, now)
 
 
-def bounced(upstream: str) -> None:
-    """An asynchronous DSN arrived for a recipient the upstream had accepted."""
-    RECIPIENTS.labels(upstream, RecipientState.BOUNCED.value).inc()
+def bounced(upstream: str, kind: str) -> None:
+    """A late report arrived for a recipient the upstream had accepted: `failed` (it is
+    bounced now, also counted as that outcome) or `delayed` (still in the remote queue)."""
+    LATE_BOUNCES.labels(upstream, kind).inc()
+    if kind == "failed":
+        RECIPIENTS.labels(upstream, RecipientState.BOUNCED.value).inc()
 
 
 def rate_limit_wait(upstream: str) -> None:

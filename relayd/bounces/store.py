@@ -1,7 +1,7 @@
 """BounceStore (bounces/poller.py) over the real queue store: match, remember the IMAP place, and
 forward a matched report to the bounce mailbox through the outbox (from `<>`, no loop: a
 report is never reported on, reports/dsn_reports.py). A match counts the recipients it
-bounced in /metrics, under their message's upstream."""
+bounced, and those reported delayed, in /metrics under their message's upstream."""
 
 from __future__ import annotations
 
@@ -45,14 +45,19 @@ class QueueBounceStore:
 
     async def _count_bounced(self, parsed: ParsedDsn, queue_id: QueueId) -> None:
         """Count the reported failures that are stored recipients of the message (the store
-        marked them bounced). A report read again after a crash counts again (at least once)."""
+        marked them bounced), and the reported delays of its recipients, under the message's
+        upstream. A report read again after a crash counts again (at least once)."""
         info = await self.store.report_info(queue_id)
         if info is None:
             return
         failed = {rcpt.final_recipient.lower() for rcpt in parsed.failed}
+        delayed = {rcpt.final_recipient.lower() for rcpt in parsed.delayed}
         for rcpt in info.recipients:
-            if rcpt.state is RecipientState.BOUNCED and rcpt.address.lower() in failed:
-                metrics.bounced(info.upstream)
+            address = rcpt.address.lower()
+            if rcpt.state is RecipientState.BOUNCED and address in failed:
+                metrics.bounced(info.upstream, "failed")
+            elif address in delayed:
+                metrics.bounced(info.upstream, "delayed")
 
     async def forward_report(self, raw: bytes, queue_id: str, now: float) -> None:
         bounces = self.config.bounces

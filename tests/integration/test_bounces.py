@@ -316,22 +316,32 @@ async def test_finds_matches_forwards_and_moves_the_bounces(
 async def test_matched_failures_count_as_bounced_recipients_of_their_upstream(
     relay: ObservedStore,
 ) -> None:
-    """/metrics: each failure a report names counts once under the original's upstream; a
-    delay report counts nothing."""
+    """/metrics: each failure a report names counts once under the original's upstream, as
+    a bounced recipient and as a late bounce of kind failed; a delay report counts as a late
+    bounce of kind delayed only."""
     await send_originals(relay.queue)
 
-    def bounced() -> float:
-        labels = {"upstream": "main", "outcome": "bounced"}
-        return metrics.REGISTRY.get_sample_value("relayd_recipients_total", labels) or 0.0
+    def count(name: str, **labels: str) -> float:
+        labels["upstream"] = "main"
+        return metrics.REGISTRY.get_sample_value(name, labels) or 0.0
 
-    before = bounced()
+    def counts() -> tuple[float, float, float]:
+        return (
+            count("relayd_recipients_total", outcome="bounced"),
+            count("relayd_late_bounces_total", kind="failed"),
+            count("relayd_late_bounces_total", kind="delayed"),
+        )
+
+    before = counts()
     for name in BOUNCES:
         parsed = parse_dsn(sample(name))
         assert parsed is not None
         assert await relay.match_bounce(parsed, NOW) is not None
 
-    reported = [rcpt for _, _, recipients in BOUNCES.values() for rcpt in recipients]
-    assert bounced() - before == sum(action == "failed" for _, action, _ in reported) == 6
+    reported = [action for _, _, recipients in BOUNCES.values() for _, action, _ in recipients]
+    assert (reported.count("failed"), reported.count("delayed")) == (6, 1)
+    after = counts()
+    assert [a - b for a, b in zip(after, before, strict=True)] == [6, 6, 1]
 
 
 async def test_unmatched_bounces_and_ordinary_mail_are_left_alone(
