@@ -36,6 +36,7 @@ from relayd.config.model import Config, default_config_path, load, parse_listen
 from relayd.errors import ConfigError, StoreError
 from relayd.policy.addresses import AddressError, check_address
 from relayd.policy.headers import prepare
+from relayd.policy.longlines import longest_line, wire_safe
 from relayd.policy.routing import Routes
 from relayd.store import store_for
 from relayd.types import NewMessage, Recipient, new_queue_id
@@ -50,7 +51,6 @@ EX_CONFIG = 78
 
 DEFAULT_LISTEN = "127.0.0.1:2525"
 SUBMIT_TIMEOUT = 60.0
-MAX_LINE = 998  # RFC 5322 2.1.1, without CRLF
 _WITH_VALUE = frozenset("fFrBCNRVLXhc")  # flags that take a value (attached or next word)
 _IGNORED = frozenset("vUGmn")
 _FIELD = re.compile(rb"^[!-9;-~]+:")  # RFC 5322 2.2: a field name is printable ASCII but ":"
@@ -223,8 +223,6 @@ def compose(data: bytes, opts: Options, default_sender: str) -> Composed:
         except AddressError as exc:
             raise DataError(f"bad address <{address}>: {exc}") from exc
     message = b"".join(line + b"\r\n" for line in headers) + b"\r\n" + body
-    if any(len(line) > MAX_LINE for line in message.split(b"\r\n")):
-        raise DataError(f"a line is longer than {MAX_LINE} bytes (RFC 5322 2.1.1)")
     return Composed(sender, tuple(unique), message)
 
 
@@ -328,6 +326,10 @@ def enqueue_directly(config: Config, message: Composed, uid: int, now: float) ->
         return Result(
             EX_DATAERR, f"the message is larger than {config.server.max_message_size} bytes"
         )
+    if longest_line(body) > config.server.max_line_length:
+        limit = config.server.max_line_length
+        return Result(EX_DATAERR, f"a line is longer than server.max_line_length ({limit} bytes)")
+    body = wire_safe(body)  # as intake does: the queue holds what goes on the wire
     new = NewMessage(
         mail_from=message.sender,
         recipients=tuple(Recipient(address) for address in message.recipients),

@@ -100,6 +100,7 @@ class ServerConfig(_Model):
     listen: list[Listen] = Field(default_factory=lambda: ["127.0.0.1:2525"], min_length=1)
     hostname: Hostname = Field(default_factory=lambda: default_hostname())
     max_message_size: Size = 25_000_000
+    max_line_length: Size = Field(default=25_000_000, ge=998)
     max_recipients: StrictInt = Field(default=100, ge=1)
     allowed_networks: list[Network] = Field(
         default_factory=lambda: [ipaddress.ip_network("127.0.0.0/8"), ipaddress.ip_network("::1")]

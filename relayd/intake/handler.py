@@ -28,6 +28,7 @@ from relayd.intake.replies import (
 from relayd.logs import get_logger
 from relayd.policy.addresses import AddressError, check_address
 from relayd.policy.headers import prepare, received_header
+from relayd.policy.longlines import wire_safe
 from relayd.policy.routing import Routes
 from relayd.store.base import MessageIntake
 from relayd.types import NewMessage, Recipient, new_queue_id
@@ -123,7 +124,7 @@ class IntakeHandler:
             at=now,
         )
         body, message_id = prepare(
-            content,
+            wire_safe(content),  # once, here: the queue holds what goes on the wire
             received=received,
             queue_id=queue_id,
             hostname=self.config.server.hostname,

@@ -15,7 +15,9 @@ R421_SHUTTING_DOWN = "421 4.3.2 Service shutting down, please try again later"
 R451_STORE_UNAVAILABLE = "451 4.3.0 Temporary local problem, please try again later"
 R452_TOO_MANY_RECIPIENTS = "452 4.5.3 Too many recipients (at most {limit} per message)"
 R454_AUTH_LOCKED = "454 4.7.0 Too many failed authentication attempts, try again later"
-R500_LINE_TOO_LONG = "500 5.5.2 Line too long (RFC 5321 4.5.3.1.6 allows 1000 bytes)"
+R500_LINE_TOO_LONG = (
+    "500 5.5.2 Line too long (this relay's server.max_line_length is {limit} bytes)"
+)
 R501_SYNTAX_MAIL = "501 5.5.4 Syntax: MAIL FROM:<address> [parameters]"
 R501_SYNTAX_RCPT = "501 5.5.4 Syntax: RCPT TO:<address> [parameters]"
 R501_SYNTAX_DATA = "501 5.5.4 Syntax: DATA"

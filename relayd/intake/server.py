@@ -35,9 +35,8 @@ from relayd.intake.replies import (
 )
 from relayd.logs import get_logger
 from relayd.policy.addresses import AddressError, check_address, split_path
+from relayd.policy.longlines import longest_line
 from relayd.types import Recipient
-
-MAX_LINE = 1000  # RFC 5321 4.5.3.1.6, including CRLF; +1 for a stuffed dot
 
 log = get_logger("intake")
 
@@ -47,11 +46,14 @@ class DataTooBig(Exception):
 
 
 class DataLineTooLong(Exception):
-    """A DATA line exceeded RFC 5321's 1000 bytes."""
+    """A DATA line exceeded server.max_line_length."""
 
 
-async def read_data(reader: asyncio.StreamReader, max_size: int) -> bytes:
+async def read_data(reader: asyncio.StreamReader, max_size: int, max_line: int) -> bytes:
     """Read a DATA section up to <CRLF>.<CRLF> and undo dot-stuffing.
+
+    Lines longer than RFC 5321's 1000 bytes are accepted up to `max_line` (without CRLF):
+    apps write them, and intake/handler.py makes the message wire-safe before it is queued.
 
     Only CRLF.CRLF ends the data (a bare LF or CR before the dot does not: that is the
     SMTP-smuggling defence). Scanning for ".\\r\\n" with the C-level readuntil and checking
@@ -80,7 +82,7 @@ async def read_data(reader: asyncio.StreamReader, max_size: int) -> bytes:
     if too_big:
         raise DataTooBig
     del data[-3:]  # the terminating ".\r\n"; its CRLF ends the last line
-    if len(data) >= MAX_LINE and max(map(len, data.split(b"\r\n"))) > MAX_LINE - 1:
+    if len(data) > max_line + 1 and longest_line(data) > max_line + 1:  # +1: a stuffed dot
         raise DataLineTooLong
     # RFC 5321 4.5.2: drop the first dot of every line that starts with one.
     if data.startswith(b"."):
@@ -184,13 +186,14 @@ class IntakeSMTP(AuthSMTP):
             return
         await self.push(R354_DATA)
         limit = self.handler.config.server.max_message_size
+        max_line = self.handler.config.server.max_line_length
         self.in_data = True
         try:
-            body = await read_data(self._reader, limit)
+            body = await read_data(self._reader, limit, max_line)
         except DataTooBig:
             status = R552_TOO_BIG.format(limit=limit)
         except DataLineTooLong:
-            status = R500_LINE_TOO_LONG
+            status = R500_LINE_TOO_LONG.format(limit=max_line)
         else:
             self.env().original_content = self.env().content = body
             assert self.session is not None

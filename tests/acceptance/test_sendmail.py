@@ -4,6 +4,11 @@ the daemon is down, and the sysexits codes for what goes wrong."""
 from __future__ import annotations
 
 import asyncio
+import email
+import os
+import re
+import shlex
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -177,3 +182,68 @@ async def test_exit_codes(
     assert denied.returncode == EX_CONFIG and b"554" in denied.stderr
     code, _ = await daemon.terminate()
     assert code == 0
+
+
+LONG_HTML = "<p>" + "<b>caf\u00e9</b> = 1 " * 130 + "</p>"  # 1,562 bytes on one line
+
+
+def wire_lines_and_payload(data: bytes) -> tuple[int, bytes]:
+    """The longest line the upstream received, and the body as a mail program decodes it."""
+    payload = email.message_from_bytes(data).get_payload(decode=True)
+    assert isinstance(payload, bytes)
+    return max(len(line) for line in re.split(rb"\r\n|\r|\n", data)), payload
+
+
+async def test_php_mail_with_a_long_html_line(
+    tmp_path: Path, launch: Launcher, upstream: FakeUpstream, port: int
+) -> None:
+    """Issue 15: PHP's mail() returned false (relayd-sendmail exit 65) for a 1,560-byte line."""
+    php = shutil.which("php")
+    if php is None:
+        if os.environ.get("CI") == "true":
+            pytest.fail("php-cli is required under CI (apt-get install php-cli)")
+        pytest.skip("php-cli is not installed (apt-get install php-cli)")
+    config = write_config(tmp_path, port=port, upstream_port=upstream.port)
+    await launch.start_ready(config, port)
+    sendmail_path = shlex.join([*sendmail_command(), "-c", str(config), "-t", "-i"])
+    script = (
+        "exit(mail('someone@example.net', 'report', getenv('BODY'),"
+        ' "MIME-Version: 1.0\\r\\nContent-Type: text/html; charset=utf-8\\r\\n'
+        'From: web@example.org") ? 0 : 1);'
+    )
+    result = await asyncio.to_thread(
+        subprocess.run,
+        [php, "-d", f"sendmail_path={sendmail_path}", "-r", script],
+        capture_output=True,
+        timeout=30,
+        env=child_env(LOGNAME="www-data", BODY=LONG_HTML + "\nthe end\n"),
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr  # mail() returned true
+    (received,) = await upstream.wait_for(1)
+    longest, payload = wire_lines_and_payload(received.data)
+    assert longest <= 998
+    assert payload.rstrip(b"\r\n") == (LONG_HTML + "\r\nthe end").encode()  # PHP adds a newline
+
+
+async def test_daemon_down_a_long_line_is_queued_wire_safe(
+    tmp_path: Path, launch: Launcher, upstream: FakeUpstream, port: int
+) -> None:
+    config = write_config(tmp_path, port=port, upstream_port=upstream.port)
+    body = LONG_HTML.encode() + b"\n"
+    stdin = b"To: a@example.net\nSubject: s\n\n" + body
+    strict = tmp_path / "strict.toml"
+    strict.write_text(
+        config.read_text().replace(
+            'hostname = "relay.test"', 'hostname = "relay.test"\nmax_line_length = 998'
+        )
+    )
+    refused = await asendmail(strict, "-t", stdin=stdin)
+    assert refused.returncode == EX_DATAERR
+    assert b"a line is longer than server.max_line_length (998 bytes)" in refused.stderr
+    queued = await asendmail(config, "-t", stdin=stdin)
+    assert queued.returncode == 0, queued.stderr
+    await launch.start_ready(config, port)
+    (received,) = await upstream.wait_for(1)
+    longest, payload = wire_lines_and_payload(received.data)
+    assert longest <= 998 and payload == body.replace(b"\n", b"\r\n")

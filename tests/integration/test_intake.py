@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import email
 import json
 import os
+import re
 import shutil
 import smtplib
 import sqlite3
@@ -19,6 +21,7 @@ from relayd.config.model import Config
 from relayd.daemon.relayd import Relayd
 from tests.conftest import ConfigFactory, running
 from tests.support.client import RawClient, message, send
+from tests.support.fake_upstream import FakeUpstream
 
 CAPTURE = 'provider = "directory"\npath = "{path}"'
 
@@ -223,8 +226,11 @@ async def test_bare_lf_dot_does_not_end_data(capture_config: Config, tmp_path: P
     )
 
 
-async def test_long_lines_and_garbage_get_reply_codes(capture_config: Config) -> None:
-    async with running(capture_config) as daemon:
+async def test_long_lines_and_garbage_get_reply_codes(
+    make_config: ConfigFactory, tmp_path: Path
+) -> None:
+    config = make_config(CAPTURE.format(path=tmp_path / "outbox"), server='max_line_length = "2KB"')
+    async with running(config) as daemon:
         client = RawClient(port_of(daemon))
         await client.connect()
         assert (await client.cmd("EHLO " + "x" * 10_000)).startswith("500")
@@ -235,9 +241,35 @@ async def test_long_lines_and_garbage_get_reply_codes(capture_config: Config) ->
         await client.cmd("RCPT TO:<b@example.net>")
         await client.cmd("DATA")
         reply = await client.cmd(b"Subject: long\r\n\r\n" + b"y" * 10_000 + b"\r\n.\r\n")
-        assert reply.startswith("500 5.5.2")
+        assert (
+            reply == "500 5.5.2 Line too long (this relay's server.max_line_length is 2000 bytes)"
+        )
         assert (await client.cmd("QUIT")).startswith("221")
         await client.close()
+
+
+async def test_a_long_html_line_is_accepted_and_delivered_wire_safe(
+    make_config: ConfigFactory, upstream: FakeUpstream
+) -> None:
+    """Issue 15: a 1,560-byte HTML line got 500 5.5.2; now 250, and the upstream gets lines
+    of at most 998 octets that decode to the same HTML."""
+    html = "<p>" + "<b>caf\u00e9</b> = 1 " * 130 + "</p>"
+    assert len(html.encode()) > 1_500
+    data = message(
+        body=html + "\r\nthe end\r\n",
+        extra="MIME-Version: 1.0\r\nContent-Type: text/html; charset=utf-8\r\n",
+    )
+    upstream_config = (
+        f'provider = "generic"\nhost = "127.0.0.1"\nport = {upstream.port}\n'
+        'security = "none"\nauth = "none"'
+    )
+    async with running(make_config(upstream_config)) as daemon:
+        assert await send(port_of(daemon), data) == {}  # 250
+        (delivered,) = await upstream.wait_for(1)
+    assert max(len(line) for line in re.split(rb"\r\n|\r|\n", delivered.data)) <= 998
+    sent = email.message_from_bytes(delivered.data)
+    assert sent["Content-Transfer-Encoding"] == "quoted-printable"
+    assert sent.get_payload(decode=True) == (html + "\r\nthe end\r\n").encode()
 
 
 @pytest.fixture

@@ -60,6 +60,7 @@ def test_minimal_file_gets_the_documented_defaults(tmp_path: Path) -> None:
 
     assert config.server.listen == ["127.0.0.1:2525"]
     assert config.server.max_message_size == 25_000_000
+    assert config.server.max_line_length == 25_000_000
     assert config.server.max_recipients == 100
     assert config.server.allowed_networks == [
         ipaddress.ip_network("127.0.0.0/8"),
@@ -208,6 +209,12 @@ def test_default_config_path_prefers_relayd_config() -> None:
             "server.max_message_size",
             5,
             "not a size",
+        ),
+        (
+            CAPTURE + "[server]\nmax_line_length = 500\n",
+            "server.max_line_length",
+            5,
+            "greater than or equal to 998",
         ),
         (
             CAPTURE + '[server]\nlisten = ["localhost"]\n',
