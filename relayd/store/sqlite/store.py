@@ -21,6 +21,7 @@ from relayd.errors import StoreError
 from relayd.store.base import ReportInfo, SendSlot
 from relayd.store.sqlite import ops, reports
 from relayd.store.sqlite.db import Database
+from relayd.store.sqlite.instance import InstanceLock
 from relayd.store.wakeup import Wakeup
 from relayd.types import (
     Ceiling,
@@ -51,6 +52,7 @@ class SqliteStore:
         self._work = asyncio.Event()
         self._wakeup = Wakeup(path)
         self._external_poll: asyncio.Task[None] | None = None
+        self._instance = InstanceLock(path)
 
     @property
     def path(self) -> Path:
@@ -72,6 +74,16 @@ class SqliteStore:
             self._external_poll.cancel()
             await asyncio.gather(self._external_poll, return_exceptions=True)
         await self._db.close()
+        self._instance.release()
+
+    async def claim_queue(self) -> int:
+        """Become the one daemon delivering from this queue until close() (the instance
+        lock, sqlite/instance.py), then release every lease an earlier run left."""
+        self._instance.acquire()
+        released = await self._db.write(ops.release_all_leases)
+        if released:
+            self._new_work()
+        return released
 
     async def __aenter__(self) -> Self:
         await self.open()
