@@ -3,7 +3,7 @@
 Signal handlers only set flags (uvicorn's habit); the work happens in serve(). Shutdown is
 ordered and bounded: stop accepting, let SMTP transactions in progress finish, stop leasing,
 wait for in-flight deliveries up to queue.shutdown_timeout, cancel the rest (their leases
-expire and the mail is retried), close the store last.
+are released: the next start tries them at once), close the store last.
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ from relayd.intake.workers import KILL_WAIT, IntakeWorkers, check_workers, repor
 from relayd.logs import get_logger, set_level
 from relayd.notices.sink import make_notifier, reconfigure_notices
 from relayd.store import store_for
-from relayd.store.base import MessageIntake, Store
+from relayd.store.base import MessageIntake, QueueOwnership, Store
 from relayd.store.instrumented import instrument
 from relayd.types import NoticeHook
 
@@ -102,6 +102,7 @@ class Relayd:
         store = instrument(self.store)  # metrics at the verbs (store/instrumented.py)
         log_config = self.config.log
         try:
+            await self._claim_queue(self.store)
             transcripts.configure(
                 log_config.transcript_dir,
                 self.clock,
@@ -145,6 +146,15 @@ class Relayd:
             await self._run(delivery)
         finally:
             await self._shutdown(dispatcher, delivery)
+
+    @staticmethod
+    async def _claim_queue(store: Store) -> None:
+        """One daemon per SQLite queue: refuse a second, and put back at once the mail an
+        earlier run left leased (store/base.py, QueueOwnership); PostgreSQL has no owner."""
+        if isinstance(store, QueueOwnership):
+            released = await store.claim_queue()
+            if released:
+                log.info("leases_released", count=released, reason="left by an earlier run")
 
     async def _start_intake(self, store: MessageIntake) -> None:
         loop = asyncio.get_running_loop()

@@ -142,15 +142,21 @@ class Lane:
             await self._sleep((due - now) if due is not None else MAX_SLEEP, session)
             return
         writes: Writes = []
+        unsent = 0  # leases[unsent:] have no outcome on its way to the store
         try:
             for index, lease in enumerate(leases):
+                unsent = index
                 if self.stopping:
                     await self._put_back(leases[index:], "daemon stopping")
                     return
                 wait = await self._attempt(session, lease, writes)
+                unsent = index + 1
                 if wait is not None:  # held or refused: the rest of the batch waits too
                     await self._put_back(leases[index + 1 :], wait.reason)
                     return
+        except asyncio.CancelledError:  # shutdown_timeout or a reload's grace ran out
+            await self._put_back(leases[unsent:], "delivery cancelled by a stop or reload")
+            raise
         finally:
             await self._written(writes)
 
@@ -211,12 +217,15 @@ class Lane:
         return self.clock.monotonic() - started < seconds * 0.99
 
     async def _put_back(self, leases: list[Lease], reason: str) -> None:
-        """End leases unattempted; release() only delays, so each message keeps its place."""
+        """End leases unattempted; release() only delays, so each message keeps its place.
+        A cancelled send's lease too: the mail is due again at once, no attempt counted."""
         for lease in leases:
             try:
                 await self.store.release(lease, lease.received_at, reason)
             except LeaseLost:
                 log.warning("lease_lost", queue_id=lease.queue_id, upstream=self.name)
+            except StoreError as exc:  # its lease expires (or, on SQLite, the next start ends it)
+                log.error("store_error", queue_id=lease.queue_id, error=str(exc))
 
     async def _raised(self, session: Session, lease: Lease, exc: Exception, writes: Writes) -> None:
         """An unforeseen error (an address aiosmtplib refuses, a bug) touches this message only."""

@@ -113,7 +113,7 @@ class LaneSet:
         if tasks:
             _, pending = await asyncio.wait(tasks, timeout=grace)
             for task in pending:
-                task.cancel()  # its lease expires and the message is tried again
+                task.cancel()  # it releases its leases (lane.py): tried again at once
         log.info("lane_stopped", upstream=lane.name, reason=why, cancelled=len(pending))
 
     async def _supervise(self) -> None:

@@ -274,6 +274,22 @@ class Store(
 
 
 @runtime_checkable
+class QueueOwnership(Protocol):
+    """Optional: one daemon owns the queue and every lease in it (SQLite has it).
+
+    The daemon claims the queue at start; a second daemon on the same queue is refused, so
+    any lease found then was left by an earlier run (killed, or stopped mid-send) and is
+    released: a restart delivers at once instead of waiting out queue.lease_time. PostgreSQL
+    has no such owner: a lease there may be a live node's, and it is left to expire.
+    """
+
+    async def claim_queue(self) -> int:
+        """Take the queue for this process until close() (StoreError naming the daemon that
+        holds it otherwise) and make every leased message due again without counting an
+        attempt; returns how many leases were released."""
+
+
+@runtime_checkable
 class Leadership(Protocol):
     """Optional: leader election among the nodes sharing a store (PostgreSQL has it).
 

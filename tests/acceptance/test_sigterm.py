@@ -108,7 +108,7 @@ async def test_sigterm_cancels_a_delivery_that_outlasts_shutdown_timeout(
     (view,) = await queue_list(config)
     assert [r["state"] for r in view["recipients"]] == ["queued"]
 
-    # Its lease expires (queue.lease_time) and the restarted daemon delivers it.
+    # Its lease was put back at the stop, and the restarted daemon delivers it.
     upstream.script.stall = 0.0
     received_before = len(upstream.received)
     again = await launch.start_ready(config, port)

@@ -207,6 +207,11 @@ def release(conn: sqlite3.Connection, lease: Lease, not_before: float, reason: s
     conn.execute(Q["refresh_message"], {"queue_id": lease.queue_id})
 
 
+def release_all_leases(conn: sqlite3.Connection) -> int:
+    """End every lease (the queue's owner starting: they are all an earlier run's)."""
+    return conn.execute(Q["release_all_leases"]).rowcount
+
+
 def reserve_send(
     conn: sqlite3.Connection,
     upstream: str,

@@ -188,6 +188,13 @@ UPDATE messages
 SET leased_by = NULL, lease_token = NULL, lease_until = NULL
 WHERE id = :queue_id;
 
+-- name: release_all_leases
+-- At the start of the daemon that holds the instance lock every lease is an earlier run's
+-- (sqlite/instance.py): its recipients are due again at once, no attempt counted.
+UPDATE messages
+SET leased_by = NULL, lease_token = NULL, lease_until = NULL
+WHERE lease_token IS NOT NULL;
+
 -- name: record_recipient
 -- One attempt's result for one recipient; final recipients are never rewritten.
 UPDATE recipients

@@ -22,6 +22,7 @@ from relayd.errors import StoreError, StoreUnavailable
 from relayd.store.base import ReportInfo, SendSlot
 from relayd.store.sqlite import ops, reports
 from relayd.store.sqlite.db import DEFAULT_LOCK_TIMEOUT, Database
+from relayd.store.sqlite.instance import InstanceLock
 from relayd.store.wakeup import Wakeup
 from relayd.types import (
     Ceiling,
@@ -55,6 +56,7 @@ class SqliteStore:
         self._work = asyncio.Event()
         self._wakeup = Wakeup(path)
         self._external_poll: asyncio.Task[None] | None = None
+        self._instance = InstanceLock(path)
 
     @property
     def path(self) -> Path:
@@ -76,6 +78,16 @@ class SqliteStore:
             self._external_poll.cancel()
             await asyncio.gather(self._external_poll, return_exceptions=True)
         await self._db.close()
+        self._instance.release()
+
+    async def claim_queue(self) -> int:
+        """Become the one daemon delivering from this queue until close() (the instance
+        lock, sqlite/instance.py), then release every lease an earlier run left."""
+        self._instance.acquire()
+        released = await self._db.write(ops.release_all_leases)
+        if released:
+            self._new_work()
+        return released
 
     async def __aenter__(self) -> Self:
         await self.open()
