@@ -31,7 +31,7 @@ from relayd.policy.outcome import (
     RecipientReply,
     classify_reply,
     is_expired,
-    next_attempt_at,
+    recipient_outcome,
     throttle_until,
 )
 from relayd.policy.providers import hint_for
@@ -234,8 +234,14 @@ class Lane:
         now = self.clock.now()
         reply = SmtpReply(0, f"unexpected error: {type(exc).__name__}: {exc}")
         replies = [RecipientReply(rcpt, Action.RETRY, reply) for rcpt in lease.addresses]
-        outcomes = [self._outcome(lease, item, now, None) for item in replies]
+        outcomes = [self._outcome(lease, item, now) for item in replies]
         writes.append(asyncio.create_task(self._record(lease, outcomes, now)))
+
+    def _outcome(
+        self, lease: Lease, item: RecipientReply, now: float, held: Wait | None = None
+    ) -> RecipientOutcome:
+        queue = self.config.queue
+        return recipient_outcome(item, lease, now, queue.retry, queue.max_lifetime, held)
 
     def _attempt_budget(self) -> float:
         """How long one attempt may take (connect, a few commands, DATA), at most half a lease."""
@@ -333,26 +339,6 @@ class Lane:
         # batch waits for its writes before it leases again (_step).
         writes.append(asyncio.create_task(self._record(lease, outcomes, now, elapsed=elapsed)))
         return wait
-
-    def _outcome(
-        self, lease: Lease, item: RecipientReply, now: float, held: Wait | None
-    ) -> RecipientOutcome:
-        """One recipient's result; a held upstream's wait replaces the retry schedule's."""
-        rcpt, text = item.address, str(item.reply)
-        if item.action is Action.DELIVERED:
-            return RecipientOutcome(rcpt, RecipientState.DELIVERED, text)
-        if item.action is Action.FAILED:
-            return RecipientOutcome(rcpt, RecipientState.FAILED, text)
-        retry = lease.attempts + 1  # the attempt just made was attempt `retry`; next: retry N
-        retry_at = next_attempt_at(retry, now, self.config.queue.retry)
-        reason = f"retry {retry} at {format_iso(retry_at)}"
-        if held is not None:
-            retry_at = held.until if held.until is not None else retry_at
-            reason = held.reason
-        if is_expired(lease.received_at, retry_at, self.config.queue.max_lifetime):
-            # The next try would fall past max_lifetime: fail now, keeping the last error.
-            return RecipientOutcome(rcpt, RecipientState.FAILED, text)
-        return RecipientOutcome(rcpt, RecipientState.DEFERRED, text, retry_at, reason)
 
     async def _hold(self, action: Action, reply: SmtpReply, now: float) -> Wait:
         """Pause the whole upstream: throttles back off, auth problems wait for an operator."""

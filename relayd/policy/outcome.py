@@ -17,7 +17,9 @@ import enum
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from relayd.types import SmtpReply
+from relayd.policy.waits import Wait
+from relayd.types import Lease, RecipientOutcome, RecipientState, SmtpReply
+from relayd.units import format_iso
 
 
 class Action(enum.StrEnum):
@@ -198,3 +200,29 @@ def _enhanced_in(code: str | None, head: str, low: int, high: int) -> bool:
         return False
     code_head, _, detail = code.rpartition(".")
     return code_head == head and low <= int(detail) <= high
+
+
+def recipient_outcome(
+    item: RecipientReply,
+    lease: Lease,
+    now: float,
+    retry_schedule: Sequence[float],
+    max_lifetime: float,
+    held: Wait | None = None,
+) -> RecipientOutcome:
+    """One recipient's result of an attempt; a held upstream's wait replaces the retry
+    schedule's, and a retry that would fall past max_lifetime fails now with the last error."""
+    rcpt, text = item.address, str(item.reply)
+    if item.action is Action.DELIVERED:
+        return RecipientOutcome(rcpt, RecipientState.DELIVERED, text)
+    if item.action is Action.FAILED:
+        return RecipientOutcome(rcpt, RecipientState.FAILED, text)
+    retry = lease.attempts + 1  # the attempt just made was attempt `retry`; next: retry N
+    retry_at = next_attempt_at(retry, now, retry_schedule)
+    reason = f"retry {retry} at {format_iso(retry_at)}"
+    if held is not None:
+        retry_at = held.until if held.until is not None else retry_at
+        reason = held.reason
+    if is_expired(lease.received_at, retry_at, max_lifetime):
+        return RecipientOutcome(rcpt, RecipientState.FAILED, text)
+    return RecipientOutcome(rcpt, RecipientState.DEFERRED, text, retry_at, reason)
