@@ -10,18 +10,16 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import re
 from collections.abc import Mapping
 from pathlib import Path
 
 from relayd.clock import Clock
+from relayd.delivery.client import crlf_lines
 from relayd.errors import UpstreamUnavailable
 from relayd.types import RcptDsn, SendResult, SmtpReply
 from relayd.units import format_iso
 
 CAPTURED = SmtpReply(250, "2.0.0 Ok: written to the capture directory")
-# A line end in any spelling (CRLF, lone LF, lone CR), as aiosmtplib normalises for SMTP.
-_LINE_END = re.compile(rb"\r\n|\n|\r")
 
 
 class DirectorySession:
@@ -55,7 +53,7 @@ class DirectorySession:
         document = json.dumps(envelope, ensure_ascii=False, indent=2).encode() + b"\n"
         try:
             await asyncio.to_thread(self._write, f"{name}.json", document)
-            await asyncio.to_thread(self._write, f"{name}.eml", _LINE_END.sub(b"\r\n", body))
+            await asyncio.to_thread(self._write, f"{name}.eml", crlf_lines(body))
         except OSError as exc:
             raise UpstreamUnavailable(f"cannot write to {self.path}: {exc.strerror}") from exc
         return SendResult({rcpt: CAPTURED for rcpt in recipients}, reached_data=True)

@@ -38,9 +38,14 @@ class OutOfStep(aiosmtplib.SMTPException):
     recipient is deferred and the connection is closed, never reused."""
 
 
+def crlf_lines(body: bytes) -> bytes:
+    """Every line end (CRLF, a lone LF, a lone CR) written as CRLF."""
+    return _LINE_END.sub(b"\r\n", body)
+
+
 def to_wire(body: bytes) -> bytes:
     """The body as DATA sends it: every line ending CRLF, the last one too, dots stuffed."""
-    body = _LINE_END.sub(b"\r\n", body)
+    body = crlf_lines(body)
     if not body.endswith(b"\r\n"):
         body += b"\r\n"
     return _LEADING_DOT.sub(b"..", body)
