@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from relayd.cli.main import main
-from relayd.cli.probe import MASK, Step, probe_upstream
+from relayd.tools.probe import MASK, Step, probe_upstream
 from relayd.clock import SystemClock
 from relayd.config.model import Config, load
 from relayd.delivery.session import SmtpSession

@@ -134,6 +134,19 @@ CREATE TABLE imap_state (
 -- (insert_ledger_if_unchanged).
 ALTER TABLE send_locks ADD COLUMN version bigint NOT NULL DEFAULT 0;
 
+-- name: migration_4
+-- The status page's history (store/postgres/history.py): one row per minute; every node adds
+-- its counts to the minute's row and sets the depth it read.
+CREATE TABLE history (
+    minute    bigint PRIMARY KEY,
+    accepted  bigint NOT NULL DEFAULT 0,
+    delivered bigint NOT NULL DEFAULT 0,
+    deferred  bigint NOT NULL DEFAULT 0,
+    failed    bigint NOT NULL DEFAULT 0,
+    pending   bigint NOT NULL DEFAULT 0,
+    held      bigint NOT NULL DEFAULT 0
+);
+
 -- name: notify_work
 -- Wakes every node's wait_for_work(); delivered at COMMIT, dropped on ROLLBACK.
 SELECT pg_notify(:channel, :payload);
