@@ -13,13 +13,13 @@ from dataclasses import asdict
 from pathlib import Path
 
 from relayd import __version__
-from relayd.tools.queue import CHANGES
 from relayd.clock import Clock, SystemClock
 from relayd.config.model import Config, UpstreamConfig, default_config_path, load, render_effective
 from relayd.errors import ConfigError, RelaydError, StoreError
 from relayd.logs import configure_cli
 from relayd.store import migrate_store, store_for
 from relayd.store.base import Store
+from relayd.tools.queue import CHANGES
 from relayd.types import QueueId, RecipientState
 from relayd.units import parse_duration
 

@@ -25,10 +25,16 @@ from typing import Any, Protocol
 
 from relayd import metrics
 from relayd.clock import Clock
+from relayd.config.model import Config
+from relayd.config.values import is_loopback_host, parse_listen
 from relayd.errors import StoreError
 from relayd.logs import get_logger
+from relayd.notices.notifier import Notifier
 from relayd.store.base import QueueStats, Readiness, UpstreamHolds
+from relayd.tools.probe import probe_upstream
 from relayd.units import format_iso
+from relayd.web.actions import PageStore
+from relayd.web.app import StatusApp
 from relayd.web.http import Handler, HttpServer, Request, Response
 
 log = get_logger("admin")
@@ -41,6 +47,36 @@ MACHINE_ROUTES = ("/healthz", "/readyz", "/metrics")
 class AdminStore(QueueStats, Readiness, UpstreamHolds, Protocol):
     """What the endpoint reads: the depth for /metrics, the readiness probe (a durable
     write), and each upstream's hold."""
+
+
+class AdminPageStore(AdminStore, PageStore, Protocol):
+    """The endpoint's and the status page's (web/) verbs."""
+
+
+def admin_server(
+    store: AdminPageStore,
+    clock: Clock,
+    config: Callable[[], Config],
+    notifier: Notifier,
+    listening: Callable[[], list[str]],
+) -> AdminServer:
+    """The endpoint with the status page on [admin] listen; off loopback the page needs the
+    token to be read too (config.model.AdminConfig refuses such a listen without one)."""
+    assert config().admin.listen is not None
+    host, _ = parse_listen(config().admin.listen or "")
+    page = StatusApp(
+        store,
+        config,
+        clock,
+        notifier.active,
+        probe_upstream,
+        loopback=is_loopback_host(host),
+    )
+
+    def upstreams() -> list[str]:
+        return list(config().upstreams)
+
+    return AdminServer(store, clock, upstreams, listening, page)
 
 
 def _iso(at: float | None) -> str | None:

@@ -111,7 +111,7 @@ def _nice(value: int) -> int:
     """The axis top: 1, 2 or 5 times a power of ten, at least `value` (and at least 2)."""
     if value <= 2:
         return 2
-    power = 10 ** int(math.log10(value))
+    power: int = 10 ** int(math.log10(value))
     for step in (1, 2, 5, 10):
         if step * power >= value:
             return step * power
