@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Sequence
+from datetime import datetime
 from importlib import resources
 from typing import Any
 
@@ -117,7 +118,13 @@ class StatusApp:
             chart("Queue depth, last 24 hours", DEPTH, samples, now),
         ]
         return self.page(
-            request, "status.html", view=view, charts=charts, refresh=REFRESH, title="relayd"
+            request,
+            "status.html",
+            view=view,
+            charts=charts,
+            refresh=REFRESH,
+            title="relayd",
+            zone=datetime.fromtimestamp(now).astimezone().tzname(),
         )
 
     async def _post(self, request: Request) -> Response:

@@ -15,6 +15,7 @@ from relayd.store.base import MinuteSample
 from relayd.units import format_clock
 
 SPAN = 24 * 3600  # seconds shown
+BUCKET = 5  # minutes per point: per-minute rates averaged (depths: their peak) over 5 minutes
 WIDTH, HEIGHT = 720, 180
 LEFT, RIGHT, TOP, BOTTOM = 44, 8, 8, 22  # margins for the axis labels
 
@@ -24,7 +25,7 @@ class Series:
     key: str  # the CSS class suffix and the legend's word
     label: str
     value: Callable[[MinuteSample], int]
-    total: bool = True  # the legend shows a 24-hour sum (counts) or the latest value (depth)
+    total: bool = True  # the legend shows a 24-hour sum (counts) or the peak (depths)
 
 
 TRAFFIC = (
@@ -34,8 +35,8 @@ TRAFFIC = (
     Series("failed", "failed or bounced", lambda s: s.failed),
 )
 DEPTH = (
-    Series("pending", "waiting (queued or deferred)", lambda s: s.pending, total=False),
-    Series("held", "held", lambda s: s.held, total=False),
+    Series("pending", "waiting (queued or deferred), 24-hour peak", lambda s: s.pending, False),
+    Series("held", "held, 24-hour peak", lambda s: s.held, total=False),
 )
 
 
@@ -56,7 +57,7 @@ def chart(
     def x(minute: int) -> float:
         return LEFT + (minute - start) / SPAN * plot_w
 
-    def y(value: int) -> float:
+    def y(value: float) -> float:
         return TOP + plot_h - value / top * plot_h
 
     parts = [
@@ -75,18 +76,18 @@ def chart(
         )
     for hours in range(0, 25, 6):
         at = start + hours * 3600
-        label = format_clock(at, at)
+        anchor = {0: "start", 24: "end"}.get(hours, "middle")
         parts.append(
             f'<text class="axis" x="{x(at):.1f}" y="{HEIGHT - 6}" '
-            f'text-anchor="middle">{label}</text>'
+            f'text-anchor="{anchor}">{format_clock(at, at)}</text>'
         )
     for sr in series:
         for run in _runs(rows):
-            points = " ".join(f"{x(s.minute):.1f},{y(sr.value(s)):.1f}" for s in run)
+            points = " ".join(f"{x(m):.1f},{y(v):.1f}" for m, v in _buckets(run, sr))
             parts.append(f'<polyline class="line s-{sr.key}" points="{points}"/>')
     parts.append("</svg>")
     legend = [
-        (sr.key, sr.label, sum(map(sr.value, rows)) if sr.total else _latest(sr, rows))
+        (sr.key, sr.label, sum(map(sr.value, rows)) if sr.total else _peak(sr, rows))
         for sr in series
     ]
     return Chart(Markup("".join(parts)), legend)  # noqa: S704 - numbers and escaped text only
@@ -100,11 +101,23 @@ def _runs(rows: Sequence[MinuteSample]) -> list[list[MinuteSample]]:
             runs[-1].append(sample)
         else:
             runs.append([sample])
-    return [run if len(run) > 1 else run * 2 for run in runs]  # one point: a dot-long line
+    return runs
 
 
-def _latest(series: Series, rows: Sequence[MinuteSample]) -> int:
-    return series.value(rows[-1]) if rows else 0
+def _buckets(run: Sequence[MinuteSample], series: Series) -> list[tuple[int, float]]:
+    """(minute, value) per BUCKET minutes of a run: the mean of a rate, the peak of a depth."""
+    points = []
+    for i in range(0, len(run), BUCKET):
+        values = [series.value(s) for s in run[i : i + BUCKET]]
+        value = sum(values) / len(values) if series.total else max(values)
+        points.append((run[i].minute, value))
+    if len(points) == 1:
+        points.append((run[-1].minute + 60, points[0][1]))  # one point: a short flat line
+    return points
+
+
+def _peak(series: Series, rows: Sequence[MinuteSample]) -> int:
+    return max(map(series.value, rows), default=0)
 
 
 def _nice(value: int) -> int:
