@@ -35,6 +35,7 @@ REFRESH = 5  # seconds between the status page's reloads
 HTML = "text/html; charset=utf-8"
 _MESSAGE = re.compile(r"^/queue/([\w.-]+)(?:/(retry|hold|release|delete))?$")
 _TEST = re.compile(r"^/upstreams/([\w.-]+)/test$")
+_LOCAL_PATH = re.compile(r"^/(?![/\\])[\w./?=&+%@*-]*$")  # a path here, no CR/LF, no //host
 
 Notices = Callable[[], Sequence[tuple[str, str, float]]]
 
@@ -58,7 +59,7 @@ class StatusApp:
         self.notices = notices
         self.probe = probe
         self.loopback = loopback
-        self.guard = Guard(config().admin.token)
+        self.guard = Guard(lambda: self.config().admin.token)
         self.limits = {
             "login": RateLimit(5, 60.0),
             "test": RateLimit(1, 10.0),  # per upstream: a provider counts failed logins
@@ -185,7 +186,7 @@ class StatusApp:
 
     def _login(self, request: Request) -> Response:
         target = request.form.get("next") or request.query.get("next") or "/"
-        target = target if target.startswith("/") and not target.startswith("//") else "/"
+        target = target if _LOCAL_PATH.match(target) else "/"  # no header, no other site
         if request.path == "/logout" and request.method == "POST":
             return redirect("/", (("Set-Cookie", self.guard.logout(request)),))
         if request.method != "POST":

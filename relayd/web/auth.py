@@ -17,6 +17,7 @@ import hashlib
 import hmac
 import secrets
 from collections import deque
+from collections.abc import Callable
 
 from pydantic import SecretStr
 
@@ -28,23 +29,28 @@ _COOKIE_FLAGS = "Path=/; HttpOnly; SameSite=Strict"
 
 
 class Guard:
-    """The token, the sessions it opened and the CSRF key; one per running page."""
+    """The token (read per request: a reload may change it), the sessions it opened and the
+    CSRF key; one per running page. A session is good only with the token that opened it."""
 
-    def __init__(self, token: SecretStr | None) -> None:
+    def __init__(self, token: Callable[[], SecretStr | None]) -> None:
         self.token = token
         self._key = secrets.token_bytes(32)
-        self._sessions: set[str] = set()
+        self._sessions: dict[str, str] = {}  # session id -> the token's HMAC when opened
 
     @property
     def enabled(self) -> bool:
         """Whether changes are possible at all (a token is configured)."""
-        return self.token is not None
+        return self.token() is not None
+
+    def _fingerprint(self) -> str | None:
+        token = self.token()
+        return None if token is None else self._sign(token.get_secret_value())
 
     def _matches(self, candidate: str) -> bool:
-        if self.token is None or not candidate:
+        token = self.token()
+        if token is None or not candidate:
             return False
-        expected = self.token.get_secret_value().encode()
-        return hmac.compare_digest(candidate.encode(), expected)
+        return hmac.compare_digest(candidate.encode(), token.get_secret_value().encode())
 
     def bearer(self, request: Request) -> bool:
         scheme, _, value = request.headers.get("authorization", "").partition(" ")
@@ -54,19 +60,20 @@ class Guard:
         """The bearer token, or a session opened with it."""
         if self.bearer(request):
             return True
-        session = request.cookies.get(SESSION_COOKIE, "")
-        return self.token is not None and session in self._sessions
+        opened_with = self._sessions.get(request.cookies.get(SESSION_COOKIE, ""))
+        current = self._fingerprint()
+        return None not in (opened_with, current) and opened_with == current
 
     def login(self, candidate: str) -> str | None:
         """A Set-Cookie value opening a session when `candidate` is the token, else None."""
         if not self._matches(candidate.strip()):
             return None
         session = secrets.token_urlsafe(32)
-        self._sessions.add(session)
+        self._sessions[session] = self._fingerprint() or ""
         return f"{SESSION_COOKIE}={session}; {_COOKIE_FLAGS}"
 
     def logout(self, request: Request) -> str:
-        self._sessions.discard(request.cookies.get(SESSION_COOKIE, ""))
+        self._sessions.pop(request.cookies.get(SESSION_COOKIE, ""), None)
         return f"{SESSION_COOKIE}=; Max-Age=0; {_COOKIE_FLAGS}"
 
     def csrf(self, request: Request) -> tuple[str, str | None]:

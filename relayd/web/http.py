@@ -107,7 +107,13 @@ class HttpServer:
             except Exception:
                 log.exception("admin_error", path=request.path)
                 response = text(503, "internal error; see the relayd log\n")
-        writer.write(_head(response))
+        try:
+            head = _head(response)
+        except ValueError:
+            log.exception("admin_error", path=getattr(request, "path", ""))
+            response = text(503, "internal error; see the relayd log\n")
+            head = _head(response)
+        writer.write(head)
         if method != "HEAD":
             writer.write(response.body)
         with contextlib.suppress(OSError):
@@ -116,6 +122,9 @@ class HttpServer:
 
 
 def _head(response: Response) -> bytes:
+    for name, value in response.headers:  # a value from a request must never split the head
+        if "\r" in value or "\n" in value:
+            raise ValueError(f"CR or LF in the {name} header")
     lines = [
         f"HTTP/1.1 {response.status} {REASONS.get(response.status, '')}",
         f"Content-Type: {response.content_type}",

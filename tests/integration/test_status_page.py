@@ -203,3 +203,43 @@ async def _all_delivered(daemon: object, count: int) -> bool:
 def test_an_admin_listen_off_loopback_needs_a_token(make_config: ConfigFactory) -> None:
     with pytest.raises(ConfigError, match=r"admin\.listen.*not a loopback address.*token_file"):
         make_config(generic(25), extra='[admin]\nlisten = "0.0.0.0:9025"\n')
+
+
+async def test_login_goes_back_only_to_a_path_of_this_page(
+    make_config: ConfigFactory, upstream: FakeUpstream, tmp_path: Path
+) -> None:
+    """`next` comes from the query: a CR/LF in it must not become a header, and it must not
+    send the browser to another site (//host, /\\host)."""
+    config = page_config(make_config, tmp_path, upstream.port)
+    async with running(config) as daemon:
+        port = admin_port(daemon)
+        for target in ("/%0d%0aSet-Cookie:%20x=1", "//evil.example/", "/\\evil.example/"):
+            status, fields, body = await request(port, "GET", f"/login?next={target}")
+            jar = cookie(fields, CSRF_COOKIE)
+            form = {"csrf": csrf_of(body), "token": TOKEN}
+            status, fields, _ = await request(
+                port, "POST", f"/login?next={target}", form, {"Cookie": jar}
+            )
+            assert status == 303 and fields["location"] == ["/"], (target, fields)
+            assert not any(c.startswith("x=") for c in fields["set-cookie"])
+        form_next = {"csrf": csrf_of(body), "token": TOKEN, "next": "/queue?state=held"}
+        status, fields, _ = await request(port, "POST", "/login", form_next, {"Cookie": jar})
+        assert fields["location"] == ["/queue?state=held"]
+
+
+async def test_a_reload_with_a_new_token_ends_the_old_tokens_sessions(
+    make_config: ConfigFactory, upstream: FakeUpstream, tmp_path: Path
+) -> None:
+    config = page_config(make_config, tmp_path, upstream.port)
+    async with running(config) as daemon:
+        port = admin_port(daemon)
+        jar, csrf = await sign_in(port)
+        (tmp_path / "admin.token").write_text("the-new-token\n")
+        await daemon.reload()
+        status, _, _ = await request(port, "POST", "/send-test", {"csrf": csrf}, {"Cookie": jar})
+        assert status == 401
+        old = {"Authorization": f"Bearer {TOKEN}"}
+        assert (await request(port, "POST", "/send-test", {}, old))[0] == 401
+        new = {"Authorization": "Bearer the-new-token"}
+        status, _, body = await request(port, "POST", "/send-test", {"to": "x@example.net"}, new)
+        assert status == 200, body
