@@ -20,7 +20,7 @@ from typing import Self
 from relayd.dsn.parse import ParsedDsn
 from relayd.errors import StoreError, StoreUnavailable
 from relayd.store.base import ReportInfo, SendSlot
-from relayd.store.sqlite import ops, reports
+from relayd.store.sqlite import ledger, ops, reports
 from relayd.store.sqlite.db import DEFAULT_LOCK_TIMEOUT, Database
 from relayd.store.sqlite.instance import InstanceLock
 from relayd.store.wakeup import Wakeup
@@ -180,14 +180,19 @@ class SqliteStore:
         ceilings: Sequence[Ceiling],
         min_interval: float,
         weight: int,
+        open_for: float,
     ) -> SendSlot:
         return await self._db.write(
-            lambda conn: ops.reserve_send(conn, upstream, now, ceilings, min_interval, weight),
+            lambda conn: ledger.reserve_send(
+                conn, upstream, now, ceilings, min_interval, weight, open_for
+            ),
             durable=False,
         )
 
-    async def cancel_send(self, reservation_id: int) -> None:
-        await self._db.write(lambda conn: ops.cancel_send(conn, reservation_id), durable=False)
+    async def finish_send(self, reservation_id: int, at: float, reached_data: bool) -> None:
+        await self._db.write(
+            lambda conn: ledger.finish_send(conn, reservation_id, at, reached_data), durable=False
+        )
 
     # --- readiness ------------------------------------------------------------------
 
