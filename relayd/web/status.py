@@ -10,7 +10,7 @@ from typing import Protocol
 
 from relayd.config.model import Config, UpstreamConfig
 from relayd.policy.hints import hint_for
-from relayd.policy.limits import window_units
+from relayd.policy.limits import occupying, window_units
 from relayd.policy.windows import SendWindow, is_open, next_close, next_open, parse_window
 from relayd.store.base import QueueAdmin, QueueStats, StatusHistory, UpstreamHolds
 from relayd.types import MessageView, RecipientState, SmtpReply, UpstreamHold
@@ -74,7 +74,9 @@ async def gather(
     for name, upstream in config.upstreams.items():
         hold = await store.upstream_hold(name)
         horizon = max((c.period for c in upstream.rate_limits), default=0.0)
-        sends = await store.ledger_sends(name, now - horizon) if horizon else []
+        ledger = await store.ledger_sends(name, now - horizon) if horizon else []
+        # Counted as the lane counts them: from each send's final reply (limits.occupying).
+        sends = occupying(ledger, now, config.queue.lease_time)
         view.upstreams.append(
             upstream_status(upstream, hold, sends, by_upstream.get(name, {}), now)
         )

@@ -37,12 +37,26 @@ async def test_ledger_sends_lists_one_upstreams_recent_reservations(
 ) -> None:
     store = await store_factory.open()
     ceilings = [Ceiling(100, 3600.0)]
+    slots = []
     for offset, weight in ((0, 1), (10, 3), (20, 1)):
-        slot = await store.reserve_send("practice", T0 + offset, ceilings, 0.0, weight)
+        slot = await store.reserve_send("practice", T0 + offset, ceilings, 0.0, weight, 60.0)
         assert slot.reservation is not None
-    await store.reserve_send("other", T0 + 5, ceilings, 0.0, 1)
-    assert await store.ledger_sends("practice", T0 + 5) == [(T0 + 10, 3), (T0 + 20, 1)]
-    assert await store.ledger_sends("practice", T0 - 1) == [(T0, 1), (T0 + 10, 3), (T0 + 20, 1)]
+        slots.append(slot)
+    await store.reserve_send("other", T0 + 5, ceilings, 0.0, 1, 60.0)
+    # Under way (not stamped yet): every one may still count.
+    assert await store.ledger_sends("practice", T0 + 5) == [
+        (T0, None, 1),
+        (T0 + 10, None, 3),
+        (T0 + 20, None, 1),
+    ]
+    assert slots[0].reservation is not None and slots[1].reservation is not None
+    await store.finish_send(slots[0].reservation, T0 + 2, reached_data=True)
+    await store.finish_send(slots[1].reservation, T0 + 12, reached_data=True)
+    # Ended before `since`: it counts no more; ended after, or under way: it may.
+    assert await store.ledger_sends("practice", T0 + 5) == [
+        (T0 + 10, T0 + 12, 3),
+        (T0 + 20, None, 1),
+    ]
 
 
 async def test_recent_problems_are_the_latest_failures_newest_first(

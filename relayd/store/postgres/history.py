@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import asdict
 
+from relayd.policy.limits import Reservation
 from relayd.store import sqlfile
 from relayd.store.base import MinuteSample
 from relayd.store.postgres import ops
@@ -33,10 +34,10 @@ async def minutes(conn: Conn, since: int) -> list[MinuteSample]:
     return [MinuteSample(**dict(row)) for row in rows]
 
 
-async def ledger_sends(conn: Conn, upstream: str, since: float) -> list[tuple[float, int]]:
+async def ledger_sends(conn: Conn, upstream: str, since: float) -> list[Reservation]:
     query = Q["ledger_sends"]
     rows = await conn.fetch(query.sql, *query.args(upstream=upstream, since=since))
-    return [(row["sent_at"], row["weight"]) for row in rows]
+    return [(row["sent_at"], row["ended_at"], row["weight"]) for row in rows]
 
 
 async def recent_problems(conn: Conn, limit: int) -> list[tuple[float, MessageView]]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import sqlite3
 from dataclasses import astuple, fields
 
+from relayd.policy.limits import Reservation
 from relayd.store import sqlfile
 from relayd.store.base import MinuteSample
 from relayd.store.sqlite import ops
@@ -28,9 +29,9 @@ def minutes(conn: sqlite3.Connection, since: int) -> list[MinuteSample]:
     return [MinuteSample(*row) for row in conn.execute(Q["minutes"], {"since": since})]
 
 
-def ledger_sends(conn: sqlite3.Connection, upstream: str, since: float) -> list[tuple[float, int]]:
+def ledger_sends(conn: sqlite3.Connection, upstream: str, since: float) -> list[Reservation]:
     rows = conn.execute(Q["ledger_sends"], {"upstream": upstream, "since": since})
-    return [(sent_at, weight) for sent_at, weight in rows]
+    return [(sent_at, ended_at, weight) for sent_at, ended_at, weight in rows]
 
 
 def recent_problems(conn: sqlite3.Connection, limit: int) -> list[tuple[float, MessageView]]:

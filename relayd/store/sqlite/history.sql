@@ -21,8 +21,9 @@ SELECT minute, accepted, delivered, deferred, failed, pending, held
 FROM history WHERE minute >= :since ORDER BY minute;
 
 -- name: ledger_sends
-SELECT sent_at, weight FROM send_ledger
-WHERE upstream = :upstream AND sent_at > :since ORDER BY sent_at;
+-- The reservations that may still count after :since: ended since, or still under way.
+SELECT sent_at, ended_at, weight FROM send_ledger
+WHERE upstream = :upstream AND (ended_at IS NULL OR ended_at > :since) ORDER BY sent_at;
 
 -- name: recent_problems
 -- The messages with failed or bounced recipients, by the latest such change, newest first.
