@@ -2,6 +2,7 @@
 
 GET  /                         the status page (refreshes itself)
 GET  /queue, /queue/ID         the queue with filters, one message
+GET  /send-test                the send-test form
 GET  /queue/ID/ACTION          "are you sure?" for retry, hold, release, delete
 POST /queue/ID/ACTION          do it (token)
 POST /upstreams/NAME/test      test credentials: test-upstream's steps (token)
@@ -90,6 +91,9 @@ class StatusApp:
             return await self._status(request)
         if path == "/queue":
             return await actions.queue_list(self, request)
+        if path == "/send-test":  # its own page: a refreshing one would wipe what is typed
+            upstreams = list(self.config().upstreams)
+            return self.page(request, "send.html", title="Send test", upstreams=upstreams)
         match = _MESSAGE.match(path)
         if match and match.group(2):
             return await actions.confirm(self, request, match.group(1), match.group(2))
@@ -123,7 +127,7 @@ class StatusApp:
             "status.html",
             view=view,
             charts=charts,
-            refresh=REFRESH,
+            refresh=0 if request.query.get("refresh") == "off" else REFRESH,
             title="relayd",
             zone=datetime.fromtimestamp(now).astimezone().tzname(),
         )

@@ -23,7 +23,7 @@ from selenium.webdriver.chrome.webdriver import WebDriver
 from selenium.webdriver.common.by import By
 from selenium.webdriver.common.keys import Keys
 from selenium.webdriver.support import expected_conditions
-from selenium.webdriver.support.ui import WebDriverWait
+from selenium.webdriver.support.ui import Select, WebDriverWait
 
 from relayd.config.model import load
 from relayd.daemon.relayd import Relayd
@@ -185,9 +185,23 @@ def use_the_page(driver: WebDriver, base: str) -> None:
     assert driver.find_element(By.CSS_SELECTOR, 'label[for="token"]').text.startswith("Admin token")
     field.send_keys(TOKEN, Keys.ENTER)
     WebDriverWait(driver, 10).until(expected_conditions.url_to_be(base + "/"))
-    assert driver.find_element(By.ID, "to").get_attribute("type") == "email"  # send test
     screenshot(driver, "status-page.png", 1280)
     driver.set_window_size(1280, 1000)
+
+    # Send test: its own page (the status page refreshes), a real message through the queue.
+    driver.find_element(By.LINK_TEXT, "Send test…").click()
+    WebDriverWait(driver, 10).until(expected_conditions.title_is("Send test"))
+    driver.find_element(By.ID, "to").send_keys("front-desk@example.net")
+    Select(driver.find_element(By.ID, "via")).select_by_visible_text("office")
+    driver.find_element(By.XPATH, "//button[text()='Send test']").click()
+    answer = (
+        WebDriverWait(driver, 30)
+        .until(expected_conditions.presence_of_element_located((By.CSS_SELECTOR, "[role=status]")))
+        .text
+    )
+    assert answer.startswith("delivered: ") and "front-desk@example.net" in answer, answer
+
+    driver.get(base + "/")
 
     button = driver.find_element(
         By.CSS_SELECTOR, '[data-upstream="gmail"] form button[type="submit"]'

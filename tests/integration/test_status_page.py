@@ -75,6 +75,8 @@ async def test_the_page_shows_upstreams_with_security_headers(
         assert fields["cache-control"] == ["no-store"]
         assert "<script" not in body and ' style="' not in body
         assert '<meta http-equiv="refresh" content="5">' in body
+        _, _, still = await request(port, "GET", "/?refresh=off")  # for keyboard and readers
+        assert "http-equiv" not in still and 'href="/">refresh every few seconds' in still
         assert 'data-state="flowing"' in body
         assert "1 / 200 this hour, resets" in body
         assert 'value="1"' in body and 'max="200"' in body  # the <meter> bar
