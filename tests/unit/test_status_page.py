@@ -12,11 +12,14 @@ from pathlib import Path
 
 import pytest
 
+from relayd import metrics
 from relayd.config.upstream import UpstreamConfig
+from relayd.errors import StoreUnavailable
 from relayd.store.base import MinuteSample
-from relayd.types import RecipientState, UpstreamHold
+from relayd.types import QueueDepth, RecipientState, UpstreamHold
 from relayd.web.auth import RateLimit
 from relayd.web.charts import TRAFFIC, chart
+from relayd.web.history import HistorySampler
 from relayd.web.status import upstream_status
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -111,3 +114,38 @@ def test_templates_and_styles_are_package_data() -> None:
     for path in files:
         name = str(path.relative_to(ROOT / "relayd"))
         assert any(fnmatch.fnmatch(name, pattern) for pattern in globs), name
+
+
+class HistoryStore:
+    """depth() and add_minute() of the StatusHistory role; `fail` makes the next write fail."""
+
+    def __init__(self) -> None:
+        self.rows: list[MinuteSample] = []
+        self.fail = False
+
+    async def depth(self) -> QueueDepth:
+        counts = dict.fromkeys(RecipientState, 0) | {RecipientState.DEFERRED: 2}
+        return QueueDepth(counts | {RecipientState.HELD: 1}, None)
+
+    async def add_minute(self, sample: MinuteSample, keep_since: int) -> None:
+        if self.fail:
+            self.fail = False
+            raise StoreUnavailable("database is locked")
+        self.rows.append(sample)
+
+
+async def test_the_history_sample_is_the_minute_that_ended_and_keeps_counts_a_write_lost() -> None:
+    store = HistoryStore()
+    sampler = HistorySampler(store)  # type: ignore[arg-type]  # a double of the two verbs
+    metrics.accepted("unit-history", 3)
+    sample = await sampler.sample(NOW + 1)
+    assert sample.minute == int(NOW) // 60 * 60 - 60
+    assert (sample.accepted, sample.pending, sample.held) == (3, 2, 1)
+    metrics.accepted("unit-history", 2)
+    store.fail = True
+    with pytest.raises(StoreUnavailable):
+        await sampler.sample(NOW + 61)
+    metrics.accepted("unit-history", 1)
+    sample = await sampler.sample(NOW + 121)
+    assert sample.accepted == 3  # the 2 of the lost minute, and this minute's 1
+    assert [row.accepted for row in store.rows] == [3, 3]
