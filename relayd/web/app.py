@@ -87,6 +87,10 @@ class StatusApp:
             return await self._post(request)
         if method not in ("GET", "HEAD"):
             return text(405, "use GET or POST\n", (("Allow", "GET, HEAD, POST"),))
+        return await self._get(request)
+
+    async def _get(self, request: Request) -> Response:
+        path = request.path
         if path == "/":
             return await self._status(request)
         if path == "/queue":
