@@ -21,6 +21,7 @@ from relayd.web.status import StatusStore
 
 LIST_LIMIT = 200  # messages on one page of the queue
 SEND_TEST_WAIT = 5.0  # seconds the send-test answer waits for the outcome before saying why not
+PAST = {"retry": "retried", "hold": "held", "release": "released"}
 CONFIRM = {
     "retry": "Try this message's waiting recipients now?",
     "hold": "Hold this message? relayd will not try it until you release it.",
@@ -137,7 +138,8 @@ async def change(app: StatusApp, request: Request, queue_id: str, action: str) -
     affected = await queue.change(app.store, action, qid, now, list(config.upstreams))
     if action == "delete":
         return redirect(f"/queue?done=deleted+{queue_id}")
-    return redirect(f"/queue/{queue_id}?done={action}+{affected}+recipients")
+    done = f"{PAST[action]}+{affected}+recipient{'' if affected == 1 else 's'}"
+    return redirect(f"/queue/{queue_id}?done={done}")
 
 
 async def test_credentials(app: StatusApp, request: Request, name: str) -> Response:

@@ -201,8 +201,28 @@ def use_the_page(driver: WebDriver, base: str) -> None:
     )
     assert answer.startswith("delivered: ") and "front-desk@example.net" in answer, answer
 
-    driver.get(base + "/")
+    # The queue: filter, open a message, hold it after confirming.
+    driver.get(base + "/queue")
+    Select(driver.find_element(By.ID, "f-upstream")).select_by_visible_text("gmail")
+    driver.find_element(By.XPATH, "//button[text()='Filter']").click()
+    WebDriverWait(driver, 10).until(expected_conditions.url_contains("upstream=gmail"))
+    rows = driver.find_elements(By.CSS_SELECTOR, "main tbody tr")
+    assert len(rows) == 1 and "patient@example.net" in rows[0].text
+    rows[0].find_element(By.TAG_NAME, "a").click()
+    WebDriverWait(driver, 10).until(expected_conditions.title_contains("Message "))
+    assert "throttled until" in driver.find_element(By.TAG_NAME, "main").text  # why it waits
+    driver.find_element(By.LINK_TEXT, "Hold").click()
+    assert "Hold this message?" in driver.find_element(By.TAG_NAME, "main").text
+    driver.find_element(By.XPATH, "//button[text()='Yes, hold']").click()
+    done = WebDriverWait(driver, 10).until(
+        expected_conditions.presence_of_element_located((By.CSS_SELECTOR, ".done"))
+    )
+    assert done.text == "Done: held 1 recipient."
+    assert "held" in driver.find_element(By.CSS_SELECTOR, "main tbody").text
+    screenshot(driver, "queue-message.png", 1280)
+    driver.set_window_size(1280, 1000)
 
+    driver.get(base + "/")
     button = driver.find_element(
         By.CSS_SELECTOR, '[data-upstream="gmail"] form button[type="submit"]'
     )

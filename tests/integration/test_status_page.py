@@ -161,7 +161,7 @@ async def test_send_test_and_queue_actions_with_a_bearer_token(
         # On loopback anyone may read; changing the queue needs the token all the same.
         assert (await request(port, "POST", f"/queue/{qid}/hold", {}))[0] == 401
         status, fields, _ = await request(port, "POST", f"/queue/{qid}/hold", {}, bearer)
-        assert status == 303 and fields["location"] == [f"/queue/{qid}?done=hold+1+recipients"]
+        assert status == 303 and fields["location"] == [f"/queue/{qid}?done=held+1+recipient"]
         view = await store.show(qid)
         assert view is not None and view.recipients[0].state is RecipientState.HELD
         status, fields, _ = await request(port, "POST", f"/queue/{qid}/delete", {}, bearer)
