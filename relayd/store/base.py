@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
 from relayd.dsn.parse import ParsedDsn
+from relayd.policy.limits import Reservation
 from relayd.types import (
     Ceiling,
     Lease,
@@ -235,6 +236,42 @@ class QueueAdmin(MessageBodies, Protocol):
         last updated before `before` (queue.retention); returns how many."""
 
 
+@dataclass(frozen=True)
+class MinuteSample:
+    """One minute of the status page's history: what happened in it (counted by every node
+    that samples it) and the queue's depth at its end (pending: queued or deferred)."""
+
+    minute: int  # Unix time of the minute's start, a multiple of 60
+    accepted: int = 0
+    delivered: int = 0
+    deferred: int = 0
+    failed: int = 0
+    pending: int = 0
+    held: int = 0
+
+
+class StatusHistory(Protocol):
+    """What the status page (web/) reads beyond the queue tool's verbs, and its history."""
+
+    async def add_minute(self, sample: MinuteSample, keep_since: int) -> None:
+        """Add the counts to the minute's row (nodes add theirs), set its depth, and drop
+        rows older than `keep_since`."""
+
+    async def minutes(self, since: int) -> list[MinuteSample]:
+        """The rows from `since` on, oldest first."""
+
+    async def ledger_sends(self, upstream: str, since: float) -> list[Reservation]:
+        """The rate ledger's rows of `upstream` that may count after `since`: (reserved at,
+        ended at or None while under way, weight), as limits.occupying reads them."""
+
+    async def recent_problems(self, limit: int) -> list[tuple[float, MessageView]]:
+        """The messages whose recipients most recently failed or bounced, newest first,
+        with when that happened."""
+
+    async def counts_by_upstream(self) -> dict[str, dict[RecipientState, int]]:
+        """Recipient count per upstream and state (states without recipients left out)."""
+
+
 class ReportSource(MessageBodies, Protocol):
     """What a delivery report about a stored message reads (reports/dsn_reports.py)."""
 
@@ -271,6 +308,7 @@ class Store(
     QueueAdmin,
     ReportSource,
     BounceMatching,
+    StatusHistory,
     Protocol,
 ):
     """Every role, opened and closed: what a backend implements and its owner holds (the

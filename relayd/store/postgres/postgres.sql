@@ -143,6 +143,19 @@ ALTER TABLE send_locks ADD COLUMN version bigint NOT NULL DEFAULT 0;
 ALTER TABLE send_ledger ADD COLUMN ended_at double precision;
 UPDATE send_ledger SET ended_at = sent_at;
 
+-- name: migration_5
+-- The status page's history (store/postgres/history.py): one row per minute; every node adds
+-- its counts to the minute's row and sets the depth it read.
+CREATE TABLE history (
+    minute    bigint PRIMARY KEY,
+    accepted  bigint NOT NULL DEFAULT 0,
+    delivered bigint NOT NULL DEFAULT 0,
+    deferred  bigint NOT NULL DEFAULT 0,
+    failed    bigint NOT NULL DEFAULT 0,
+    pending   bigint NOT NULL DEFAULT 0,
+    held      bigint NOT NULL DEFAULT 0
+);
+
 -- name: notify_work
 -- Wakes every node's wait_for_work(); delivered at COMMIT, dropped on ROLLBACK.
 SELECT pg_notify(:channel, :payload);

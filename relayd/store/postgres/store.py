@@ -20,8 +20,9 @@ from types import TracebackType
 from typing import TypeVar
 
 from relayd.dsn.parse import ParsedDsn
-from relayd.store.base import ReportInfo, SendSlot
-from relayd.store.postgres import ledger, ops, reports
+from relayd.policy.limits import Reservation
+from relayd.store.base import MinuteSample, ReportInfo, SendSlot
+from relayd.store.postgres import history, ledger, ops, reports
 from relayd.store.postgres.batch import GroupCommit
 from relayd.store.postgres.db import (
     DEFAULT_COMMAND_TIMEOUT,
@@ -275,6 +276,23 @@ class PostgresStore:
         await self._write(
             lambda conn: reports.save_imap_state(conn, account, uidvalidity, last_uid)
         )
+
+    # --- the status page --------------------------------------------------------------
+
+    async def add_minute(self, sample: MinuteSample, keep_since: int) -> None:
+        await self._write(lambda conn: history.add_minute(conn, sample, keep_since))
+
+    async def minutes(self, since: int) -> list[MinuteSample]:
+        return await self._db.run(lambda conn: history.minutes(conn, since))
+
+    async def ledger_sends(self, upstream: str, since: float) -> list[Reservation]:
+        return await self._db.run(lambda conn: history.ledger_sends(conn, upstream, since))
+
+    async def recent_problems(self, limit: int) -> list[tuple[float, MessageView]]:
+        return await self._db.run(lambda conn: history.recent_problems(conn, limit), snapshot=True)
+
+    async def counts_by_upstream(self) -> dict[str, dict[RecipientState, int]]:
+        return await self._db.run(history.counts_by_upstream)
 
     # --- leadership (optional contract, see base.Leadership) ----------------------------
 

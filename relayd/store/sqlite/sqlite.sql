@@ -104,6 +104,19 @@ CREATE TABLE IF NOT EXISTS upstream_waits (
     until    REAL
 );
 
+-- The status page's history (store/sqlite/history.py): one row per minute, what happened in
+-- it and the queue's depth at its end, kept a few days so the charts survive a restart.
+-- Added within version 1, as upstream_waits was: CREATE ... IF NOT EXISTS runs on every open.
+CREATE TABLE IF NOT EXISTS history (
+    minute    INTEGER PRIMARY KEY,
+    accepted  INTEGER NOT NULL DEFAULT 0,
+    delivered INTEGER NOT NULL DEFAULT 0,
+    deferred  INTEGER NOT NULL DEFAULT 0,
+    failed    INTEGER NOT NULL DEFAULT 0,
+    pending   INTEGER NOT NULL DEFAULT 0,
+    held      INTEGER NOT NULL DEFAULT 0
+);
+
 -- name: migration_2
 -- Version 2 (delivery reports): RFC 3461 NOTIFY/ORCPT per recipient, the delay-warning
 -- flag per message, the IMAP poller's place per account, and an index for matching late
