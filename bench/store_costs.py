@@ -13,7 +13,8 @@ script drives the store verbs directly, as intake and a lane call them (no SMTP)
   a transaction between the concurrent ones, as with concurrent SMTP sessions);
 - delivery: `--lanes` concurrent workers, each leasing up to 32 messages (the lane's
   BATCH), loading each body and recording a delivered outcome while it "sends" the next
-  (the lane's overlap), until the queue is empty.
+  (the lane's overlap; a send takes `--send-ms`, 0 by default), until the queue is empty.
+  The longer a send, the fewer outcomes arrive together to share a commit.
 
 Per message and phase it prints: PostgreSQL round trips (every statement the pool's
 connections ran, BEGIN and COMMIT included, counted by asyncpg's query logger) and the
@@ -154,7 +155,7 @@ async def intake(store: Store, messages: int, sessions: int, size: int) -> None:
     await asyncio.gather(*(session() for _ in range(sessions)))
 
 
-async def deliver(store: Store, lanes: int) -> int:
+async def deliver(store: Store, lanes: int, send_seconds: float) -> int:
     delivered = 0
 
     async def worker(name: str) -> None:
@@ -167,7 +168,7 @@ async def deliver(store: Store, lanes: int) -> int:
             writes = []
             for lease in leases:
                 await store.load_body(lease.queue_id)
-                await asyncio.sleep(0)  # the send
+                await asyncio.sleep(send_seconds)  # the send
                 outcomes = [
                     RecipientOutcome(r, RecipientState.DELIVERED, "250 2.0.0 ok")
                     for r in lease.addresses
@@ -253,7 +254,7 @@ async def run(backend: str, args: argparse.Namespace) -> None:
                 await intake(store, args.messages, args.sessions, args.size)
                 count = args.messages
             else:
-                count = await deliver(store, args.lanes)
+                count = await deliver(store, args.lanes, args.send_ms / 1000)
             wall = time.monotonic() - started
             cpu = time.process_time() - cpu
             pids = await backend_pids(admin, schema) if backend == "postgres" else []
@@ -306,6 +307,9 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=10240, help="body bytes")
     parser.add_argument("--sessions", type=int, default=10, help="concurrent enqueues")
     parser.add_argument("--lanes", type=int, default=4, help="concurrent lane workers")
+    parser.add_argument(
+        "--send-ms", type=float, default=0.0, help="how long each lane's send takes"
+    )
     parser.add_argument("--dsn", default=BASE_DSN)
     parser.add_argument("--fsyncs", action="store_true", help="count fsyncs (strace, root)")
     parser.add_argument(

@@ -15,7 +15,7 @@ from typing import Any
 import asyncpg
 import pytest
 
-from relayd.errors import LeaseLost
+from relayd.errors import LeaseLost, StoreError
 from relayd.store.postgres.store import PostgresStore
 from relayd.types import NewMessage, Recipient, RecipientOutcome, RecipientState
 from tests.support import postgres
@@ -192,3 +192,29 @@ async def test_a_deferred_outcome_in_a_batch_keeps_the_message_due(store: Postgr
         await store.load_body(second.queue_id)
     (again,) = await store.lease_due("up", later, 32, 300.0, "w2")
     assert again.queue_id == first.queue_id and again.addresses == (first.addresses[1],)
+
+
+async def test_an_outcome_the_server_refuses_fails_alone_in_a_batch(store: PostgresStore) -> None:
+    """A NUL in a reply is text PostgreSQL refuses (SQLSTATE 22021): the batch is redone one
+    outcome per transaction, so only that caller sees the error."""
+    for i in range(3):
+        await store.enqueue(new_message(i))
+    leases = await store.lease_due("up", T0 + 100, 32, 300.0, "w1")
+    replies = [DELIVERED, "250 ok\x00", DELIVERED]
+    results = await asyncio.gather(
+        *(
+            store.record_outcome(
+                lease,
+                [RecipientOutcome(a, RecipientState.DELIVERED, reply) for a in lease.addresses],
+                T0 + 101,
+            )
+            for lease, reply in zip(leases, replies, strict=True)
+        ),
+        return_exceptions=True,
+    )
+    assert results[0] is None and results[2] is None
+    assert isinstance(results[1], StoreError) and "0x00" in str(results[1])
+    assert (await store.counts())[RecipientState.DELIVERED] == 4
+    view = await store.show(leases[1].queue_id)
+    assert view is not None
+    assert all(r.state is RecipientState.QUEUED for r in view.recipients)
