@@ -40,6 +40,7 @@ import sqlite3
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -68,12 +69,14 @@ class Counts:
     statements: collections.Counter[str] = field(default_factory=collections.Counter)
     lock_holds: int = 0
     lock_seconds: float = 0.0
+    lock_written: int = 0  # bytes the write threads wrote (they write only under the lock)
 
     def total(self) -> int:
         return sum(self.statements.values())
 
 
 COUNTS = Counts()
+WRITE_THREADS: set[int] = set()  # native ids of the threads that took the write lock
 
 
 def _label(sql: str) -> str:
@@ -104,6 +107,7 @@ def instrument_sqlite() -> None:
     @contextlib.contextmanager
     def timed_lock(self: Any) -> Iterator[None]:
         with real_lock(self):
+            WRITE_THREADS.add(threading.get_native_id())
             started = time.monotonic()
             try:
                 yield
@@ -187,6 +191,16 @@ async def backend_pids(admin: Any, schema: str) -> list[int]:
     return [int(row["pid"]) for row in await admin.fetch(sql, schema)]
 
 
+def written_bytes(threads: set[int]) -> int:
+    """Bytes these threads of this process passed to write(2) and kin, so far."""
+    total = 0
+    for tid in threads:
+        with contextlib.suppress(OSError):
+            io = Path(f"/proc/self/task/{tid}/io").read_text()
+            total += int(re.search(r"^wchar: (\d+)", io, re.M).group(1))  # type: ignore[union-attr]
+    return total
+
+
 def cpu_seconds(pids: list[int]) -> float:
     total = 0
     for pid in pids:
@@ -249,6 +263,7 @@ async def run(backend: str, args: argparse.Namespace) -> None:
             pids = await backend_pids(admin, schema) if backend == "postgres" else []
             commits = store.commits  # type: ignore[attr-defined]
             fsyncs.start()
+            written = written_bytes(WRITE_THREADS)
             cpu, server_cpu, started = time.process_time(), cpu_seconds(pids), time.monotonic()
             if phase == "intake":
                 await intake(store, args.messages, args.sessions, args.size)
@@ -260,6 +275,7 @@ async def run(backend: str, args: argparse.Namespace) -> None:
             pids = await backend_pids(admin, schema) if backend == "postgres" else []
             server_cpu = cpu_seconds(pids) - server_cpu
             fsync_calls = fsyncs.stop()
+            COUNTS.lock_written = written_bytes(WRITE_THREADS) - written
             report(
                 backend, phase, count, store.commits - commits, cpu, server_cpu, wall, fsync_calls
             )  # type: ignore[attr-defined]
@@ -295,6 +311,10 @@ def report(
         print(
             f"  write lock ms/msg     {COUNTS.lock_seconds * 1000 / per:8.3f}"
             f"   ({COUNTS.lock_holds} holds)"
+        )
+        print(
+            f"  KiB written under it  {COUNTS.lock_written / 1024 / per:8.1f}"
+            "   (by the write thread: the WAL, and the database file when it checkpoints)"
         )
     for label, n in COUNTS.statements.most_common(12):
         print(f"    {n / per:7.3f}  {label}")
