@@ -259,7 +259,8 @@ async def run(backend: str, args: argparse.Namespace) -> None:
 
         admin = await asyncpg.connect(args.dsn)
         await admin.execute(f'CREATE SCHEMA "{schema}"')
-        dsn = f"{args.dsn}?search_path={schema}&application_name={schema}"
+        joiner = "&" if "?" in args.dsn else "?"
+        dsn = f"{args.dsn}{joiner}search_path={schema}&application_name={schema}"
     store = open_store(backend, Path(tmp.name) / "queue.db", dsn=dsn)
     await store.open()
     fsyncs = Fsyncs(args.fsyncs)
