@@ -4,9 +4,9 @@ Intake answers 250 only after the commit, and with synchronous_commit on a commi
 for the WAL flush, so one transaction per message would cap acceptance at the disk's
 flush rate. One writer task takes every enqueue waiting, inserts them all and NOTIFYs in
 one statement of parallel arrays (its own transaction: one round trip, no BEGIN/COMMIT),
-and only then resolves each caller's future. If the batch fails for a reason that belongs to one
-message (a duplicate queue id, bad bytes), it is redone with one SAVEPOINT per message
-so only that caller fails; if the server is unavailable, every caller gets
+and only then resolves each caller's future. If the batch fails for a reason that belongs
+to one message (a duplicate queue id, bad bytes), it is redone with one SAVEPOINT per
+message so only that caller fails; if the server is unavailable, every caller gets
 StoreUnavailable and the SMTP client retries. A caller waits at most COMMIT_TIMEOUT for
 its commit (intake answers 451 within it when the database does not); a message whose
 caller gave up before its batch began is not written.

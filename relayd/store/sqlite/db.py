@@ -14,11 +14,10 @@ waits for the lock or commits, and they always see committed state. Between proc
 sharing the queue (intake workers, the queue tool) the writers take turns on an flock(2)
 of `<queue>-writelock` before SQLite's own lock (sqlite/writelock.py): a blocked process
 takes it the moment it is freed, where SQLite's busy handler sleeps in steps of up to
-100 ms. It waits at most
-`lock_timeout` (queue.lock_timeout), and not at all once the store is closing: a process
-that keeps the lock (a stuck queue command, a backup) costs a client a 451, never a hang,
-and holds up shutdown no longer than the writes in flight wait. Every request waiting when
-the lock times out fails with it.
+100 ms. It waits at most `lock_timeout` (queue.lock_timeout), and not at all once the
+store is closing: a process that keeps the lock (a stuck queue command, a backup) costs a
+client a 451, never a hang, and holds up shutdown no longer than the writes in flight
+wait. Every request waiting when the lock times out fails with it.
 """
 
 from __future__ import annotations
