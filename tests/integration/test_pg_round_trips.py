@@ -218,3 +218,22 @@ async def test_an_outcome_the_server_refuses_fails_alone_in_a_batch(store: Postg
     view = await store.show(leases[1].queue_id)
     assert view is not None
     assert all(r.state is RecipientState.QUEUED for r in view.recipients)
+
+
+async def test_two_outcomes_for_one_lease_in_a_batch_record_one(store: PostgresStore) -> None:
+    """The first ends the lease, so the second is fenced out, as in two transactions."""
+    await store.enqueue(new_message(1))
+    (lease,) = await store.lease_due("up", T0 + 100, 32, 300.0, "w1")
+    deferred = [
+        RecipientOutcome(a, RecipientState.DEFERRED, "451 later", T0 + 900, "retry 1")
+        for a in lease.addresses
+    ]
+    results = await asyncio.gather(
+        store.record_outcome(lease, deferred, T0 + 101),
+        store.record_outcome(lease, deferred, T0 + 101),
+        return_exceptions=True,
+    )
+    assert results[0] is None and isinstance(results[1], LeaseLost)
+    view = await store.show(lease.queue_id)
+    assert view is not None
+    assert [r.attempts for r in view.recipients] == [1, 1]
