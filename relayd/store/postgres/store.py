@@ -7,8 +7,9 @@ the rate ceilings and min_interval hold across all of them, and no lock waits on
 share holds and waits, and wake each other with LISTEN/NOTIFY. What lives here is which
 verbs write and which NOTIFY; the SQL is in postgres.sql, the transaction bodies in
 postgres/ops.py, the pool, its timeouts and error translation in postgres/db.py, group
-commit in postgres/batch.py, the listener and its poll in postgres/listen.py, migrations
-in postgres/migrate.py and leadership in postgres/leader.py.
+commit in postgres/batch.py (enqueues) and postgres/outcomes.py (attempt outcomes), the
+listener and its poll in postgres/listen.py, migrations in postgres/migrate.py and
+leadership in postgres/leader.py.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from relayd.store.postgres.db import (
 )
 from relayd.store.postgres.leader import Leadership
 from relayd.store.postgres.listen import CHANNEL, Listener
+from relayd.store.postgres.outcomes import OutcomeBatch
 from relayd.store.postgres.sql import Conn
 from relayd.types import (
     Ceiling,
@@ -70,7 +72,8 @@ class PostgresStore:
         )
         self._work = asyncio.Event()
         self._listener = Listener(self._db, uuid.uuid4().hex, self._work.set)
-        self._batch = GroupCommit(self._db, self._notify)
+        self._batch = GroupCommit(self._db, self._signal)
+        self._outcomes = OutcomeBatch(self._db)
         self._leadership = Leadership(self._db)
 
     @property
@@ -92,10 +95,12 @@ class PostgresStore:
             await self._db.close()
             raise
         self._batch.start()
+        self._outcomes.start()
 
     async def close(self) -> None:
-        """Commit every enqueue already submitted, then end every connection."""
+        """Commit every enqueue and outcome already submitted, then end every connection."""
         await self._batch.close()
+        await self._outcomes.close()
         await self._listener.close()
         await self._leadership.close()
         await self._db.close()
@@ -112,8 +117,12 @@ class PostgresStore:
     ) -> None:
         await self.close()
 
+    def _signal(self) -> tuple[str, str]:
+        """The NOTIFY of this store's commits: the channel, and who sent it."""
+        return CHANNEL, self._listener.payload
+
     async def _notify(self, conn: Conn) -> None:
-        await ops.notify_work(conn, CHANNEL, self._listener.payload)
+        await ops.notify_work(conn, *self._signal())
 
     async def _write(
         self, op: Callable[[Conn], Awaitable[T]], *, wake: bool = False, wake_self: bool = True
@@ -153,7 +162,7 @@ class PostgresStore:
     async def record_outcome(
         self, lease: Lease, outcomes: Sequence[RecipientOutcome], now: float
     ) -> None:
-        await self._write(lambda conn: ops.record_outcome(conn, lease, outcomes, now))
+        await self._outcomes.submit(lease, outcomes, now)
 
     async def release(self, lease: Lease, not_before: float, reason: str) -> None:
         """End a lease unattempted. The other nodes are woken (a stopping node's mail is due
