@@ -22,6 +22,7 @@ from relayd.delivery.transcripts import make_upstream_smtp, scrub_password
 from relayd.dsn.params import rcpt_options
 from relayd.errors import UpstreamAuthError, UpstreamUnavailable
 from relayd.policy.from_policy import apply_from_policy, envelope_sender
+from relayd.policy.outcome import too_many_recipients
 from relayd.policy.providers import PRESETS
 from relayd.types import NoticeHook, RcptDsn, SendResult, SmtpReply
 
@@ -249,24 +250,51 @@ class SmtpSession:
         # EHLO before MAIL (not within it, as aiosmtplib would): its extensions decide the
         # MAIL and RCPT parameters. aiosmtplib's own greeting: EHLO, HELO if refused.
         await smtp._ehlo_or_helo_if_needed()
+        result = SendResult()
+        envelope = (mail_from, body, mail_options, rcpt_dsn, result)
+        rest = await self._transaction(smtp, recipients, *envelope)
+        while rest:  # the upstream took some and said "too many": the rest in another one
+            try:
+                rest = await self._transaction(smtp, rest, *envelope)
+            except (TimeoutError, aiosmtplib.SMTPException, OSError, UpstreamUnavailable) as exc:
+                # The earlier transactions' replies stand: only the rest is deferred.
+                await self.close()
+                result.replies.update({rcpt: SmtpReply(0, _describe(exc)) for rcpt in rest})
+                break
+        return result
+
+    async def _transaction(
+        self,
+        smtp: aiosmtplib.SMTP,
+        recipients: tuple[str, ...],
+        mail_from: str,
+        body: bytes,
+        mail_options: tuple[str, ...],
+        rcpt_dsn: Mapping[str, RcptDsn],
+        result: SendResult,
+    ) -> tuple[str, ...]:
+        """One MAIL..DATA for `recipients`, their replies into `result`; returns those the
+        upstream refused as too many for this transaction, when it accepted at least one
+        (each further transaction then makes progress)."""
         options = self._mail_options(smtp, mail_options, len(body))
         encoding = "utf-8" if "SMTPUTF8" in options else "ascii"
         if encoding == "ascii" and not all(a.isascii() for a in (mail_from, *recipients)):
             # RFC 6531 3.5: a non-ASCII address cannot be relayed to a server without
             # SMTPUTF8; that is permanent for this upstream.
-            return SendResult({rcpt: NO_SMTPUTF8 for rcpt in recipients})
+            result.replies.update({rcpt: NO_SMTPUTF8 for rcpt in recipients})
+            return ()
         try:
             await smtp.mail(mail_from, options=options, encoding=encoding)
         except aiosmtplib.SMTPSenderRefused as exc:
             await self._reset(smtp)
             reply = SmtpReply(exc.code, exc.message)
-            return SendResult({rcpt: reply for rcpt in recipients})
-        result = SendResult()
+            result.replies.update({rcpt: reply for rcpt in recipients})
+            return ()
         dsn = rcpt_dsn if smtp.supports_extension("dsn") else {}
-        accepted = await self._recipients(smtp, recipients, encoding, dsn, result)
+        accepted, rest = await self._recipients(smtp, recipients, encoding, dsn, result)
         if not accepted:
             await self._reset(smtp)
-            return result
+            return ()
         result.reached_data = True
         try:
             response = await smtp.data(body)
@@ -276,7 +304,7 @@ class SmtpSession:
             raise UpstreamUnavailable(_describe(exc), reached_data=True) from exc
         for rcpt in accepted:
             result.replies[rcpt] = SmtpReply(response.code, response.message)
-        return result
+        return tuple(rest)
 
     @staticmethod
     async def _recipients(
@@ -285,19 +313,25 @@ class SmtpSession:
         encoding: str,
         dsn: Mapping[str, RcptDsn],
         result: SendResult,
-    ) -> list[str]:
-        """RCPT TO each recipient (with its NOTIFY/ORCPT from `dsn`); returns the accepted."""
+    ) -> tuple[list[str], list[str]]:
+        """RCPT TO each recipient (with its NOTIFY/ORCPT from `dsn`); returns the accepted,
+        and those refused as too many for the transaction (policy/outcome.py)."""
         accepted: list[str] = []
+        too_many: list[str] = []
         for rcpt in recipients:
             options = rcpt_options(dsn[rcpt]) if rcpt in dsn else None
             try:
                 response = await smtp.rcpt(rcpt, options=options, encoding=encoding)
             except aiosmtplib.SMTPRecipientRefused as exc:
                 response = aiosmtplib.SMTPResponse(exc.code, exc.message)
-            result.replies[rcpt] = SmtpReply(response.code, response.message)
+            reply = SmtpReply(response.code, response.message)
             if response.code in (250, 251):
                 accepted.append(rcpt)
-        return accepted
+            elif (capped := too_many_recipients(reply, len(accepted))) is not None:
+                reply = capped
+                too_many.append(rcpt)
+            result.replies[rcpt] = reply
+        return accepted, too_many if accepted else []
 
     @staticmethod
     def _mail_options(

@@ -226,3 +226,15 @@ def recipient_outcome(
     if is_expired(lease.received_at, retry_at, max_lifetime):
         return RecipientOutcome(rcpt, RecipientState.FAILED, text)
     return RecipientOutcome(rcpt, RecipientState.DEFERRED, text, retry_at, reason)
+
+
+def too_many_recipients(reply: SmtpReply, accepted: int) -> SmtpReply | None:
+    """The reply as relayd records it when it refuses a RCPT for the transaction's recipient
+    count, else None: a 452, or a 552 after `accepted` > 0 recipients were taken (RFC 5321
+    4.5.3.1.10: RFC 821 gave "too many recipients" 552 by mistake; treat it as temporary).
+    Such a recipient goes in the next transaction, not to a DSN."""
+    if reply.code == 452:
+        return reply
+    if reply.code == 552 and accepted > 0:
+        return SmtpReply(452, f"4.5.3 too many recipients for one transaction ({reply})")
+    return None

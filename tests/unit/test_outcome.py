@@ -13,6 +13,7 @@ from relayd.policy.outcome import (
     is_expired,
     next_attempt_at,
     throttle_until,
+    too_many_recipients,
 )
 from relayd.types import SmtpReply
 
@@ -160,3 +161,13 @@ def test_is_expired_at_exactly_the_lifetime() -> None:
     assert not is_expired(1000.0, 1000.0 + five_days - 0.001, five_days)
     assert is_expired(1000.0, 1000.0 + five_days, five_days)
     assert is_expired(1000.0, 1000.0 + five_days + 1, five_days)
+
+
+def test_a_552_is_too_many_recipients_only_after_one_was_accepted() -> None:
+    """RFC 5321 4.5.3.1.10: the first RCPT's 552 is the upstream's permanent answer."""
+    cap = SmtpReply(552, "5.5.3 Too many recipients")
+    assert too_many_recipients(cap, 0) is None
+    recorded = too_many_recipients(cap, 3)
+    assert recorded is not None and recorded.is_transient
+    assert "552 5.5.3 Too many recipients" in recorded.message
+    assert too_many_recipients(SmtpReply(550, "5.1.1 unknown"), 3) is None
