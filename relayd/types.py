@@ -234,3 +234,4 @@ class SendResult:
 
     replies: dict[str, SmtpReply] = field(default_factory=dict)
     reached_data: bool = False
+    upstream_dsn: bool = False  # the upstream offers DSN: it got NOTIFY/ORCPT and reports

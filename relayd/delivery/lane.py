@@ -23,19 +23,19 @@ from typing import Protocol
 from relayd.clock import Clock
 from relayd.config.model import Config, UpstreamConfig
 from relayd.delivery import ledger
+from relayd.delivery.holds import hold_upstream
 from relayd.delivery.notices import UpstreamNotices
 from relayd.delivery.session import Session
 from relayd.errors import LeaseLost, StoreError, UpstreamUnavailable
 from relayd.logs import get_logger
+from relayd.policy.deadlines import final_reply_timeout
 from relayd.policy.outcome import (
     Action,
     RecipientReply,
     classify_reply,
     is_expired,
     recipient_outcome,
-    throttle_until,
 )
-from relayd.policy.providers import hint_for
 from relayd.policy.waits import MAX_SLEEP, UNKNOWN, Wait, hold_wait, window_wait
 from relayd.policy.windows import parse_window
 from relayd.reports import dsn_reports
@@ -46,9 +46,8 @@ from relayd.types import (
     RecipientState,
     SendResult,
     SmtpReply,
-    UpstreamHold,
 )
-from relayd.units import format_duration, format_iso
+from relayd.units import format_iso
 
 log = get_logger("dispatch")
 
@@ -293,6 +292,8 @@ class Lane:
     ) -> Wait | None:
         body = await self.store.load_body(lease.queue_id)
         started = self.clock.monotonic()
+        queue, now = self.config.queue, self.clock.now()  # the final dot may take 10 minutes
+        dot = final_reply_timeout(lease.lease_until, now, self.upstream.timeout, queue.lease_time)
         log.info(
             "delivery_attempt",
             queue_id=lease.queue_id,
@@ -311,6 +312,7 @@ class Lane:
                 mail_options=lease.mail_options,
                 # NOTIFY/ORCPT per recipient (RFC 3461), for an upstream that offers DSN
                 rcpt_dsn={r.address: r.dsn for r in lease.recipients},
+                final_timeout=dot,
             )
         except UpstreamUnavailable as exc:
             result = SendResult(reached_data=exc.reached_data)
@@ -332,7 +334,8 @@ class Lane:
             replies.append(RecipientReply(rcpt, action, reply))
         holds = (Action.THROTTLED, Action.AUTH_FAILED)
         held = next((r for r in replies if r.action in holds), None)
-        wait = await self._hold(held.action, held.reply, now) if held is not None else None
+        wait = await hold_upstream(self.store, self.upstream, held, now) if held else None
+        self.throttled = self.throttled or wait is not None
         outcomes = [self._outcome(lease, item, now, wait) for item in replies]
         self.notices.observe(self.upstream, replies, now)
         if wait is None and self.throttled and any(r.action is Action.DELIVERED for r in replies):
@@ -342,24 +345,6 @@ class Lane:
         # batch waits for its writes before it leases again (_step).
         writes.append(asyncio.create_task(self._record(lease, outcomes, now, elapsed=elapsed)))
         return wait
-
-    async def _hold(self, action: Action, reply: SmtpReply, now: float) -> Wait:
-        """Pause the whole upstream: throttles back off, auth problems wait for an operator."""
-        previous = await self.store.upstream_hold(self.name)
-        level = previous.level + 1 if previous is not None else 0
-        until = None
-        fields = {"upstream": self.name, "smtp_code": reply.code, "smtp_response": reply.message}
-        fields["hint"] = hint_for(self.upstream.provider, reply, None) or ""  # what to do
-        if action is Action.AUTH_FAILED:
-            log.error("upstream_auth_failed", **fields)
-        else:
-            until = throttle_until(level, now, self.upstream.throttle_backoff)
-            pause = format_duration(until - now)
-            log.warning("upstream_throttled", **fields, resume_at=format_iso(until), pause=pause)
-        hold = UpstreamHold(self.name, until, str(reply), level)
-        await self.store.hold_upstream(hold)
-        self.throttled = True
-        return hold_wait(hold)
 
     async def _record(
         self,

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import ssl
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Protocol
 
 import aiosmtplib
@@ -16,15 +17,18 @@ import aiosmtplib
 from relayd.clock import Clock
 from relayd.config.model import UpstreamConfig
 from relayd.delivery.capture import DirectorySession
-from relayd.delivery.client import OutOfStep
+from relayd.delivery.client import OutOfStep, ReplyLost, UpstreamSMTP
 from relayd.delivery.oauth import TokenSource, TokenSources
 from relayd.delivery.transcripts import make_upstream_smtp, scrub_password
 from relayd.dsn.params import rcpt_options
 from relayd.errors import UpstreamAuthError, UpstreamUnavailable
+from relayd.logs import get_logger
 from relayd.policy.from_policy import apply_from_policy, envelope_sender
 from relayd.policy.outcome import too_many_recipients
 from relayd.policy.providers import PRESETS
 from relayd.types import NoticeHook, RcptDsn, SendResult, SmtpReply
+
+log = get_logger("session")
 
 # Replies relayd synthesises for the directory capture upstream.
 
@@ -32,6 +36,18 @@ NO_SMTPUTF8 = SmtpReply(553, "5.6.7 the upstream does not support SMTPUTF8 (non-
 
 # MAIL FROM parameters forwarded when the upstream advertises the matching extension.
 _FORWARDED_OPTIONS = {"BODY": "8bitmime", "SMTPUTF8": "smtputf8", "RET": "dsn", "ENVID": "dsn"}
+
+
+@dataclass(frozen=True)
+class _Message:
+    """One message as a session sends it, in one or more transactions."""
+
+    name: str  # the queue id, for logs
+    mail_from: str
+    body: bytes
+    mail_options: tuple[str, ...]
+    rcpt_dsn: Mapping[str, RcptDsn]
+    final_timeout: float | None  # how long the final dot's reply may take
 
 
 class Session(Protocol):
@@ -44,28 +60,34 @@ class Session(Protocol):
         name: str,
         mail_options: tuple[str, ...] = (),
         rcpt_dsn: Mapping[str, RcptDsn] | None = None,
+        final_timeout: float | None = None,
     ) -> SendResult:
         """Deliver one message; raises UpstreamUnavailable when the session breaks. `rcpt_dsn`
-        (recipients' NOTIFY/ORCPT) goes upstream only where it advertises DSN."""
+        (recipients' NOTIFY/ORCPT) goes upstream only where it advertises DSN;
+        `final_timeout` is how long the final dot's reply may take (RFC 5321 4.5.3.2.6)."""
 
     async def close(self) -> None:
         """Close the connection (QUIT when possible)."""
 
 
 def open_session(
-    upstream: UpstreamConfig, local_hostname: str, tokens: TokenSource | None, clock: Clock
+    upstream: UpstreamConfig,
+    local_hostname: str,
+    tokens: TokenSource | None,
+    clock: Clock,
+    reply_lost: set[str] | None = None,
 ) -> Session:
     """The session kind the upstream's provider calls for, with its from_policy.
 
     An xoauth2 upstream takes its access tokens from `tokens` (SessionOpener shares one
-    source among an upstream's connections).
+    source among an upstream's connections); `reply_lost` is SmtpSession's.
     """
     session: Session
     if upstream.provider == "directory":
         assert upstream.path is not None
         session = DirectorySession(upstream.path, upstream.name, clock)
     else:
-        session = SmtpSession(upstream, local_hostname, tokens)
+        session = SmtpSession(upstream, local_hostname, tokens, reply_lost)
     return PolicySession(session, upstream) if PolicySession.applies(upstream) else session
 
 
@@ -78,9 +100,11 @@ class SessionOpener:
     ) -> None:
         self.tokens = TokenSources(upstreams, clock, notices)
         self.clock = clock
+        self.reply_lost: set[str] = set()
 
     def __call__(self, upstream: UpstreamConfig, local_hostname: str) -> Session:
-        return open_session(upstream, local_hostname, self.tokens.get(upstream), self.clock)
+        tokens = self.tokens.get(upstream)
+        return open_session(upstream, local_hostname, tokens, self.clock, self.reply_lost)
 
 
 class PolicySession:
@@ -108,6 +132,7 @@ class PolicySession:
         name: str,
         mail_options: tuple[str, ...] = (),
         rcpt_dsn: Mapping[str, RcptDsn] | None = None,
+        final_timeout: float | None = None,
     ) -> SendResult:
         return await self.inner.send(
             envelope_sender(mail_from, self.account, self.use_account),
@@ -116,6 +141,7 @@ class PolicySession:
             name=name,
             mail_options=mail_options,
             rcpt_dsn=rcpt_dsn,
+            final_timeout=final_timeout,
         )
 
     async def close(self) -> None:
@@ -126,15 +152,22 @@ class SmtpSession:
     """An aiosmtplib connection to one upstream account, reused across messages."""
 
     def __init__(
-        self, upstream: UpstreamConfig, local_hostname: str, tokens: TokenSource | None = None
+        self,
+        upstream: UpstreamConfig,
+        local_hostname: str,
+        tokens: TokenSource | None = None,
+        reply_lost: set[str] | None = None,
     ) -> None:
         self.upstream = upstream
         self.local_hostname = local_hostname
         self.tokens = tokens
-        self._smtp: aiosmtplib.SMTP | None = None
+        self._smtp: UpstreamSMTP | None = None
         self._in_transaction = False
+        # Queue ids whose final dot got no reply (shared by the daemon's sessions, so the
+        # retry is logged as a possible duplicate whichever connection makes it).
+        self.reply_lost = reply_lost if reply_lost is not None else set()
 
-    def _client(self) -> aiosmtplib.SMTP:
+    def _client(self) -> UpstreamSMTP:
         up = self.upstream
         # tls_ca_file (a private CA) replaces the system's CA certificates for this upstream.
         context = ssl.create_default_context(cafile=up.tls_ca_file)
@@ -156,7 +189,7 @@ class SmtpSession:
             tls_context=context if up.security != "none" else None,
         )
 
-    async def _connect(self) -> aiosmtplib.SMTP:
+    async def _connect(self) -> UpstreamSMTP:
         smtp = self._client()
         up = self.upstream
         try:
@@ -197,12 +230,16 @@ class SmtpSession:
         name: str,
         mail_options: tuple[str, ...] = (),
         rcpt_dsn: Mapping[str, RcptDsn] | None = None,
+        final_timeout: float | None = None,
     ) -> SendResult:
         reused = self._smtp is not None and self._smtp.is_connected
         self._in_transaction = True
-        envelope = (mail_from, recipients, body, mail_options, rcpt_dsn or {})
+        message = _Message(name, mail_from, body, mail_options, rcpt_dsn or {}, final_timeout)
+        if name in self.reply_lost:
+            self.reply_lost.discard(name)
+            log.warning("possible_duplicate", queue_id=name, upstream=self.upstream.name)
         try:
-            return await self._send(*envelope)
+            return await self._send(message, recipients)
         except aiosmtplib.SMTPServerDisconnected as exc:
             await self.close()
             if not reused:
@@ -210,7 +247,7 @@ class SmtpSession:
             # The server closed an idle reused connection before DATA (a drop during DATA
             # raises UpstreamUnavailable below): one fresh try, not a deferral.
             try:
-                return await self._send(*envelope)
+                return await self._send(message, recipients)
             except (TimeoutError, aiosmtplib.SMTPException, OSError, ssl.SSLError) as again:
                 await self.close()
                 raise UpstreamUnavailable(_describe(again)) from again
@@ -223,14 +260,7 @@ class SmtpSession:
         finally:
             self._in_transaction = False
 
-    async def _send(
-        self,
-        mail_from: str,
-        recipients: tuple[str, ...],
-        body: bytes,
-        mail_options: tuple[str, ...],
-        rcpt_dsn: Mapping[str, RcptDsn],
-    ) -> SendResult:
+    async def _send(self, message: _Message, recipients: tuple[str, ...]) -> SendResult:
         if self._smtp is None or not self._smtp.is_connected:
             try:
                 self._smtp = await self._connect()
@@ -251,11 +281,10 @@ class SmtpSession:
         # MAIL and RCPT parameters. aiosmtplib's own greeting: EHLO, HELO if refused.
         await smtp._ehlo_or_helo_if_needed()
         result = SendResult()
-        envelope = (mail_from, body, mail_options, rcpt_dsn, result)
-        rest = await self._transaction(smtp, recipients, *envelope)
+        rest = await self._transaction(smtp, message, recipients, result)
         while rest:  # the upstream took some and said "too many": the rest in another one
             try:
-                rest = await self._transaction(smtp, rest, *envelope)
+                rest = await self._transaction(smtp, message, rest, result)
             except (TimeoutError, aiosmtplib.SMTPException, OSError, UpstreamUnavailable) as exc:
                 # The earlier transactions' replies stand: only the rest is deferred.
                 await self.close()
@@ -265,18 +294,16 @@ class SmtpSession:
 
     async def _transaction(
         self,
-        smtp: aiosmtplib.SMTP,
+        smtp: UpstreamSMTP,
+        message: _Message,
         recipients: tuple[str, ...],
-        mail_from: str,
-        body: bytes,
-        mail_options: tuple[str, ...],
-        rcpt_dsn: Mapping[str, RcptDsn],
         result: SendResult,
     ) -> tuple[str, ...]:
         """One MAIL..DATA for `recipients`, their replies into `result`; returns those the
         upstream refused as too many for this transaction, when it accepted at least one
         (each further transaction then makes progress)."""
-        options = self._mail_options(smtp, mail_options, len(body))
+        mail_from, body = message.mail_from, message.body
+        options = self._mail_options(smtp, message.mail_options, len(body))
         encoding = "utf-8" if "SMTPUTF8" in options else "ascii"
         if encoding == "ascii" and not all(a.isascii() for a in (mail_from, *recipients)):
             # RFC 6531 3.5: a non-ASCII address cannot be relayed to a server without
@@ -290,16 +317,28 @@ class SmtpSession:
             reply = SmtpReply(exc.code, exc.message)
             result.replies.update({rcpt: reply for rcpt in recipients})
             return ()
-        dsn = rcpt_dsn if smtp.supports_extension("dsn") else {}
+        result.upstream_dsn = smtp.supports_extension("dsn")
+        dsn = message.rcpt_dsn if result.upstream_dsn else {}
         accepted, rest = await self._recipients(smtp, recipients, encoding, dsn, result)
         if not accepted:
             await self._reset(smtp)
             return ()
         result.reached_data = True
         try:
-            response = await smtp.data(body)
+            response = await smtp.data(body, final_timeout=message.final_timeout)
         except aiosmtplib.SMTPDataError as exc:
             response = aiosmtplib.SMTPResponse(exc.code, exc.message)
+        except ReplyLost as exc:
+            # The upstream may have the message: its retry may deliver it twice.
+            self.reply_lost.add(message.name)
+            reason = f"{exc}: the upstream may have taken the message; a retry may duplicate it"
+            log.warning(
+                "reply_lost",
+                queue_id=message.name,
+                upstream=self.upstream.name,
+                possible_duplicate=True,
+            )
+            raise UpstreamUnavailable(reason, reached_data=True) from exc
         except (aiosmtplib.SMTPServerDisconnected, aiosmtplib.SMTPTimeoutError, OutOfStep) as exc:
             raise UpstreamUnavailable(_describe(exc), reached_data=True) from exc
         for rcpt in accepted:
