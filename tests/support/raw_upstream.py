@@ -25,6 +25,7 @@ class RawUpstream:
     commands: list[tuple[int, str]] = field(default_factory=list)  # (connection, line)
     bodies: list[bytes] = field(default_factory=list)  # every DATA body read, un-stuffed
     connections: int = 0
+    open: int = 0  # connections open now
     port: int = 0
     _server: asyncio.Server | None = None
 
@@ -45,6 +46,7 @@ class RawUpstream:
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.connections += 1
+        self.open += 1
         connection = self.connections
         writer.write(b"220 raw ESMTP\r\n")
         try:
@@ -62,6 +64,7 @@ class RawUpstream:
         except (ConnectionError, asyncio.IncompleteReadError):
             pass
         finally:
+            self.open -= 1
             writer.close()
 
     async def _answer(self, writer: asyncio.StreamWriter, connection: int, line: str) -> str:

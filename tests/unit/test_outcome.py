@@ -40,7 +40,7 @@ REPLIES = [
     (450, "4.2.1 Peak SMTP relay limit exceeded for customer. This is a temporary error.", T),
     (451, "4.7.500 Server busy. Please try again later from [192.0.2.1]. (S77719)", T),
     (451, "4.7.699 Access denied, please try again later", T),
-    (432, "4.3.2 STOREDRV.ClientSubmit; sender thread limit exceeded", T),
+    (432, "4.3.2 STOREDRV.ClientSubmit; sender thread limit exceeded", Action.TOO_MANY_SESSIONS),
     (454, "4.7.0 Too many login attempts, please try again later. - gsmtp", T),
     (550, "5.4.5 Daily user sending quota exceeded. - gsmtp", T),
     (550, "5.4.5 Daily SMTP relay limit exceeded for user.", T),
@@ -69,6 +69,18 @@ REPLIES = [
     (550, "5.7.705 Access denied, tenant has exceeded threshold", A),
     (550, "5.7.750 Service unavailable. Client blocked from sending from unregistered domains", A),
     (550, "5.7.708 Service unavailable. Access denied, traffic not accepted from this IP.", A),
+    # one sender's mail: the account may not send as it (Microsoft)
+    (
+        554,
+        "5.2.0 STOREDRV.Submission.Exception:SendAsDeniedException.MapiExceptionSendAsDenied; "
+        "Failed to process message due to a permanent exception",
+        Action.SENDER_DENIED,
+    ),
+    (
+        550,
+        "5.7.60 SMTP; Client does not have permissions to send as this sender",
+        Action.SENDER_DENIED,
+    ),
     # transient, per message or per recipient
     (421, "4.3.2 Service shutting down, closing transmission channel", R),
     (421, "4.4.5 Server busy, try again later.", R),
@@ -86,8 +98,6 @@ REPLIES = [
     (552, "5.2.2 The email account that you tried to reach is over quota.", F),
     (552, "5.3.4 Message size exceeds fixed limit", F),
     (550, "5.7.1 This message violates example.com email policy. - gcdp", F),
-    (554, "5.2.0 STOREDRV.Submission.Exception:SendAsDeniedException.MapiExceptionSendAsDenied", F),
-    (550, "5.7.60 SMTP; Client does not have permissions to send as this sender", F),
     (550, "5.4.1 Recipient address rejected: Access denied.", F),
     (554, "Transaction failed", F),
     # not final replies at all: never assume delivered, never bounce
