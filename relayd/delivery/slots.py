@@ -2,9 +2,10 @@
 
 Microsoft answers `432 4.3.2 STOREDRV.ClientSubmit; sender thread limit exceeded` when an
 account has more concurrent connections than it allows. Such a reply means a session too
-many: the limit drops by one (not below one) and the message is retried. Only a 432 to an
-attempt that began after the last drop counts: the sessions open at the time of a drop may
-all be refused, and counting each would cut more than the excess. After a quiet
+many: the limit drops by one (not below one) and the message is retried. A 432 counts only
+once the workers beyond the limit have closed their sessions, and only for an attempt that
+began after the last drop: until then the upstream still sees the old number of sessions
+and may refuse any of them, and counting each refusal would cut more than the excess. After a quiet
 period with no 432 the limit grows by one again, up to max_connections, so a passing
 limit (another client of the same account) does not cost throughput for ever.
 
@@ -36,11 +37,16 @@ class SessionSlots:
         self.quiet = quiet
         self._changed_at = clock.monotonic()  # the last drop or growth
         self._lowered_at = float("-inf")  # the last drop
+        self._closed: set[int] = set()  # workers beyond the limit that closed their session
 
     def allows(self, worker: int) -> bool:
         """Whether worker number `worker` may hold a session now."""
         self._grow()
-        return worker < self.limit
+        if worker < self.limit:
+            self._closed.discard(worker)
+            return True
+        self._closed.add(worker)  # it closes its session now (delivery/lane.py)
+        return False
 
     def regrow_in(self) -> float:
         """Seconds until the limit may grow again (a waiting worker's next look)."""
@@ -48,11 +54,12 @@ class SessionSlots:
 
     def observe(self, replies: Sequence[RecipientReply], elapsed: float) -> None:
         """One attempt's replies (it took `elapsed` seconds): a 432 4.3.2 (TOO_MANY_SESSIONS)
-        lowers the limit by one, unless the attempt began before the last drop."""
+        lowers the limit by one, unless the last drop has not taken effect yet."""
         if not any(r.action is Action.TOO_MANY_SESSIONS for r in replies):
             return
         now = self.clock.monotonic()
-        if now - elapsed < self._lowered_at:
+        settled = self._closed.issuperset(range(self.limit, self.maximum))
+        if now - elapsed < self._lowered_at or not settled:
             return
         self._changed_at = self._lowered_at = now
         if self.limit > 1:

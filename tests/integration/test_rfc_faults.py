@@ -195,6 +195,7 @@ async def test_432_lowers_the_number_of_sessions(
         await until(lambda: _all_delivered(daemon, addresses), timeout=20)
         assert daemon.lanes is not None
         slots = daemon.lanes.lanes["main"].slots
+        assert raw.open <= 2  # the workers beyond the limit closed their connections
     assert refused_at  # the upstream did refuse sessions over its limit ...
     assert slots.limit == 2  # ... and the lane settled on what it allows
     assert len(raw.bodies) == 16
