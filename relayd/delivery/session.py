@@ -46,7 +46,7 @@ class _Message:
     body: bytes
     mail_options: tuple[str, ...]
     rcpt_dsn: Mapping[str, RcptDsn]
-    final_timeout: float | None  # how long the final dot's reply may take
+    reply_by: float | None  # the event loop's time by which the final dot's reply must come
 
 
 class Session(Protocol):
@@ -63,7 +63,9 @@ class Session(Protocol):
     ) -> SendResult:
         """Deliver one message; raises UpstreamUnavailable when the session breaks. `rcpt_dsn`
         (recipients' NOTIFY/ORCPT) goes upstream only where it advertises DSN;
-        `final_timeout` is how long the final dot's reply may take (RFC 5321 4.5.3.2.6)."""
+        `final_timeout` is how long from now the final dot's reply may take to come (RFC 5321
+        4.5.3.2.6: 10 minutes; the caller cuts it to its lease), the connection and the
+        commands before it included."""
 
     async def close(self) -> None:
         """Close the connection (QUIT when possible)."""
@@ -155,7 +157,9 @@ class SmtpSession:
     ) -> SendResult:
         reused = self._smtp is not None and self._smtp.is_connected
         self._in_transaction = True
-        message = _Message(name, mail_from, body, mail_options, rcpt_dsn or {}, final_timeout)
+        start = asyncio.get_running_loop().time()
+        reply_by = start + final_timeout if final_timeout is not None else None
+        message = _Message(name, mail_from, body, mail_options, rcpt_dsn or {}, reply_by)
         if name in self.reply_lost:
             self.reply_lost.discard(name)
             log.warning("possible_duplicate", queue_id=name, upstream=self.upstream.name)
@@ -246,7 +250,7 @@ class SmtpSession:
             return ()
         result.reached_data = True
         try:
-            response = await smtp.data(body, final_timeout=message.final_timeout)
+            response = await smtp.data(body, final_timeout=_time_left(message.reply_by))
         except aiosmtplib.SMTPDataError as exc:
             response = aiosmtplib.SMTPResponse(exc.code, exc.message)
         except ReplyLost as exc:
@@ -323,6 +327,13 @@ class SmtpSession:
                 smtp.close()
         else:
             smtp.close()
+
+
+def _time_left(deadline: float | None) -> float | None:
+    """Seconds until `deadline` (the event loop's time), at least a moment; None for none."""
+    if deadline is None:
+        return None
+    return max(deadline - asyncio.get_running_loop().time(), 0.1)
 
 
 def _describe(exc: BaseException) -> str:

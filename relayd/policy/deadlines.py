@@ -13,8 +13,9 @@ LEASE_MARGIN = 30.0  # at most; a tenth of the lease when that is shorter
 
 
 def final_reply_timeout(lease_until: float, now: float, timeout: float, lease_time: float) -> float:
-    """Seconds to wait for the final dot's reply: 10 minutes, cut to end a margin before
-    the lease does, but never below the general `timeout` while the lease lasts that long."""
+    """Seconds from `now` (a send's start) by which the final dot's reply must come: 10
+    minutes, cut to end a margin before the lease does, but never below the general
+    `timeout` while the lease lasts that long."""
     left = lease_until - now
     within_lease = left - min(LEASE_MARGIN, lease_time / 10)
     return max(min(FINAL_REPLY_WAIT, within_lease), min(timeout, left), 0.0)
