@@ -25,7 +25,6 @@ from email.message import Message
 
 MAX_LINE = 998  # RFC 5322 2.1.1, without the CRLF
 
-_LONG = re.compile(rb"[^\r\n]{%d}" % (MAX_LINE + 1))
 _CUT = re.compile(rb"[^\r\n]{%d}(?=[^\r\n])" % MAX_LINE)
 _HEAD_CUT = re.compile(rb"[^\r\n]{%d}(?=[^\r\n]{2})" % (MAX_LINE - 1))  # + CRLF SPACE
 _IDENTITY = frozenset({"7bit", "8bit", "binary"})
@@ -37,7 +36,9 @@ class _BrokenMime(Exception):
 
 
 def has_long_line(message: bytes) -> bool:
-    return _LONG.search(message) is not None
+    """Whether a line (ended by CRLF, bare LF or bare CR) is over 998 octets. Linear: a regex
+    for 999 non-break octets rescans each line from every offset (10 ms per 100 KiB)."""
+    return len(message) > MAX_LINE and max(map(len, message.splitlines())) > MAX_LINE
 
 
 def longest_line(data: bytes | bytearray) -> int:
