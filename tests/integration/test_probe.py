@@ -12,6 +12,7 @@ import contextlib
 import io
 import json
 import socket
+import ssl
 import textwrap
 from collections.abc import Sequence
 from pathlib import Path
@@ -453,3 +454,29 @@ async def test_delivery_uses_tls_ca_file_too(tmp_path: Path, ca: PrivateCA) -> N
 
     assert result.replies["to@example.com"].code == 250
     assert len(fake.messages) == 1
+
+
+@pytest.mark.parametrize(("mode", "contexts"), [("starttls", 1), ("none", 0)])
+async def test_a_session_loads_the_certificates_once_and_only_for_tls(
+    tmp_path: Path, ca: PrivateCA, monkeypatch: pytest.MonkeyPatch, mode: str, contexts: int
+) -> None:
+    """Loading the CA certificates costs ~17 ms of CPU: a session that reconnects for every
+    message must not pay it each time, and a plaintext upstream not at all."""
+    made: list[ssl.SSLContext] = []
+    create = ssl.create_default_context
+
+    def counting(*args: object, **kwargs: object) -> ssl.SSLContext:
+        made.append(create(*args, **kwargs))  # type: ignore[arg-type]
+        return made[-1]
+
+    async with FakeProvider(mode, ca.server_context() if mode != "none" else None) as fake:
+        upstream = upstream_of(account(tmp_path, ca, fake.port)).upstreams["practice"]
+        plain = {"security": "none", "auth": "none"}  # no AUTH over plaintext
+        upstream = upstream.model_copy(update=plain if mode == "none" else {})
+        monkeypatch.setattr("relayd.delivery.session.ssl.create_default_context", counting)
+        session = SmtpSession(upstream, "relay.test")
+        for name in ("m1", "m2", "m3"):
+            await session.send(USER, ("to@example.com",), b"Subject: hi\r\n\r\nhi\r\n", name=name)
+            await session.close()  # the next message opens a new connection
+    assert len(fake.messages) == 3
+    assert len(made) == contexts
