@@ -26,7 +26,7 @@ from relayd.delivery.session import SmtpSession
 from relayd.errors import UpstreamUnavailable
 from relayd.policy.hints import Problem, hint_for
 from relayd.tools.probe import MASK, Step, probe_upstream
-from tests.support.fake_provider import FakeProvider, Login
+from tests.support.fake_provider import FakeProvider, Login, Mode
 from tests.support.tls import PrivateCA
 
 SECRET = "Xq7-probe-DISTINCTIVE-secret-4Lm"
@@ -458,7 +458,7 @@ async def test_delivery_uses_tls_ca_file_too(tmp_path: Path, ca: PrivateCA) -> N
 
 @pytest.mark.parametrize(("mode", "contexts"), [("starttls", 1), ("none", 0)])
 async def test_a_session_loads_the_certificates_once_and_only_for_tls(
-    tmp_path: Path, ca: PrivateCA, monkeypatch: pytest.MonkeyPatch, mode: str, contexts: int
+    tmp_path: Path, ca: PrivateCA, monkeypatch: pytest.MonkeyPatch, mode: Mode, contexts: int
 ) -> None:
     """Loading the CA certificates costs ~17 ms of CPU: a session that reconnects for every
     message must not pay it each time, and a plaintext upstream not at all."""
