@@ -22,6 +22,7 @@ from typing import Protocol
 
 from relayd.clock import Clock
 from relayd.config.model import Config, UpstreamConfig
+from relayd.delivery import renewal
 from relayd.delivery.notices import UpstreamNotices
 from relayd.delivery.session import Session
 from relayd.errors import LeaseLost, StoreError, UpstreamUnavailable
@@ -276,7 +277,10 @@ class Lane:
             reservation = slot.reservation
         self.in_flight += 1
         try:
-            return await self._send(session, lease, reservation, writes)
+            async with renewal.kept(self.store, lease, self.clock, self.config.queue.lease_time):
+                return await self._send(session, lease, reservation, writes)
+        except LeaseLost:  # another node has it now (renewal.before_data): no DATA from here
+            return await renewal.lost(session, lease, reservation, self.store)
         except StoreError:
             raise
         except Exception as exc:

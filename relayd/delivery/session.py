@@ -15,6 +15,7 @@ import aiosmtplib
 
 from relayd.clock import Clock
 from relayd.config.model import UpstreamConfig
+from relayd.delivery import renewal
 from relayd.delivery.capture import DirectorySession
 from relayd.delivery.client import OutOfStep
 from relayd.delivery.oauth import TokenSource, TokenSources
@@ -267,6 +268,7 @@ class SmtpSession:
         if not accepted:
             await self._reset(smtp)
             return result
+        await renewal.before_data()  # LeaseLost: another node took the message meanwhile
         result.reached_data = True
         try:
             response = await smtp.data(body)

@@ -1,0 +1,101 @@
+"""Keeping a lease while its message is sent, and not starting DATA without it.
+
+A send can outlast queue.lease_time (a large message, a slow upstream): while it is in
+progress the lease is extended every lease_time / 3, so no other worker or node takes the
+message meanwhile. And right before DATA (`before_data`, called by the session) the lease
+is renewed once more, which confirms it is still this worker's: a node that was frozen
+(SIGSTOP) or cut off long enough for another node to take its lease over finds that out
+there and sends no DATA, instead of delivering the message a second time. Once DATA has
+started the message may still arrive twice (at-least-once), never because DATA began
+after the lease was gone.
+
+The check travels in a context variable, so the session needs no store of its own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import Protocol
+
+from relayd.clock import Clock
+from relayd.errors import LeaseLost, StoreError, StoreUnavailable
+from relayd.logs import get_logger
+from relayd.policy.waits import Wait
+from relayd.types import Lease
+
+log = get_logger("dispatch")
+
+_confirm: contextvars.ContextVar[Callable[[], Awaitable[None]] | None] = contextvars.ContextVar(
+    "relayd_lease_confirm", default=None
+)
+
+
+class LeaseStore(Protocol):
+    async def renew_lease(self, lease: Lease, now: float, lease_for: float) -> None: ...
+
+    async def cancel_send(self, reservation_id: int) -> None: ...
+
+
+class Closable(Protocol):
+    async def close(self) -> None: ...
+
+
+@asynccontextmanager
+async def kept(
+    store: LeaseStore, lease: Lease, clock: Clock, lease_for: float
+) -> AsyncIterator[None]:
+    """While the block runs, the lease is renewed every `lease_for` / 3 seconds and
+    before_data() confirms it."""
+
+    async def renew() -> None:
+        await store.renew_lease(lease, clock.now(), lease_for)
+
+    async def keep() -> None:
+        while True:  # the send's own time passes on the wire: real seconds, not the clock's
+            await asyncio.sleep(lease_for / 3)
+            try:
+                await renew()
+            except LeaseLost:
+                return  # before_data, or the outcome's fenced write, says so
+            except StoreError as exc:  # the next renewal, or the lease's expiry, decides
+                log.warning("lease_renewal_failed", queue_id=lease.queue_id, error=str(exc))
+
+    renewing = asyncio.create_task(keep(), name=f"lease-{lease.queue_id}")
+    token = _confirm.set(renew)
+    try:
+        yield
+    finally:
+        _confirm.reset(token)
+        renewing.cancel()
+        await asyncio.gather(renewing, return_exceptions=True)
+
+
+async def before_data() -> None:
+    """Raise LeaseLost unless the lease of the message being sent is still this worker's
+    (renewing it); a store that cannot say counts as lost: DATA waits for the next lease."""
+    confirm = _confirm.get()
+    if confirm is None:
+        return
+    try:
+        await confirm()
+    except StoreUnavailable as exc:
+        raise LeaseLost(f"the lease could not be confirmed: {exc}") from exc
+
+
+async def lost(
+    session: Closable, lease: Lease, reservation: int | None, store: LeaseStore
+) -> Wait | None:
+    """The lease went before DATA: end the upstream transaction (QUIT), give the rate slot
+    back (the upstream never saw the message) and leave the message to its new owner. As
+    Lane._attempt's answer: no wait for the upstream."""
+    log.warning("lease_lost", queue_id=lease.queue_id, upstream=lease.upstream, before="DATA")
+    await session.close()
+    if reservation is not None:
+        try:
+            await store.cancel_send(reservation)
+        except StoreError as exc:
+            log.error("store_error", queue_id=lease.queue_id, error=str(exc))
+    return None
