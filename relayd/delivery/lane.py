@@ -277,7 +277,7 @@ class Lane:
             reservation = slot.reservation
         self.in_flight += 1
         try:
-            async with renewal.kept(self.store, lease, self.clock, self.config.queue.lease_time):
+            async with renewal.kept(self.store, lease, self.clock, self.config.queue):
                 return await self._send(session, lease, reservation, writes)
         except LeaseLost:  # another node has it now (renewal.before_data): no DATA from here
             return await renewal.lost(session, lease, reservation, self.store)

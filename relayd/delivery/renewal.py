@@ -9,6 +9,11 @@ there and sends no DATA, instead of delivering the message a second time. Once D
 started the message may still arrive twice (at-least-once), never because DATA began
 after the lease was gone.
 
+Nobody can take a lease over sooner than queue.node_timeout (its node silent that long;
+leasing counts as a heartbeat) or queue.lease_time (expired) after it was taken, so a
+send that reaches DATA within half the shorter of the two skips the check: the common
+case costs no store write.
+
 The check travels in a context variable, so the session needs no store of its own.
 """
 
@@ -33,6 +38,16 @@ _confirm: contextvars.ContextVar[Callable[[], Awaitable[None]] | None] = context
 )
 
 
+class QueueTimes(Protocol):
+    """The [queue] keys that bound a lease (config.QueueConfig has them)."""
+
+    @property
+    def lease_time(self) -> float: ...
+
+    @property
+    def node_timeout(self) -> float: ...
+
+
 class LeaseStore(Protocol):
     async def renew_lease(self, lease: Lease, now: float, lease_for: float) -> None: ...
 
@@ -45,13 +60,20 @@ class Closable(Protocol):
 
 @asynccontextmanager
 async def kept(
-    store: LeaseStore, lease: Lease, clock: Clock, lease_for: float
+    store: LeaseStore, lease: Lease, clock: Clock, queue: QueueTimes
 ) -> AsyncIterator[None]:
-    """While the block runs, the lease is renewed every `lease_for` / 3 seconds and
+    """While the block runs, the lease is renewed every lease_time / 3 seconds and
     before_data() confirms it."""
+    lease_for = queue.lease_time
+    leased_at = lease.lease_until - lease_for  # the `now` lease_due was given
+    safe_for = min(queue.node_timeout, lease_for) / 2
 
     async def renew() -> None:
         await store.renew_lease(lease, clock.now(), lease_for)
+
+    async def confirm() -> None:
+        if clock.now() - leased_at >= safe_for:
+            await renew()
 
     async def keep() -> None:
         while True:  # the send's own time passes on the wire: real seconds, not the clock's
@@ -64,7 +86,7 @@ async def kept(
                 log.warning("lease_renewal_failed", queue_id=lease.queue_id, error=str(exc))
 
     renewing = asyncio.create_task(keep(), name=f"lease-{lease.queue_id}")
-    token = _confirm.set(renew)
+    token = _confirm.set(confirm)
     try:
         yield
     finally:

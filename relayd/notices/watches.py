@@ -4,9 +4,9 @@ as plain async functions of `now` that the daemon's schedule runs.
 Leadership (PostgreSQL): the queue-wide checks run only on the node that leads "notices",
 asked before every round and again before the round's digest: a node that lost the lead
 meanwhile (frozen, cut off) drops what it measured without a word (neither "problem" nor
-"resolved": the new leader measures and reports it). Every node flushes its own Notifier: a condition only one
-node sees (its upstream login refused, its disk filling) is mailed by that node, and the
-digest names it (server.hostname, notices/notifier.py).
+"resolved": the new leader measures and reports it). Every node flushes its own Notifier,
+though: a condition only one node sees (its upstream login refused, its disk filling) is
+mailed by that node, and the digest names it (server.hostname, notices/notifier.py).
 """
 
 from __future__ import annotations

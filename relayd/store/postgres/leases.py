@@ -14,6 +14,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import asyncpg
+
 from relayd.errors import LeaseLost
 from relayd.store.postgres.sql import Conn, Q
 from relayd.types import Lease, QueueId, RcptDsn, Recipient
@@ -30,6 +32,11 @@ async def lease_due(
     node: str | None,
     node_timeout: float,
 ) -> list[Lease]:
+    if node is not None:
+        # A node that leases is alive: its heartbeat is fresh whatever its heartbeat task
+        # did, so right after an outage (every heartbeat lapsed) its new leases are not
+        # taken over before that task catches up.
+        await beat(conn, node)
     query = Q["lease_due_messages"]
     values = {
         "upstream": upstream,
@@ -87,6 +94,12 @@ async def renew_lease(conn: Conn, lease: Lease, now: float, lease_for: float) ->
     values = {"queue_id": lease.queue_id, "token": lease.token, "lease_until": now + lease_for}
     if await conn.fetchval(query.sql, *query.args(**values)) is None:
         raise LeaseLost()
+
+
+async def beat(conn: Conn | asyncpg.Connection[asyncpg.Record], node: str) -> None:
+    """`node` is alive now (the server's time)."""
+    query = Q["node_beat"]
+    await conn.execute(query.sql, *query.args(node=node))
 
 
 async def release_node_leases(conn: Conn, node: str) -> int:

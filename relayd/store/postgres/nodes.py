@@ -23,7 +23,7 @@ import asyncpg
 from relayd.errors import StoreError
 from relayd.logs import get_logger
 from relayd.store.postgres.db import TCP_KEEPALIVES, Database, translated
-from relayd.store.postgres.leases import release_node_leases
+from relayd.store.postgres.leases import beat, release_node_leases
 from relayd.store.postgres.sql import Conn, Q
 
 log = get_logger("node")
@@ -65,7 +65,7 @@ class NodeLiveness:
             await asyncio.sleep(LOCK_RETRY)
 
         async def start(conn: Conn) -> int:
-            await _beat(conn, self.node)
+            await beat(conn, self.node)
             return await release_node_leases(conn, self.node)
 
         released = await self._db.run(start, write=True)
@@ -111,15 +111,13 @@ class NodeLiveness:
             except (StoreError, TimeoutError) as exc:
                 self._drop()  # frozen or gone: a new session (and the lock) at the next beat
                 log.warning("heartbeat_failed", node=self.node, error=str(exc) or "timed out")
+            except Exception:  # a bug must not end the heartbeat: the node would seem dead
+                self._drop()
+                log.exception("heartbeat_failed", node=self.node)
 
     async def _beat(self) -> None:
         if (self._conn is None or self._conn.is_closed()) and not await self._lock():
             raise StoreError(f"the node id {self.node!r} is held by another session")
         assert self._conn is not None
         async with translated():
-            await _beat(self._conn, self.node)
-
-
-async def _beat(conn: Conn | asyncpg.Connection[asyncpg.Record], node: str) -> None:
-    query = Q["node_beat"]
-    await conn.execute(query.sql, *query.args(node=node))
+            await beat(self._conn, self.node)
