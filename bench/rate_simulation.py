@@ -4,12 +4,16 @@ Run by hand from the repository root: ``python bench/rate_simulation.py`` (``--h
 knobs). Not collected by pytest.
 
 It pushes a batch of messages arriving at once (an ERP's month-end run at 09:00) plus a
-background trickle through one upstream lane that sends each message, oldest first, at the
-earliest instant both `policy.limits.next_permitted` and `policy.windows.next_open` allow --
-the decision the dispatcher makes, without the I/O. Then it checks the promise from first
-principles: the largest count in ANY trailing window of each ceiling (every window, exactly),
-that nothing went outside the sending hours, how much of the binding allowance was used while
-mail was waiting, and how long mail waited.
+background trickle through one upstream lane with `--connections` connections that starts
+each message, oldest first, at the earliest instant both `policy.limits.next_permitted` and
+`policy.windows.next_open` allow -- the decision the dispatcher makes, without the I/O. A send
+takes time (`--send-seconds`, drawn uniformly: a warm connection, or a new one slow with TLS
+and AUTH) and its message reaches the provider anywhere in it; the ledger reserves it at its
+start and stamps it at its end (`policy.limits.occupying`), as the store does. Then it checks
+the promise from first principles, at the provider: the largest count of arrivals in ANY
+trailing window of each ceiling (every window, exactly), that no send started outside the
+sending hours, how much of the binding allowance was used while mail was waiting, and how
+long mail waited.
 
 The default start, Thursday 2026-03-26, makes the backlog run over a weekend on which
 Europe/London's clocks go forward (Sunday 03-29).
@@ -32,7 +36,7 @@ from zoneinfo import ZoneInfo
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout
 
-from relayd.policy.limits import ledger_horizon, next_permitted
+from relayd.policy.limits import ledger_horizon, next_permitted, occupying
 from relayd.policy.windows import (
     SendWindow,
     is_open,
@@ -49,6 +53,7 @@ from relayd.units import (
 
 RATE_LIMITS = ("3/minute", "200/hour", "2000/day")
 TIMEZONE = "Europe/London"
+UTILISATION = 0.95  # the share of the binding allowance a saturated lane must use
 
 
 @dataclass(frozen=True)
@@ -60,8 +65,28 @@ class Message:
 @dataclass
 class Run:
     messages: list[Message]
-    sent: list[float]  # sent[i] is when messages[i] went
+    started: list[float]  # started[i] is when messages[i]'s send was reserved
+    sent: list[float]  # sent[i] is when messages[i] reached the provider
     backlog_end: float  # when the queue first ran empty after the whole burst had arrived
+
+
+@dataclass(frozen=True)
+class Booked:
+    """A send in the ledger: reserved at its start; its final reply (the stamp) at `ends`."""
+
+    reserved: float
+    ends: float
+
+
+@dataclass(frozen=True)
+class Sends:
+    """How sends take time: `connections` at once, each lasting between `shortest` and
+    `longest` seconds, its message arriving anywhere in it (seeded, reproducible)."""
+
+    connections: int
+    shortest: float
+    longest: float
+    seed: int
 
 
 def make_traffic(day: date, burst: int, trickle_every: float, seed: int) -> list[Message]:
@@ -84,33 +109,48 @@ def simulate(
     ceilings: Sequence[Ceiling],
     min_interval: float,
     window: SendWindow,
+    sends: Sends,
 ) -> Run:
-    """One FIFO lane: each message at the first instant limits and window both allow."""
+    """One FIFO lane: each message starts at the first instant limits and window both allow
+    and a connection is free; the ledger counts each send from its end."""
     horizon = ledger_horizon(ceilings, min_interval)
-    ledger: deque[tuple[float, int]] = deque()
+    rng = random.Random(sends.seed)
+    ledger: deque[Booked] = deque()
+    free_at = [-math.inf] * sends.connections
+    started: list[float] = []
     sent: list[float] = []
     clock = -math.inf
     backlog_end = math.inf
     last_burst = max(m.arrival for m in messages if m.burst)
     for index, message in enumerate(messages):
-        clock = max(clock, message.arrival)
-        while True:  # the earliest instant both agree on: alternate until a fixed point
-            while ledger and ledger[0][0] <= clock - horizon:
+        worker = min(range(sends.connections), key=free_at.__getitem__)
+        clock = max(clock, message.arrival, free_at[worker])
+        while True:  # the earliest instant all agree on: move forward until a fixed point
+            while ledger and ledger[0].ends <= clock - horizon:
                 ledger.popleft()  # what the store prunes
-            permitted = next_permitted(ledger, clock, ceilings, min_interval, 1)
-            opens = next_open(window, permitted)
+            rows = [(b.reserved, b.ends if b.ends <= clock else None, 1) for b in ledger]
+            permitted = next_permitted(
+                occupying(rows, clock, math.inf), clock, ceilings, min_interval, 1
+            )
+            if permitted > clock:
+                # A send under way counts as ending now: its final reply may permit sooner.
+                clock = min([permitted, *(b.ends for b in ledger if clock < b.ends)])
+                continue
+            opens = next_open(window, clock)
             if opens is None:
                 raise SystemExit("the window never opens")
-            if opens == permitted:
+            if opens == clock:
                 break
             clock = opens
-        clock = permitted
-        ledger.append((clock, 1))
-        sent.append(clock)
+        duration = rng.uniform(sends.shortest, sends.longest)
+        ledger.append(Booked(clock, clock + duration))
+        free_at[worker] = clock + duration
+        started.append(clock)
+        sent.append(clock + duration * rng.random())
         following = messages[index + 1].arrival if index + 1 < len(messages) else math.inf
         if clock >= last_burst and following > clock and backlog_end == math.inf:
             backlog_end = clock
-    return Run(list(messages), sent, backlog_end)
+    return Run(list(messages), started, sent, backlog_end)
 
 
 def max_in_window(sent: Sequence[float], period: float) -> int:
@@ -178,28 +218,36 @@ def report(run: Run, ceilings: Sequence[Ceiling], min_interval: float, window: S
     """Print the figures; True if every ceiling held and nothing went outside the window."""
     zone = ZoneInfo(window.timezone)
     ok = True
-    print("max in any trailing window (every window checked):")
+    arrivals = sorted(run.sent)
+    print("max arrivals at the provider in any trailing window (every window checked):")
     for ceiling in ceilings:
-        peak = max_in_window(run.sent, ceiling.period)
+        peak = max_in_window(arrivals, ceiling.period)
         ok = ok and peak <= ceiling.count
         verdict = "ok" if peak <= ceiling.count else "EXCEEDED"
         print(f"  {ceiling!s:>10}  {peak:5d} / {ceiling.count:<5d} {verdict}")
-    outside = sum(1 for at in run.sent if not is_open(window, at))
+    outside = sum(1 for at in run.started if not is_open(window, at))
     ok = ok and outside == 0
-    print(f"  sent outside the window: {outside}")
+    print(f"  sends started outside the window: {outside}")
     if min_interval:
-        closest = min(b - a for a, b in pairwise(run.sent))
+        closest = min(b - a for a, b in pairwise(arrivals))
+        ok = ok and closest >= min_interval
         print(f"  closest two sends: {closest:.3f}s (min_interval {format_duration(min_interval)})")
 
     burst_start = next(m.arrival for m in run.messages if m.burst)
     segments = open_segments(window, burst_start, run.backlog_end + 1e-6)
     cap = allowance(ceilings, segments)
-    used = sum(1 for at in run.sent if burst_start <= at <= run.backlog_end)
+    used = sum(1 for at in run.started if burst_start <= at <= run.backlog_end)
     open_hours = sum(b - a for a, b in segments) / 3600
     print("\nutilisation while mail was waiting:")
     print(f"  backlog {_local(burst_start, zone)} -> {_local(run.backlog_end, zone)}")
     print(f"  open {open_hours:.1f}h in {len(segments)} periods; allowance {cap} sends")
-    print(f"  delivered {used} = {100 * used / cap:.1f}% of the binding allowance")
+    share = used / cap
+    ok = ok and share >= UTILISATION
+    verdict = "ok" if share >= UTILISATION else "TOO LOW"
+    print(
+        f"  delivered {used} = {100 * share:.1f}% of the binding allowance "
+        f"(at least {UTILISATION:.0%}: {verdict})"
+    )
 
     print("\ndelivered per local day:")
     per_day = Counter(datetime.fromtimestamp(at, zone).date() for at in run.sent)
@@ -231,6 +279,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--trickle-every", type=parse_duration, default=300.0)
     parser.add_argument("--min-interval", type=parse_duration, default=0.0)
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--connections", type=int, default=3, help="max_connections")
+    parser.add_argument(
+        "--send-seconds",
+        default="0.2s-3s",
+        help='how long one send takes, drawn uniformly from this range (default "0.2s-3s")',
+    )
     parser.add_argument("--days", default="mon-fri", help='window days (default "mon-fri")')
     parser.add_argument(
         "--hours", default="08:00-18:00", help='window hours, comma-separated ("00:00-24:00")'
@@ -246,10 +300,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"  window  {window}")
     print(
         f"  traffic {args.burst} at 09:00 on {args.day:%a %Y-%m-%d} + {trickle} trickle "
-        f"(one every {format_duration(args.trickle_every)} on average, all day)\n"
+        f"(one every {format_duration(args.trickle_every)} on average, all day)"
+    )
+    shortest, _, longest = args.send_seconds.partition("-")
+    sends = Sends(
+        args.connections, parse_duration(shortest), parse_duration(longest or shortest), args.seed
+    )
+    print(
+        f"  sends   {sends.connections} connections; each takes "
+        f"{format_duration(sends.shortest)}-{format_duration(sends.longest)}, counted from "
+        "its final reply; the message arrives anywhere in it\n"
     )
     started = time.perf_counter()
-    run = simulate(messages, ceilings, args.min_interval, window)
+    run = simulate(messages, ceilings, args.min_interval, window, sends)
     elapsed = time.perf_counter() - started
     ok = report(run, ceilings, args.min_interval, window)
     print(f"\n{len(run.sent)} sends simulated in {elapsed:.1f}s of wall time")

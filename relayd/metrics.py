@@ -124,6 +124,18 @@ def accepted_totals() -> dict[str, int]:
     }
 
 
+def totals() -> dict[str, int]:
+    """This process's counts since start, over every upstream: accepted (with what intake
+    workers reported) and each recipient outcome; the status page's history samples them."""
+    result = {"accepted": sum(accepted_totals().values())}
+    for metric in RECIPIENTS.collect():
+        for sample in metric.samples:
+            if sample.name.endswith("_total"):
+                outcome = sample.labels["outcome"]
+                result[outcome] = result.get(outcome, 0) + int(sample.value)
+    return result
+
+
 def outcomes(
     upstream: str, results: Iterable[RecipientOutcome], now: float, received_at: float
 ) -> None:

@@ -109,6 +109,18 @@ def format_iso_minutes(at: float, zone: tzinfo) -> str:
     return datetime.fromtimestamp(at, zone).isoformat(timespec="minutes")
 
 
+def format_clock(at: float, now: float, zone: tzinfo | None = None) -> str:
+    """A time for people on the status page, in `zone` (default: the host's), as short as
+    `now` allows: "14:05" today, "08:00 Mon" within a week, else "2026-01-12 08:00"."""
+    wall = datetime.fromtimestamp(at, zone) if zone else datetime.fromtimestamp(at).astimezone()
+    today = datetime.fromtimestamp(now, wall.tzinfo).date()
+    if wall.date() == today:
+        return wall.strftime("%H:%M")
+    if abs((wall.date() - today).days) < 7:
+        return wall.strftime("%H:%M %a")
+    return wall.strftime("%Y-%m-%d %H:%M")
+
+
 def format_iso_millis(at: float) -> str:
     """ISO 8601 in UTC to the millisecond with a Z, for transcripts: "2026-01-05T09:14:03.120Z"."""
     return datetime.fromtimestamp(at, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")

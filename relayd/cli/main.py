@@ -13,13 +13,13 @@ from dataclasses import asdict
 from pathlib import Path
 
 from relayd import __version__
-from relayd.cli.queue import CHANGES
 from relayd.clock import Clock, SystemClock
 from relayd.config.model import Config, UpstreamConfig, default_config_path, load, render_effective
 from relayd.errors import ConfigError, RelaydError, StoreError
 from relayd.logs import configure_cli
 from relayd.store import migrate_store, store_for
 from relayd.store.base import Store
+from relayd.tools.queue import CHANGES
 from relayd.types import QueueId, RecipientState
 from relayd.units import parse_duration
 
@@ -155,7 +155,7 @@ def _migrate(config: Config) -> int:
 
 def _test_upstream(config: Config, name: str, as_json: bool, clock: Clock) -> int:
     """Exit 0 only if every check passed: the account can send."""
-    from relayd.cli.probe import can_send, probe_upstream
+    from relayd.tools.probe import can_send, probe_upstream
 
     upstream = config.upstreams.get(name)
     if upstream is None:
@@ -207,7 +207,7 @@ def _hash_password() -> int:
 
 def _send_test(config: Config, args: argparse.Namespace, clock: Clock) -> int:
     """Exit 0 only when the test message was delivered."""
-    from relayd.cli.sendtest import SendTestError, plan_send_test, send_test
+    from relayd.tools.sendtest import SendTestError, plan_send_test, send_test
 
     try:
         plan = plan_send_test(config, args.to, args.sender, args.upstream, args.timeout)
@@ -290,7 +290,8 @@ async def _queue_action(
     store: Store, config: Config, args: argparse.Namespace, now: float
 ) -> str | None:
     """The output of one queue command; None when its message does not exist."""
-    from relayd.cli import queue, queuefmt
+    from relayd.cli import queuefmt
+    from relayd.tools import queue
 
     qid = QueueId(args.queue_id) if args.queue_id else None
     if args.action == "list":

@@ -10,7 +10,7 @@ import json
 from dataclasses import asdict
 from typing import Any
 
-from relayd.cli.queue import Detail, Summary
+from relayd.tools.queue import Detail, Summary
 from relayd.types import MessageView, RecipientState, RecipientView, UpstreamHold
 from relayd.units import format_age, format_utc_seconds
 

@@ -26,8 +26,12 @@ def reject_internal_keys(data: dict[str, Any], locator: KeyLocator) -> None:
     imap = bounces.get("imap") if isinstance(bounces, dict) else None
     if isinstance(imap, dict) and "password" in imap:
         found.append(("bounces", "imap", "password"))
+    admin = data.get("admin")
+    if isinstance(admin, dict) and "token" in admin:
+        found.append(("admin", "token"))
     for loc in found:
         message = "unknown key"
-        if loc[-1] == "password":
-            message = "secrets are not allowed inline; use password_file or password_env"
+        if loc[-1] in ("password", "token"):
+            where = "token_file" if loc[-1] == "token" else "password_file or password_env"
+            message = f"secrets are not allowed inline; use {where}"
         raise locator.error(message, loc)

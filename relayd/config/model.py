@@ -49,6 +49,7 @@ from relayd.config.values import (
     Size,
     Timeout,
     durations,
+    is_loopback_host,
     parse_listen,
 )
 
@@ -178,7 +179,28 @@ class LogConfig(_Model):
 
 
 class AdminConfig(_Model):
+    """The admin HTTP endpoint and the status page (daemon/admin.py, web/)."""
+
     listen: Listen | None = None
+    token_file: ConfPath | None = None  # the bearer token that allows changes (web/auth.py)
+    token: SecretStr | None = None  # read from token_file by load(); never in the file
+
+    @model_validator(mode="after")
+    def _token_off_loopback(self) -> AdminConfig:
+        # Any local user reaches loopback, but anyone on the network reaches the rest: the
+        # page shows senders, recipients and replies, so off loopback it needs the token.
+        if (
+            self.listen is not None
+            and self.token_file is None
+            and not is_loopback_host(parse_listen(self.listen)[0])
+        ):
+            raise KeyedValueError(
+                ("listen",),
+                f'"{self.listen}" is not a loopback address: set admin.token_file too (the '
+                "page is then readable only with the token), or listen on 127.0.0.1 and reach "
+                "it over an SSH tunnel (README)",
+            )
+        return self
 
 
 class Config(_Model):
@@ -288,7 +310,12 @@ def _with_secrets(config: Config, locator: KeyLocator, environ: Mapping[str, str
         dsn = read_secret(queue.dsn_file, queue.dsn_env, loc, locator, environ)
         queue = queue.model_copy(update={"dsn": dsn})
     bounces = reports.with_secrets(config.bounces, locator, environ)
-    return config.model_copy(update={"upstreams": upstreams, "queue": queue, "bounces": bounces})
+    admin = config.admin
+    if admin.token_file is not None:
+        token = read_secret(admin.token_file, None, ("admin", "token_file"), locator, environ)
+        admin = admin.model_copy(update={"token": token})
+    update = {"upstreams": upstreams, "queue": queue, "bounces": bounces, "admin": admin}
+    return config.model_copy(update=update)
 
 
 def _secret(upstream: UpstreamConfig, locator: KeyLocator, environ: Mapping[str, str]) -> SecretStr:

@@ -1,7 +1,9 @@
-"""The admin HTTP endpoint ([admin] listen): /healthz, /readyz and /metrics.
+"""The admin HTTP endpoint ([admin] listen): the status page, /healthz, /readyz and /metrics.
 
-A minimal HTTP/1.1 server on asyncio.start_server in the daemon's loop: three GET routes, one
-request per connection, bounded reads. It reads the store and the metrics; it changes no mail.
+The server is web/http.py's (one request per connection, bounded reads, security headers);
+this module answers the three machine routes and hands every other path to the status page
+(web/app.py). The machine routes change no mail and need no token: a scraper, Docker's
+HEALTHCHECK or a load balancer reads them.
 
 - /healthz: the process and its event loop answer (200 always).
 - /readyz: 200 when relayd can accept mail: the store commits a durable write (and, on
@@ -17,28 +19,29 @@ request per connection, bounded reads. It reads the store and the metrics; it ch
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any, Protocol
 
 from relayd import metrics
 from relayd.clock import Clock
+from relayd.config.model import Config
+from relayd.config.values import is_loopback_host, parse_listen
 from relayd.errors import StoreError
 from relayd.logs import get_logger
+from relayd.notices.notifier import Notifier
 from relayd.store.base import QueueStats, Readiness, UpstreamHolds
+from relayd.tools.probe import probe_upstream
 from relayd.units import format_iso
+from relayd.web.actions import PageStore
+from relayd.web.app import StatusApp
+from relayd.web.http import Handler, HttpServer, Request, Response
 
 log = get_logger("admin")
 
-READ_TIMEOUT = 5.0  # seconds for a client to send its request head
-MAX_HEAD = 16 * 1024  # bytes of request line and headers
 STORE_PROBE_TIMEOUT = 3.0  # a store slower than this to commit a write is not ready
-
-_REASONS = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed"}
-_REASONS[503] = "Service Unavailable"
 JSON_TYPE = "application/json"
+MACHINE_ROUTES = ("/healthz", "/readyz", "/metrics")
 
 
 class AdminStore(QueueStats, Readiness, UpstreamHolds, Protocol):
@@ -46,11 +49,34 @@ class AdminStore(QueueStats, Readiness, UpstreamHolds, Protocol):
     write), and each upstream's hold."""
 
 
-@dataclass(frozen=True)
-class Response:
-    status: int
-    content_type: str
-    body: bytes
+class AdminPageStore(AdminStore, PageStore, Protocol):
+    """The endpoint's and the status page's (web/) verbs."""
+
+
+def admin_server(
+    store: AdminPageStore,
+    clock: Clock,
+    config: Callable[[], Config],
+    notifier: Notifier,
+    listening: Callable[[], list[str]],
+) -> AdminServer:
+    """The endpoint with the status page on [admin] listen; off loopback the page needs the
+    token to be read too (config.model.AdminConfig refuses such a listen without one)."""
+    assert config().admin.listen is not None
+    host, _ = parse_listen(config().admin.listen or "")
+    page = StatusApp(
+        store,
+        config,
+        clock,
+        notifier.active,
+        probe_upstream,
+        loopback=is_loopback_host(host),
+    )
+
+    def upstreams() -> list[str]:
+        return list(config().upstreams)
+
+    return AdminServer(store, clock, upstreams, listening, page)
 
 
 def _iso(at: float | None) -> str | None:
@@ -62,8 +88,9 @@ def _json(status: int, document: object) -> Response:
 
 
 class AdminServer:
-    """Serves the three routes; `upstreams()` and `listening()` are read on every request,
-    so a reloaded configuration is reported at once."""
+    """Serves the machine routes and, when given, the status page (`page`) on every other
+    path; `upstreams()` and `listening()` are read on every request, so a reloaded
+    configuration is reported at once."""
 
     def __init__(
         self,
@@ -71,71 +98,35 @@ class AdminServer:
         clock: Clock,
         upstreams: Callable[[], list[str]],
         listening: Callable[[], list[str]],
+        page: Handler | None = None,
     ) -> None:
         self.store = store
         self.clock = clock
         self.upstreams = upstreams
         self.listening = listening
-        self.address: tuple[str, int] | None = None
-        self._server: asyncio.Server | None = None
+        self.page = page
+        self._http = HttpServer(self._route)
+
+    @property
+    def address(self) -> tuple[str, int] | None:
+        return self._http.address
 
     async def start(self, host: str, port: int) -> None:
-        self._server = await asyncio.start_server(
-            self._serve_client, host, port, limit=MAX_HEAD, reuse_address=True
-        )
-        self.address = self._server.sockets[0].getsockname()[:2]
-        log.info("admin_listening", listen=f"{self.address[0]}:{self.address[1]}")
+        await self._http.start(host, port)
 
     async def close(self) -> None:
-        if self._server is not None:
-            self._server.close()
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(self._server.wait_closed(), 1.0)
-            self._server = None
+        await self._http.close()
 
-    # -- HTTP ---------------------------------------------------------------------------
-
-    async def _serve_client(
-        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
-    ) -> None:
-        try:
-            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), READ_TIMEOUT)
-        except (TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, OSError):
-            writer.close()
-            return
-        method, path = _request_line(head)
-        try:
-            response = await self._route(method, path)
-        except Exception:
-            log.exception("admin_error", path=path)
-            response = _json(503, {"error": "internal error; see the relayd log"})
-        reason = _REASONS.get(response.status, "")
-        lines = [
-            f"HTTP/1.1 {response.status} {reason}",
-            f"Content-Type: {response.content_type}",
-            f"Content-Length: {len(response.body)}",
-            "Cache-Control: no-store",
-            "Connection: close",
-        ]
-        if response.status == 405:
-            lines.append("Allow: GET, HEAD")
-        writer.write(("\r\n".join(lines) + "\r\n\r\n").encode())
-        if method != "HEAD":
-            writer.write(response.body)
-        with contextlib.suppress(OSError):
-            await writer.drain()
-        writer.close()
-
-    async def _route(self, method: str, path: str) -> Response:
-        if not method:
-            return _json(400, {"error": "bad request line"})
-        if path not in ("/healthz", "/readyz", "/metrics"):
-            return _json(404, {"error": "not found", "routes": ["/healthz", "/readyz", "/metrics"]})
-        if method not in ("GET", "HEAD"):
-            return _json(405, {"error": "use GET"})
-        if path == "/healthz":
+    async def _route(self, request: Request) -> Response:
+        if request.path not in MACHINE_ROUTES:
+            if self.page is not None:
+                return await self.page(request)
+            return _json(404, {"error": "not found", "routes": list(MACHINE_ROUTES)})
+        if request.method not in ("GET", "HEAD"):
+            return Response(405, JSON_TYPE, b'{"error": "use GET"}\n', (("Allow", "GET, HEAD"),))
+        if request.path == "/healthz":
             return _json(200, {"status": "ok"})
-        if path == "/readyz":
+        if request.path == "/readyz":
             ready, document = await self.readiness()
             return _json(200 if ready else 503, document)
         metrics.refresh_queue(await self.store.depth(), self.clock.now())
@@ -197,12 +188,3 @@ class AdminServer:
             if last is None
             else {"state": last.state, "reply": last.reply, "at": _iso(last.at)},
         }
-
-
-def _request_line(head: bytes) -> tuple[str, str]:
-    """(method, path without query) from the request head; ("", "") when malformed."""
-    line = head.split(b"\r\n", 1)[0].decode("latin-1")
-    parts = line.split()
-    if len(parts) != 3 or not parts[2].startswith("HTTP/"):
-        return "", ""
-    return parts[0].upper(), parts[1].split("?", 1)[0]

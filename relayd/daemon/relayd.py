@@ -20,7 +20,7 @@ import structlog
 from relayd.bounces.jobs import bounce_poller, polls_with_idle
 from relayd.clock import Clock, SystemClock
 from relayd.config.model import Config, load
-from relayd.daemon.admin import AdminServer, AdminStore
+from relayd.daemon.admin import AdminServer, admin_server
 from relayd.daemon.heartbeat import run_watchdog, watchdog_interval
 from relayd.daemon.reload import reload_config, serve_reloads
 from relayd.daemon.schedule import DaemonJobs
@@ -179,13 +179,16 @@ class Relayd:
             for sock in server.sockets:
                 self.addresses.append(sock.getsockname()[:2])
 
-    async def _start_admin(self, store: AdminStore) -> None:
-        if self.config.admin.listen is None:
-            return
-        self.admin = AdminServer(
-            store, self.clock, lambda: list(self.config.upstreams), self.listening
-        )
-        await self.admin.start(*split_listen(self.config.admin.listen))
+    async def _start_admin(self, store: Store) -> None:
+        if self.config.admin.listen is not None:
+            self.admin = admin_server(
+                store, self.clock, self.current_config, self.notifier, self.listening
+            )
+            await self.admin.start(*split_listen(self.config.admin.listen))
+
+    def current_config(self) -> Config:
+        """The configuration in force (read per request by the status page: reloads show)."""
+        return self.config
 
     def _start_side_tasks(self, store: Store) -> None:
         self._notice_sink.store = store

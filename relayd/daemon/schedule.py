@@ -2,7 +2,8 @@
 
 Jobs (`DaemonJobs`): "notices" (the queue checks, then this node's digest), "disk"
 (disk_low), "bounces" (one late-bounce poll round, when IMAP IDLE is not in use),
-"retention" (the history purge) and "status" (systemd STATUS=). Each body is a plain async
+"retention" (the purge of finished messages), "history" (the status page's per-minute
+samples) and "status" (systemd STATUS=). Each body is a plain async
 function of `now` (notice watches, bounce jobs, retention, heartbeat), tested on an injected
 clock without a scheduler; this module only says when they run. Every job is an interval job
 with max_instances=1 (a slow round never overlaps the next), coalesce=True (rounds missed
@@ -43,7 +44,8 @@ from relayd.daemon.retention import purge_history
 from relayd.logs import get_logger
 from relayd.notices.notifier import Notifier
 from relayd.notices.watches import DiskWatch, NoticeRound, disk_paths
-from relayd.store.base import QueueAdmin, QueueStats
+from relayd.store.base import QueueAdmin, QueueStats, StatusHistory
+from relayd.web.history import HistorySampler, first_delay
 
 log = get_logger("schedule")
 
@@ -54,6 +56,7 @@ NOTICES_EVERY = 5.0  # seconds between notice rounds (a digest at most every dig
 DISK_EVERY = 5.0  # seconds between free-space checks (statvfs is cheap; a full disk is urgent)
 STATUS_EVERY = 15.0  # seconds between systemd STATUS= updates
 RETENTION_EVERY = 3600.0  # seconds between history purges
+HISTORY_EVERY = 60.0  # the status page's history is per minute (web/history.py)
 RETENTION_FIRST = 60.0  # the first purge waits until startup traffic has settled
 
 
@@ -174,10 +177,11 @@ class Schedule:
             del self._running[task]
 
 
-class JobStore(QueueStats, QueueAdmin, Protocol):
-    """What the jobs do to the store: measure the queue (notices, status) and purge its
-    history (retention). The bounce poll works through its own (BouncePoller.store); of
-    this one it only asks who leads, as the notice round does (store.base.leads)."""
+class JobStore(QueueStats, QueueAdmin, StatusHistory, Protocol):
+    """What the jobs do to the store: measure the queue (notices, status, the status page's
+    history) and purge its finished messages (retention). The bounce poll works through its
+    own (BouncePoller.store); of this one it only asks who leads, as the notice round does
+    (store.base.leads)."""
 
 
 class DaemonJobs:
@@ -205,11 +209,13 @@ class DaemonJobs:
         self.environ = dict(environ)
         self.notices: NoticeRound | None = None
         self.disk: DiskWatch | None = None
+        self.history = HistorySampler(store)
 
     def apply(self, config: Config, now: float) -> None:
         """Schedule the jobs `config` asks for, with its values; remove the others."""
         store, poller = self.store, self.poller
         jobs = self._notice_jobs(config, now)
+        jobs["history"] = (HISTORY_EVERY, self.history.sample, first_delay(now))
         if poller is not None:
             retarget_poller(poller, config)
             if not polls_with_idle(poller, store):

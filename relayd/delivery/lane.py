@@ -22,7 +22,7 @@ from typing import Protocol
 
 from relayd.clock import Clock
 from relayd.config.model import Config, UpstreamConfig
-from relayd.delivery import renewal
+from relayd.delivery import ledger, renewal
 from relayd.delivery.notices import UpstreamNotices
 from relayd.delivery.session import Session
 from relayd.errors import LeaseLost, StoreError, UpstreamUnavailable
@@ -266,8 +266,10 @@ class Lane:
         reservation: int | None = None  # no limits: no ledger row, no store write
         if self.upstream.rate_limits or self.upstream.min_interval:
             weight = 1 if self.upstream.count == "messages" else len(lease.recipients)
+            limits = self.upstream.rate_limits, self.upstream.min_interval, weight
+            # A send whose node died counts as ended after a lease: its lease is over by then.
             slot = await self.store.reserve_send(
-                self.name, now, self.upstream.rate_limits, self.upstream.min_interval, weight
+                self.name, now, *limits, self.config.queue.lease_time
             )
             if slot.reservation is None:
                 reason = f"{slot.reason or 'rate limit'} until {format_iso(slot.at)}"
@@ -277,10 +279,9 @@ class Lane:
             reservation = slot.reservation
         self.in_flight += 1
         try:
-            async with renewal.kept(self.store, lease, self.clock, self.config.queue):
+            async with renewal.kept(self.store, lease, self.clock, self.config.queue, session):
                 return await self._send(session, lease, reservation, writes)
-        except LeaseLost:  # another node has it now (renewal.before_data): no DATA from here
-            return await renewal.lost(session, lease, reservation, self.store)
+            return None  # the lease was lost before DATA: the message is another node's now
         except StoreError:
             raise
         except Exception as exc:
@@ -302,6 +303,7 @@ class Lane:
             recipients=len(lease.recipients),
             attempt=lease.attempts + 1,
         )
+        result = SendResult(reached_data=True)  # an unforeseen error: the upstream may have it
         try:
             result = await session.send(
                 lease.mail_from,
@@ -316,9 +318,8 @@ class Lane:
             result = SendResult(reached_data=exc.reached_data)
             reply = SmtpReply(0, str(exc))
             result.replies = {rcpt: reply for rcpt in lease.addresses}
-        if not result.reached_data and reservation is not None:
-            # The upstream never saw the message: the slot goes back to the ledger.
-            await self.store.cancel_send(reservation)
+        finally:  # later sends count this one from its final reply; none if it never arrived
+            await ledger.finish_send(self.store, reservation, self.clock.now(), result.reached_data)
         elapsed = self.clock.monotonic() - started
         return await self._apply(lease, result, elapsed, writes)
 

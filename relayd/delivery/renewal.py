@@ -28,7 +28,6 @@ from typing import Protocol
 from relayd.clock import Clock
 from relayd.errors import LeaseLost, StoreError, StoreUnavailable
 from relayd.logs import get_logger
-from relayd.policy.waits import Wait
 from relayd.types import Lease
 
 log = get_logger("dispatch")
@@ -51,8 +50,6 @@ class QueueTimes(Protocol):
 class LeaseStore(Protocol):
     async def renew_lease(self, lease: Lease, now: float, lease_for: float) -> None: ...
 
-    async def cancel_send(self, reservation_id: int) -> None: ...
-
 
 class Closable(Protocol):
     async def close(self) -> None: ...
@@ -60,10 +57,13 @@ class Closable(Protocol):
 
 @asynccontextmanager
 async def kept(
-    store: LeaseStore, lease: Lease, clock: Clock, queue: QueueTimes
+    store: LeaseStore, lease: Lease, clock: Clock, queue: QueueTimes, session: Closable
 ) -> AsyncIterator[None]:
     """While the block runs, the lease is renewed every lease_time / 3 seconds and
-    before_data() confirms it."""
+    before_data() confirms it. When it finds the lease gone, the block ends there: logged
+    (`lease_lost`), the upstream transaction ended (the session closes: QUIT), nothing
+    recorded (the message is the new owner's). The rate slot stays counted as a send: one
+    too many for a while, never one too few."""
     lease_for = queue.lease_time
     leased_at = lease.lease_until - lease_for  # the `now` lease_due was given
     safe_for = min(queue.node_timeout, lease_for) / 2
@@ -89,6 +89,9 @@ async def kept(
     token = _confirm.set(confirm)
     try:
         yield
+    except LeaseLost:
+        log.warning("lease_lost", queue_id=lease.queue_id, upstream=lease.upstream, before="DATA")
+        await session.close()
     finally:
         _confirm.reset(token)
         renewing.cancel()
@@ -105,19 +108,3 @@ async def before_data() -> None:
         await confirm()
     except StoreUnavailable as exc:
         raise LeaseLost(f"the lease could not be confirmed: {exc}") from exc
-
-
-async def lost(
-    session: Closable, lease: Lease, reservation: int | None, store: LeaseStore
-) -> Wait | None:
-    """The lease went before DATA: end the upstream transaction (QUIT), give the rate slot
-    back (the upstream never saw the message) and leave the message to its new owner. As
-    Lane._attempt's answer: no wait for the upstream."""
-    log.warning("lease_lost", queue_id=lease.queue_id, upstream=lease.upstream, before="DATA")
-    await session.close()
-    if reservation is not None:
-        try:
-            await store.cancel_send(reservation)
-        except StoreError as exc:
-            log.error("store_error", queue_id=lease.queue_id, error=str(exc))
-    return None

@@ -11,6 +11,12 @@ Window membership, everywhere in relayd: a send at time `s` counts in the window
 leaves the window exactly `P` seconds after it was made). The store's SQL uses the same
 predicate (``sent_at > now - period``).
 
+A send occupies the window from the moment it is reserved until its final reply comes back
+(`occupying`): the provider counts the message when it arrives, which is somewhere in between,
+so measuring the next sends from the final reply is what keeps every window at the provider
+under the ceiling however late the message arrived (a new connection, a slow lock, a slow
+upstream). Send k + N may start only once send k has ended and the period has passed since.
+
 Each condition is monotone in `t` (sends only ever leave the window as `t` grows, and
 ``t >= last + min_interval`` stays true), so the earliest permitted time is the maximum of the
 per-condition earliest times. Time is always a float of epoch seconds, passed in.
@@ -26,6 +32,27 @@ from relayd.units import format_duration
 
 Send = tuple[float, int]
 """One ledger row: (timestamp in epoch seconds, weight: 1 message, or its recipient count)."""
+
+
+Reservation = tuple[float, float | None, int]
+"""One ledger row as stored: (reserved at, ended at: the final reply's time or None while the
+send is under way, weight)."""
+
+
+def occupying(reservations: Sequence[Reservation], now: float, open_for: float) -> list[Send]:
+    """The ledger as the ceilings count it: each reservation as a send at its end.
+
+    A send under way counts as if it ended `now` (its end is at least that): it is in the
+    window now, and nothing can assume it leaves before `now` + the period. A reservation
+    still open `open_for` seconds after it was made (its node crashed or froze; the lease time
+    bounds a live attempt) counts as ended then, so it cannot block the upstream for ever.
+    """
+    sends = []
+    for reserved_at, ended_at, weight in reservations:
+        if ended_at is None:
+            ended_at = reserved_at + open_for if now >= reserved_at + open_for else now
+        sends.append((max(ended_at, reserved_at), weight))
+    return sends
 
 
 def in_window(sent_at: float, at: float, period: float) -> bool:

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
 from relayd.dsn.parse import ParsedDsn
+from relayd.policy.limits import Reservation
 from relayd.types import (
     Ceiling,
     Lease,
@@ -58,7 +59,7 @@ class ReportInfo:
 class SendSlot:
     """reserve_send's answer: a reservation, or when the limits allow the send and why not now.
 
-    Reserved: `reservation` is the ledger row (for cancel_send), `at` is now, `reason` None.
+    Reserved: `reservation` is the ledger row (for finish_send), `at` is now, `reason` None.
     Refused: `reservation` is None, `at` is the earliest permitted time, and `reason` names the
     binding constraint as limits.describe_wait does ("rate limit 200/hour", "min_interval 20s").
     """
@@ -133,7 +134,12 @@ class DeliveryQueue(MessageBodies, Protocol):
 
 
 class SendLedger(Protocol):
-    """The rate ledger: the one atomic reserve-or-refuse primitive, and giving a slot back."""
+    """The rate ledger: reserve a send at its start (atomic reserve-or-refuse), and at its
+    end stamp it or give the slot back.
+
+    A send occupies the window from its reservation until its final reply (see
+    relayd.policy.limits.occupying): the provider counts it when it arrives, in between.
+    """
 
     async def reserve_send(
         self,
@@ -142,16 +148,21 @@ class SendLedger(Protocol):
         ceilings: Sequence[Ceiling],
         min_interval: float,
         weight: int,
+        open_for: float,
     ) -> SendSlot:
         """Atomically take `weight` slots in the upstream's send ledger if the limits allow.
 
         Returns SendSlot(reservation_id, now) when reserved, or SendSlot(None, earliest_time,
         reason) when the ceilings or `min_interval` make the send wait until `earliest_time`.
-        The ledger is pruned to the longest ceiling's period.
+        Sends count from their stamp; one not yet stamped as if it ended `now`, or, once it is
+        `open_for` seconds old (its node died mid-send), as if it ended then. The ledger is
+        pruned to the longest ceiling's period.
         """
 
-    async def cancel_send(self, reservation_id: int) -> None:
-        """Give back a reservation whose connection never reached DATA."""
+    async def finish_send(self, reservation_id: int, at: float, reached_data: bool) -> None:
+        """End a reservation: stamp it with `at`, the final reply's time, from which later
+        sends measure the window; or, when the send never reached DATA (the upstream never
+        had the message), give the slot back."""
 
 
 class UpstreamHolds(Protocol):
@@ -229,6 +240,42 @@ class QueueAdmin(MessageBodies, Protocol):
         last updated before `before` (queue.retention); returns how many."""
 
 
+@dataclass(frozen=True)
+class MinuteSample:
+    """One minute of the status page's history: what happened in it (counted by every node
+    that samples it) and the queue's depth at its end (pending: queued or deferred)."""
+
+    minute: int  # Unix time of the minute's start, a multiple of 60
+    accepted: int = 0
+    delivered: int = 0
+    deferred: int = 0
+    failed: int = 0
+    pending: int = 0
+    held: int = 0
+
+
+class StatusHistory(Protocol):
+    """What the status page (web/) reads beyond the queue tool's verbs, and its history."""
+
+    async def add_minute(self, sample: MinuteSample, keep_since: int) -> None:
+        """Add the counts to the minute's row (nodes add theirs), set its depth, and drop
+        rows older than `keep_since`."""
+
+    async def minutes(self, since: int) -> list[MinuteSample]:
+        """The rows from `since` on, oldest first."""
+
+    async def ledger_sends(self, upstream: str, since: float) -> list[Reservation]:
+        """The rate ledger's rows of `upstream` that may count after `since`: (reserved at,
+        ended at or None while under way, weight), as limits.occupying reads them."""
+
+    async def recent_problems(self, limit: int) -> list[tuple[float, MessageView]]:
+        """The messages whose recipients most recently failed or bounced, newest first,
+        with when that happened."""
+
+    async def counts_by_upstream(self) -> dict[str, dict[RecipientState, int]]:
+        """Recipient count per upstream and state (states without recipients left out)."""
+
+
 class ReportSource(MessageBodies, Protocol):
     """What a delivery report about a stored message reads (reports/dsn_reports.py)."""
 
@@ -265,6 +312,7 @@ class Store(
     QueueAdmin,
     ReportSource,
     BounceMatching,
+    StatusHistory,
     Protocol,
 ):
     """Every role, opened and closed: what a backend implements and its owner holds (the

@@ -51,8 +51,11 @@ class InstrumentedStore:
         ceilings: Sequence[Ceiling],
         min_interval: float,
         weight: int,
+        open_for: float,
     ) -> SendSlot:
-        slot = await self.inner.reserve_send(upstream, now, ceilings, min_interval, weight)
+        slot = await self.inner.reserve_send(
+            upstream, now, ceilings, min_interval, weight, open_for
+        )
         if slot.reservation is None:
             metrics.rate_limit_wait(upstream)
         return slot

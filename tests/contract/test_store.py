@@ -14,6 +14,7 @@ import pytest
 
 from relayd.errors import LeaseLost, StoreError, StoreUnavailable
 from relayd.store import open_store
+from relayd.store.base import SendLedger, SendSlot
 from relayd.store.sqlite.store import SqliteStore
 from relayd.types import (
     Ceiling,
@@ -411,79 +412,118 @@ async def test_check_writable_commits_nothing_visible_and_fails_while_locked(
 
 # --- the send ledger --------------------------------------------------------------------
 
+OPEN_FOR = 300.0  # how long a reservation never stamped counts as under way (a lease)
+
+
+async def sent(
+    store: SendLedger,
+    upstream: str,
+    at: float,
+    ceilings: list[Ceiling],
+    spacing: float,
+    weight: int,
+) -> SendSlot:
+    """Reserve a send at `at` and, if granted, stamp its final reply at `at` too."""
+    slot = await store.reserve_send(upstream, at, ceilings, spacing, weight, OPEN_FOR)
+    if slot.reservation is not None:
+        await store.finish_send(slot.reservation, at, reached_data=True)
+    return slot
+
 
 async def test_reserve_send_honours_ceilings_across_reopen(store_factory: StoreFactory) -> None:
     ceilings = [Ceiling(3, 60.0)]
     first = await store_factory.open()
     for i in range(3):
-        slot = await first.reserve_send("practice", T0 + i, ceilings, 0.0, 1)
+        slot = await sent(first, "practice", T0 + i, ceilings, 0.0, 1)
         assert slot.reservation is not None
         assert (slot.at, slot.reason) == (T0 + i, None)
-    refused = await first.reserve_send("practice", T0 + 3, ceilings, 0.0, 1)
+    refused = await sent(first, "practice", T0 + 3, ceilings, 0.0, 1)
     assert refused.reservation is None
     assert refused.at == pytest.approx(T0 + 60)
     assert refused.reason == "rate limit 3/minute"
     await first.close()
 
     second = await store_factory.open()
-    refused = await second.reserve_send("practice", T0 + 30, ceilings, 0.0, 1)
+    refused = await sent(second, "practice", T0 + 30, ceilings, 0.0, 1)
     assert refused.reservation is None
     assert refused.at == pytest.approx(T0 + 60)
     # Another upstream has its own ledger.
-    assert (await second.reserve_send("other", T0 + 30, ceilings, 0.0, 1)).reservation is not None
-    slot = await second.reserve_send("practice", refused.at, ceilings, 0.0, 1)
+    assert (await sent(second, "other", T0 + 30, ceilings, 0.0, 1)).reservation is not None
+    slot = await sent(second, "practice", refused.at, ceilings, 0.0, 1)
     assert slot.reservation is not None
     assert slot.at == refused.at
 
 
 async def test_reserve_send_counts_weight_and_min_interval(store: ContractStore) -> None:
     ceilings = [Ceiling(5, 60.0)]
-    assert (await store.reserve_send("practice", T0, ceilings, 20.0, 4)).reservation is not None
-    spaced = await store.reserve_send("practice", T0 + 5, ceilings, 20.0, 1)
+    assert (await sent(store, "practice", T0, ceilings, 20.0, 4)).reservation is not None
+    spaced = await sent(store, "practice", T0 + 5, ceilings, 20.0, 1)
     assert (spaced.reservation, spaced.at, spaced.reason) == (None, T0 + 20, "min_interval 20s")
-    refused = await store.reserve_send("practice", T0 + 20, ceilings, 20.0, 2)
+    refused = await sent(store, "practice", T0 + 20, ceilings, 20.0, 2)
     assert refused.reservation is None  # 4 + 2 > 5 within the minute
     assert refused.at == pytest.approx(T0 + 60)
     assert refused.reason == "rate limit 5/minute"
-    assert (
-        await store.reserve_send("practice", T0 + 20, ceilings, 20.0, 1)
-    ).reservation is not None
+    assert (await sent(store, "practice", T0 + 20, ceilings, 20.0, 1)).reservation is not None
 
 
 async def test_reserve_send_names_the_binding_ceiling(store: ContractStore) -> None:
     ceilings = [Ceiling(3, 60.0), Ceiling(4, 3600.0)]
     for at in (T0, T0 + 1, T0 + 2, T0 + 61):
-        assert (await store.reserve_send("practice", at, ceilings, 0.0, 1)).reservation is not None
-    refused = await store.reserve_send("practice", T0 + 62, ceilings, 0.0, 1)
+        assert (await sent(store, "practice", at, ceilings, 0.0, 1)).reservation is not None
+    refused = await sent(store, "practice", T0 + 62, ceilings, 0.0, 1)
     assert refused.reservation is None
     assert refused.at == pytest.approx(T0 + 3600)
     assert refused.reason == "rate limit 4/hour"
 
 
-async def test_cancel_send_gives_the_slot_back(store: ContractStore) -> None:
-    ceilings = [Ceiling(1, 3600.0)]
-    slot = await store.reserve_send("practice", T0, ceilings, 0.0, 1)
+async def test_a_send_counts_from_its_final_reply(store: ContractStore) -> None:
+    """1/10s: reserved at T0, its reply at T0 + 4; the next send may start at T0 + 14."""
+    ceilings = [Ceiling(1, 10.0)]
+    slot = await store.reserve_send("practice", T0, ceilings, 0.0, 1, OPEN_FOR)
     assert slot.reservation is not None
-    assert (await store.reserve_send("practice", T0 + 1, ceilings, 0.0, 1)).reservation is None
+    under_way = await store.reserve_send("practice", T0 + 11, ceilings, 0.0, 1, OPEN_FOR)
+    assert (under_way.reservation, under_way.at) == (None, T0 + 21)  # as if it ended now
+    await store.finish_send(slot.reservation, T0 + 4, reached_data=True)
+    early = await store.reserve_send("practice", T0 + 12, ceilings, 0.0, 1, OPEN_FOR)
+    assert (early.reservation, early.at) == (None, T0 + 14)
+    assert (await sent(store, "practice", T0 + 14, ceilings, 0.0, 1)).reservation is not None
 
-    await store.cancel_send(slot.reservation)
-    again = await store.reserve_send("practice", T0 + 1, ceilings, 0.0, 1)
+
+async def test_a_reservation_never_stamped_counts_as_ended_after_open_for(
+    store: ContractStore,
+) -> None:
+    """Its node died mid-send: the upstream waits a lease and a period, not for ever."""
+    ceilings = [Ceiling(1, 10.0)]
+    assert (await store.reserve_send("practice", T0, ceilings, 0.0, 1, 30.0)).reservation
+    refused = await store.reserve_send("practice", T0 + 35, ceilings, 0.0, 1, 30.0)
+    assert (refused.reservation, refused.at) == (None, T0 + 40)
+    assert (await store.reserve_send("practice", T0 + 40, ceilings, 0.0, 1, 30.0)).reservation
+
+
+async def test_a_send_that_never_reached_data_gives_the_slot_back(store: ContractStore) -> None:
+    ceilings = [Ceiling(1, 3600.0)]
+    slot = await store.reserve_send("practice", T0, ceilings, 0.0, 1, OPEN_FOR)
+    assert slot.reservation is not None
+    assert (await sent(store, "practice", T0 + 1, ceilings, 0.0, 1)).reservation is None
+
+    await store.finish_send(slot.reservation, T0 + 1, reached_data=False)
+    again = await sent(store, "practice", T0 + 1, ceilings, 0.0, 1)
     assert again.reservation is not None
     assert again.at == T0 + 1
 
 
 async def test_pruning_keeps_the_ledger_bounded(store: ContractStore, backend: Backend) -> None:
     long_ceiling = [Ceiling(1, 3600.0)]
-    assert (await store.reserve_send("slow", T0, long_ceiling, 0.0, 1)).reservation is not None
+    assert (await sent(store, "slow", T0, long_ceiling, 0.0, 1)).reservation is not None
 
     short_ceiling = [Ceiling(1000, 10.0)]
     for i in range(100):
-        slot = await store.reserve_send("fast", T0 + i, short_ceiling, 0.0, 1)
+        slot = await sent(store, "fast", T0 + i, short_ceiling, 0.0, 1)
         assert slot.reservation is not None
     assert backend.ledger_rows("fast") <= 11
     # Pruning one upstream never forgets another's sends.
     assert backend.ledger_rows("slow") == 1
-    assert (await store.reserve_send("slow", T0 + 100, long_ceiling, 0.0, 1)).reservation is None
+    assert (await sent(store, "slow", T0 + 100, long_ceiling, 0.0, 1)).reservation is None
 
 
 # --- upstream holds ---------------------------------------------------------------------

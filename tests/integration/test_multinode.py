@@ -335,14 +335,14 @@ async def test_concurrent_reservations_on_several_nodes_never_exceed_a_ceiling(d
     try:
         slots = await asyncio.gather(
             *(
-                store.reserve_send("main", T0 + k * 0.001, ceilings, 0.0, 1)
+                store.reserve_send("main", T0 + k * 0.001, ceilings, 0.0, 1, 60.0)
                 for k in range(30)
                 for store in stores
             )
         )
         assert sum(slot.reservation is not None for slot in slots) == 20
         spaced = await asyncio.gather(
-            *(store.reserve_send("spaced", T0, [], 2.0, 1) for store in stores)
+            *(store.reserve_send("spaced", T0, [], 2.0, 1, 60.0) for store in stores)
         )
         granted = [slot for slot in spaced if slot.reservation is not None]
         assert len(granted) == 1  # min_interval holds across nodes too

@@ -21,11 +21,11 @@ import pytest
 from structlog.testing import capture_logs
 
 from relayd import metrics
-from relayd.cli.probe import probe_upstream
 from relayd.clock import SystemClock
 from relayd.config.model import Config, UpstreamConfig, load
 from relayd.delivery.oauth import OAuthRefused, TokenSource, TokenSources
 from relayd.errors import UpstreamUnavailable
+from relayd.tools.probe import probe_upstream
 from relayd.types import Notice, RecipientState
 from tests.conftest import running
 from tests.support.client import message, send

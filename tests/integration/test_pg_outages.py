@@ -59,7 +59,7 @@ async def reserve_within(store: PostgresStore, at: float, bound: float) -> float
     while True:
         try:
             slot: SendSlot = await asyncio.wait_for(
-                store.reserve_send("main", at, CEILINGS, 0.0, 1), bound
+                store.reserve_send("main", at, CEILINGS, 0.0, 1, 60.0), bound
             )
         except (StoreUnavailable, TimeoutError):
             pass
@@ -75,9 +75,9 @@ async def test_a_node_frozen_mid_reservation_does_not_stop_another(
 ) -> None:
     frozen, other = PostgresStore(proxy.dsn(dsn), pool_size=2), PostgresStore(dsn, pool_size=2)
     await asyncio.gather(frozen.open(), other.open())
-    await other.reserve_send("main", T0, CEILINGS, 0.0, 1)  # the upstream's row exists
+    await other.reserve_send("main", T0, CEILINGS, 0.0, 1, 60.0)  # the upstream's row exists
     proxy.freeze_after(b"send_locks")  # the server runs that statement; no answer returns
-    stuck = asyncio.create_task(frozen.reserve_send("main", T0 + 1, CEILINGS, 0.0, 1))
+    stuck = asyncio.create_task(frozen.reserve_send("main", T0 + 1, CEILINGS, 0.0, 1, 60.0))
     try:
         await asyncio.wait_for(proxy.frozen.wait(), 5)
         await asyncio.sleep(0.2)  # the statement reached the server
@@ -98,7 +98,7 @@ async def test_the_server_ends_a_frozen_sessions_transaction_and_its_locks(
     session has been idle in it for idle_in_transaction_session_timeout."""
     other = PostgresStore(dsn, pool_size=2)
     await other.open()
-    await other.reserve_send("main", T0, CEILINGS, 0.0, 1)
+    await other.reserve_send("main", T0, CEILINGS, 0.0, 1, 60.0)
     conn = await Database(proxy.dsn(dsn)).connect()
     try:
         await conn.execute("BEGIN")

@@ -19,12 +19,12 @@ from pathlib import Path
 import pytest
 
 from relayd.cli.main import main
-from relayd.cli.probe import MASK, Step, probe_upstream
 from relayd.clock import SystemClock
 from relayd.config.model import Config, load
 from relayd.delivery.session import SmtpSession
 from relayd.errors import UpstreamUnavailable
 from relayd.policy.hints import Problem, hint_for
+from relayd.tools.probe import MASK, Step, probe_upstream
 from tests.support.fake_provider import FakeProvider, Login
 from tests.support.tls import PrivateCA
 

@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 
 from relayd.cli.main import main
-from relayd.cli.sendtest import SendTestError, plan_send_test, send_test
 from relayd.clock import SystemClock
 from relayd.config.model import Config
+from relayd.tools.sendtest import SendTestError, plan_send_test, send_test
 from tests.conftest import ConfigFactory, running
 
 

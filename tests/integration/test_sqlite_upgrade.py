@@ -405,12 +405,12 @@ async def test_the_rate_ledger_still_counts_the_old_sends(v1_queue: Path) -> Non
     """4 sends of the last hour are in the v1 ledger: a 5/hour ceiling allows one more."""
     ceiling = [Ceiling(5, 3600)]
     async with opened(v1_queue) as store:
-        slot = await store.reserve_send("main", NOW, ceiling, 0.0, 1)
+        slot = await store.reserve_send("main", NOW, ceiling, 0.0, 1, 60.0)
         assert slot.reservation is not None
-        refused = await store.reserve_send("main", NOW, ceiling, 0.0, 1)
+        refused = await store.reserve_send("main", NOW, ceiling, 0.0, 1, 60.0)
         assert refused.reservation is None
         assert refused.at == NOW - 3000 + 3600  # when the oldest v1 send leaves the window
-        office = await store.reserve_send("office", NOW, [Ceiling(1, 3600)], 0.0, 1)
+        office = await store.reserve_send("office", NOW, [Ceiling(1, 3600)], 0.0, 1, 60.0)
         assert (office.reservation, office.at) == (None, NOW - 100 + 3600)
 
 

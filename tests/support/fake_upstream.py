@@ -7,6 +7,7 @@ import collections
 import contextlib
 import ssl
 import time
+import weakref
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -33,6 +34,9 @@ class Script:
     drop_in_data: int = 0  # close the connection instead of answering DATA, this many times
     stall: float = 0.0  # seconds to wait before answering DATA
     rcpt_stall: float = 0.0  # seconds to wait before answering each RCPT
+    # seconds to wait before answering the first MAIL on each connection: a new connection
+    # that is slow to get going (TLS, AUTH, a busy server), so its message arrives late
+    first_mail_stall: float = 0.0
     auth_reply: str | None = None  # reply to every AUTH attempt (None: accept)
 
 
@@ -83,6 +87,9 @@ class _Handler:
         self, server: SMTP, session: Session, envelope: Envelope, address: str, options: list[str]
     ) -> str:
         script = self.upstream.script
+        if script.first_mail_stall and session not in self.upstream.mailed:
+            self.upstream.mailed.add(session)
+            await asyncio.sleep(script.first_mail_stall)
         if script.mail_replies:
             reply = script.mail_replies.popleft()
             if not reply.startswith("2"):
@@ -163,6 +170,7 @@ class FakeUpstream(LoopbackSMTPServer):
         self.rcpt_options: list[tuple[str, list[str]]] = []
         self.dsn = dsn
         self.data_seen = 0
+        self.mailed: weakref.WeakSet[Session] = weakref.WeakSet()  # connections that sent MAIL
         self.connections = 0
         self.arrived = asyncio.Event()
         self.tls_context = tls_context

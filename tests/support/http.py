@@ -39,3 +39,35 @@ def sample(metrics_text: str, name: str, **labels: str) -> float:
         if metric == name and found == wanted:
             return float(value)
     return 0.0
+
+
+def _request(
+    port: int, method: str, path: str, form: dict[str, str] | None, headers: dict[str, str]
+) -> tuple[int, dict[str, list[str]], str]:
+    import http.client
+    import urllib.parse
+
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    try:
+        body = urllib.parse.urlencode(form) if form is not None else None
+        if body is not None:
+            headers = {"Content-Type": "application/x-www-form-urlencoded", **headers}
+        conn.request(method, path, body=body, headers=headers)
+        response = conn.getresponse()
+        fields: dict[str, list[str]] = {}
+        for name, value in response.getheaders():
+            fields.setdefault(name.lower(), []).append(value)
+        return response.status, fields, response.read().decode()
+    finally:
+        conn.close()
+
+
+async def request(
+    port: int,
+    method: str,
+    path: str,
+    form: dict[str, str] | None = None,
+    headers: dict[str, str] | None = None,
+) -> tuple[int, dict[str, list[str]], str]:
+    """(status, header fields by lower-case name, body); redirects are not followed."""
+    return await asyncio.to_thread(_request, port, method, path, form, headers or {})

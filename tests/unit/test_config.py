@@ -626,6 +626,7 @@ UNDOCUMENTED = {
     "upstreams.<name>.preset_fields": "internal: which values the provider preset filled",
     "upstreams.<name>.password": "read from password_file / password_env; inline is refused",
     "bounces.imap.password": "read from password_file / password_env; inline is refused",
+    "admin.token": "read from token_file; inline is refused",
 }
 
 # PENDING_DOCS: keys config/relayd.example.toml should document and does not yet. Each entry

@@ -87,6 +87,9 @@ class FakeSession:
         self.replies: collections.deque[str] = collections.deque()
         self.sent: list[Sent] = []
         self.on_send: Callable[[], None] = lambda: None
+        # virtual seconds each send takes, one per send, then none: the message arrives at
+        # the end (Sent.at), when its final reply comes back
+        self.durations: collections.deque[float] = collections.deque()
         self._progress = asyncio.Event()  # set by every send, for wait_sent()
 
     async def send(
@@ -99,6 +102,8 @@ class FakeSession:
         mail_options: tuple[str, ...] = (),
         rcpt_dsn: Mapping[str, RcptDsn] | None = None,
     ) -> SendResult:
+        if self.durations:
+            self.clock.t += self.durations.popleft()
         self.sent.append(Sent(self.clock.now(), name, recipients, dict(rcpt_dsn or {})))
         code, _, text = (self.replies.popleft() if self.replies else "250 2.0.0 OK").partition(" ")
         self.on_send()
@@ -241,6 +246,25 @@ async def test_min_interval_spreads_sends_and_count_recipients_weighs_them(
     # 2+2 at 0 and 5 s; the 3 waits for both to leave (60 s), the 1 fits beside it at 65 s,
     # the next 1 at 70 s, and the 4 waits for the 3 to leave the minute (120 s).
     assert [round(s.at - T0) for s in sent] == [0, 5, 60, 65, 70, 120]
+
+
+async def test_a_send_that_took_long_is_counted_from_its_final_reply(
+    make_config: ConfigFactory, tmp_path: Path
+) -> None:
+    """2/10s; the first send takes 5 s (a slow new connection), so it arrives at T0 + 5, and
+    the second right after it. Counted from its reservation, the first would leave the window
+    at T0 + 10 and a third would arrive 5 s after the other two: 3 in 10 s at the provider."""
+
+    config = make_config(UPSTREAM + 'rate_limits = ["2/10s"]\n')
+    async with SqliteStore(tmp_path / "virtual.db") as store:
+        h = Harness(config, store, T0)
+        h.session.durations.append(5.0)
+        for i in range(5):
+            await h.enqueue(T0 + i * 0.001)
+        sent = await h.run(sends=5, until=T0 + 3600)
+    assert max_in_window(sent, 10.0) <= 2
+    # The allowance is still used: two sends every 10 s from the first one's final reply.
+    assert [s.at - T0 for s in sent] == pytest.approx([5.0, 5.0, 15.0, 15.0, 25.0])
 
 
 # --- order and fairness -----------------------------------------------------------------

@@ -14,6 +14,7 @@ from relayd.policy.limits import (
     in_window,
     ledger_horizon,
     next_permitted,
+    occupying,
     window_units,
 )
 from relayd.types import Ceiling
@@ -312,3 +313,100 @@ def _max_window_sorted(sends: Sequence[tuple[float, int]], period: float) -> int
         assert left <= right
         best = max(best, used)
     return best
+
+
+# -- sends that take time: reserve at the start, stamp at the final reply ------------------
+
+
+def test_a_send_under_way_counts_as_ending_now() -> None:
+    rows = [(T0, None, 1), (T0 + 1, T0 + 1.5, 2)]
+    assert occupying(rows, T0 + 3, open_for=60.0) == [(T0 + 3, 1), (T0 + 1.5, 2)]
+
+
+def test_the_next_send_is_measured_from_the_final_reply() -> None:
+    """1/10s: the send reserved at T0 whose reply came at T0 + 4 frees the slot at T0 + 14."""
+    ceilings = [Ceiling(1, 10.0)]
+    under_way = occupying([(T0, None, 1)], T0 + 4, open_for=60.0)
+    assert next_permitted(under_way, T0 + 4, ceilings, 0.0, 1) == T0 + 14
+    ended = occupying([(T0, T0 + 4, 1)], T0 + 10, open_for=60.0)
+    assert next_permitted(ended, T0 + 10, ceilings, 0.0, 1) == T0 + 14
+    spaced = occupying([(T0, T0 + 4, 1)], T0 + 5, open_for=60.0)
+    assert next_permitted(spaced, T0 + 5, [], 3.0, 1) == T0 + 7  # min_interval likewise
+
+
+def test_a_reservation_never_stamped_stops_blocking_after_open_for() -> None:
+    """Its node crashed mid-send: it counts as ended `open_for` after it was made."""
+    rows = [(T0, None, 1)]
+    ceilings = [Ceiling(1, 10.0)]
+    assert occupying(rows, T0 + 100, open_for=30.0) == [(T0 + 30, 1)]
+    assert next_permitted(occupying(rows, T0 + 35, 30.0), T0 + 35, ceilings, 0.0, 1) == T0 + 40
+    assert next_permitted(occupying(rows, T0 + 45, 30.0), T0 + 45, ceilings, 0.0, 1) == T0 + 45
+
+
+def test_a_reservation_from_a_clock_ahead_counts_from_its_own_time() -> None:
+    assert occupying([(T0 + 5, None, 1)], T0, open_for=60.0) == [(T0 + 5, 1)]
+
+
+def simulate_connections(
+    ceiling: Ceiling,
+    connections: int,
+    durations: list[float],
+    arrive_at: list[float],
+    messages: int,
+) -> tuple[list[float], float]:
+    """`connections` workers under one ceiling, in virtual time, as lanes on any nodes do.
+
+    A free worker reserves at `now` if next_permitted over the ledger (as `occupying` counts
+    it) allows, else sleeps until the time it names; a send takes durations[k] and reaches
+    the provider at fraction arrive_at[k] of that (a slow new connection, a lock), and its
+    reservation is stamped when it ends. Returns the provider's arrival times and the end.
+    """
+    ledger: list[list[float | None]] = []  # [reserved_at, ended_at, weight]
+    free_at = [T0] * connections
+    arrivals: list[float] = []
+    ends: list[tuple[float, int]] = []  # (end time, ledger row) of sends under way
+    sent = 0
+    while sent < messages:
+        worker = min(range(connections), key=lambda w: free_at[w])
+        now = free_at[worker]
+        for end, row in [e for e in ends if e[0] <= now]:
+            ledger[row][1] = end  # the stamps due by now, as the workers write them
+            ends.remove((end, row))
+        rows = [(float(r), e, 1) for r, e, _ in ledger]  # type: ignore[arg-type]
+        at = next_permitted(occupying(rows, now, open_for=1e9), now, [ceiling], 0.0, 1)
+        if at > now:
+            # Refused; wake at `at` or when some send ends (another worker's stamp).
+            free_at[worker] = min([at, *(end for end, _ in ends if end > now)])
+            continue
+        duration = durations[sent % len(durations)]
+        arrivals.append(now + duration * arrive_at[sent % len(arrive_at)])
+        ledger.append([now, None, 1])
+        ends.append((now + duration, len(ledger) - 1))
+        free_at[worker] = now + duration
+        sent += 1
+    return sorted(arrivals), max(end for end, _ in ends) if ends else max(free_at)
+
+
+@settings(max_examples=80, deadline=None)
+@given(
+    ceiling=st.builds(Ceiling, st.integers(1, 8), st.integers(1, 20).map(float)),
+    connections=st.integers(1, 4),
+    durations=st.lists(st.floats(0.0, 3.0, allow_nan=False), min_size=1, max_size=12),
+    arrive_at=st.lists(st.floats(0.0, 1.0, allow_nan=False), min_size=1, max_size=12),
+)
+def test_arrivals_at_the_provider_never_exceed_a_ceiling(
+    ceiling: Ceiling, connections: int, durations: list[float], arrive_at: list[float]
+) -> None:
+    """However long a send takes and wherever in it the message arrives, no window of the
+    period at the provider holds more than N arrivals."""
+    arrivals, _ = simulate_connections(ceiling, connections, durations, arrive_at, 40)
+    assert max_window_units([(a, 1) for a in arrivals], ceiling.period) <= ceiling.count
+
+
+def test_a_saturated_upstream_still_gets_its_allowance() -> None:
+    """5/2s with 3 connections and 40 ms sends: stamping at the end costs 40 ms per period."""
+    ceiling = Ceiling(5, 2.0)
+    arrivals, end = simulate_connections(ceiling, 3, [0.04], [1.0], 500)
+    used = len(arrivals) / ((end - T0) / ceiling.period * ceiling.count)
+    assert used >= 0.95, used
+    assert max_window_units([(a, 1) for a in arrivals], ceiling.period) <= ceiling.count

@@ -246,6 +246,7 @@ def test_the_daemon_gets_every_periodic_job_as_one_coalesced_instance(
         "disk": (1, True, 5),
         "notices": (1, True, 5),
         "retention": (1, True, 3600),
+        "history": (1, True, 60),
         "status": (1, True, 15),
     }
 
@@ -260,15 +261,14 @@ def test_an_idle_poller_is_a_task_not_a_job_unless_the_store_elects_a_leader(
     assert poller is not None and polls_with_idle(poller, single)
     alone = DaemonJobs(single, FakeClock(), Notifier(Sink()), poller, {}, timeline=SystemClock())
     alone.apply(config, T0)
-    assert (
-        alone.schedule.job_names() == []
-    )  # no notifications, retention off, no systemd, IDLE task
+    # No notifications, retention off, no systemd, IDLE a task: only the page's history.
+    assert alone.schedule.job_names() == ["history"]
     assert isinstance(LeaderStore(), Leadership)
     leader: Any = LeaderStore()
     assert not polls_with_idle(poller, leader)
     shared = DaemonJobs(leader, FakeClock(), Notifier(Sink()), poller, {}, timeline=SystemClock())
     shared.apply(config, T0)
-    assert shared.schedule.job_names() == ["bounces"]
+    assert shared.schedule.job_names() == ["bounces", "history"]
 
 
 # -- job bodies ---------------------------------------------------------------------------
@@ -407,7 +407,14 @@ async def test_a_reload_gives_the_jobs_new_values_and_drops_what_is_no_longer_as
     jobs = DaemonJobs(store, FakeClock(), notifier, poller, env, timeline=SystemClock())  # type: ignore[arg-type]
     jobs.apply(first, T0)
     jobs.schedule.scheduler.start(paused=True)  # next run times, and no run: rounds by hand
-    assert jobs.schedule.job_names() == ["bounces", "disk", "notices", "retention", "status"]
+    assert jobs.schedule.job_names() == [
+        "bounces",
+        "disk",
+        "history",
+        "notices",
+        "retention",
+        "status",
+    ]
     before = next_runs(jobs.schedule)
     notices = jobs.notices
     assert notices is not None
@@ -423,7 +430,7 @@ async def test_a_reload_gives_the_jobs_new_values_and_drops_what_is_no_longer_as
     changed = imap.replace("bounces@x.example", "dsn@x.example")
     second = make_config(DIRECTORY, extra=text + changed, queue='retention = "0s"')
     jobs.apply(second, T0 + 60)
-    assert jobs.schedule.job_names() == ["bounces", "notices", "status"]
+    assert jobs.schedule.job_names() == ["bounces", "history", "notices", "status"]
     assert jobs.notices is notices and notices.watch.n.backlog_depth == 5
     after = next_runs(jobs.schedule)
     assert all(after[name] == before[name] for name in ("bounces", "notices", "status"))
@@ -434,6 +441,6 @@ async def test_a_reload_gives_the_jobs_new_values_and_drops_what_is_no_longer_as
     assert notifier.active() == [("queue_backlog", "more than 5 recipients waiting", T0 + 65)]
 
     jobs.apply(make_config(DIRECTORY, extra=changed), T0 + 120)  # [notifications] removed
-    assert jobs.schedule.job_names() == ["bounces", "retention", "status"]
+    assert jobs.schedule.job_names() == ["bounces", "history", "retention", "status"]
     assert jobs.notices is None and notifier.active() == []
     jobs.schedule.scheduler.shutdown(wait=False)

@@ -4,7 +4,7 @@ Each runs inside the transaction Database.run (or the group committer) opened ar
 and never commits itself, so each is a straight list of named queries from postgres.sql;
 the semantics are sqlite/ops.py's, statement for statement, with row locks where several
 nodes may race: SKIP LOCKED when leasing, FOR UPDATE on the message when fencing; the send
-ledger is reserved optimistically (a version per upstream), so no lock outlives a statement.
+ledger (postgres/ledger.py) is reserved optimistically, so no lock outlives a statement.
 """
 
 from __future__ import annotations
@@ -14,12 +14,9 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
-from relayd.errors import LeaseLost, StoreError, StoreUnavailable
-from relayd.policy import limits
-from relayd.store.base import SendSlot
+from relayd.errors import LeaseLost, StoreError
 from relayd.store.postgres.sql import Conn, Q, Query
 from relayd.types import (
-    Ceiling,
     Lease,
     MessageView,
     NewMessage,
@@ -159,56 +156,6 @@ async def load_body(conn: Conn, queue_id: QueueId) -> bytes:
     if row["body"] is None:
         raise StoreError(f"message {queue_id} is finished; its body was dropped")
     return bytes(row["body"])
-
-
-# --- the send ledger -------------------------------------------------------------------
-
-
-RESERVE_ATTEMPTS = 50  # reads of a ledger that others keep changing before giving up
-
-
-async def reserve_send(
-    conn: Conn,
-    upstream: str,
-    now: float,
-    ceilings: Sequence[Ceiling],
-    min_interval: float,
-    weight: int,
-) -> SendSlot:
-    """Read the ledger, decide with relayd.policy.limits, and insert only if nobody reserved
-    in between (one statement, its row lock never held across a round trip); else again.
-
-    Runs outside a transaction: each statement commits by itself.
-    """
-    horizon = limits.ledger_horizon(ceilings, min_interval)
-    for _ in range(RESERVE_ATTEMPTS):
-        rows = await _fetch(conn, Q["read_ledger"], upstream=upstream, before=float(now - horizon))
-        if not rows:
-            await _execute(conn, Q["create_upstream_ledger"], upstream=upstream)
-            continue
-        sends = [(float(r["sent_at"]), int(r["weight"])) for r in rows if r["sent_at"] is not None]
-        earliest = limits.next_permitted(sends, now, ceilings, min_interval, weight)
-        if earliest > now:
-            reason = limits.describe_wait(sends, now, ceilings, min_interval, weight)
-            return SendSlot(None, earliest, reason)
-        reservation = await _fetchval(
-            conn,
-            Q["insert_ledger_if_unchanged"],
-            upstream=upstream,
-            version=rows[0]["version"],
-            sent_at=float(now),
-            weight=weight,
-        )
-        if reservation is not None:
-            return SendSlot(int(reservation), now)
-    raise StoreUnavailable(
-        f"send ledger of {upstream!r}: {RESERVE_ATTEMPTS} reservations by other nodes came in "
-        "between reading and reserving; trying again later"
-    )
-
-
-async def cancel_send(conn: Conn, reservation_id: int) -> None:
-    await _execute(conn, Q["delete_ledger"], id=reservation_id)
 
 
 async def probe_write(conn: Conn) -> None:

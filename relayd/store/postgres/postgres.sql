@@ -95,6 +95,8 @@ CREATE TABLE send_locks (
 
 -- The rate ledger: one row per send (or recipient batch, by weight), kept for
 -- limits.ledger_horizon() seconds so ceilings hold across restarts and nodes.
+-- sent_at is when the send was reserved, ended_at (migration_4) when its final reply came
+-- back, NULL while it is under way: limits.occupying counts it from there.
 CREATE TABLE send_ledger (
     id       bigserial PRIMARY KEY,
     upstream text NOT NULL,
@@ -135,6 +137,26 @@ CREATE TABLE imap_state (
 ALTER TABLE send_locks ADD COLUMN version bigint NOT NULL DEFAULT 0;
 
 -- name: migration_4
+-- Exact ceilings: a send is counted from its final reply, stamped in ended_at (NULL while
+-- it is under way; limits.occupying). A send of an older relayd is taken to have ended when
+-- it was reserved, as it then counted.
+ALTER TABLE send_ledger ADD COLUMN ended_at double precision;
+UPDATE send_ledger SET ended_at = sent_at;
+
+-- name: migration_5
+-- The status page's history (store/postgres/history.py): one row per minute; every node adds
+-- its counts to the minute's row and sets the depth it read.
+CREATE TABLE history (
+    minute    bigint PRIMARY KEY,
+    accepted  bigint NOT NULL DEFAULT 0,
+    delivered bigint NOT NULL DEFAULT 0,
+    deferred  bigint NOT NULL DEFAULT 0,
+    failed    bigint NOT NULL DEFAULT 0,
+    pending   bigint NOT NULL DEFAULT 0,
+    held      bigint NOT NULL DEFAULT 0
+);
+
+-- name: migration_6
 -- Node liveness (issue 14): each node's heartbeat, in the server's time so that the nodes'
 -- clocks need not agree; the node whose lease a message is under (a lease of a node whose
 -- heartbeat lapsed is claimable at once, whatever its lease_until); leadership as rows that
@@ -370,12 +392,15 @@ INSERT INTO send_locks (upstream) VALUES (:upstream) ON CONFLICT DO NOTHING;
 -- reserve_send, step 1, no lock: forget sends that can never count again, and read the
 -- rest with the version they add up to (one snapshot, so the rows are those of that
 -- version). No row when the upstream has never reserved.
+-- A send under way for longer than open_for counts as ended then (limits.occupying).
 WITH pruned AS (
-    DELETE FROM send_ledger WHERE upstream = :upstream AND sent_at < :before
+    DELETE FROM send_ledger
+    WHERE upstream = :upstream AND coalesce(ended_at, sent_at + :open_for) < :before
 )
-SELECT l.version, s.sent_at, s.weight
+SELECT l.version, s.sent_at, s.ended_at, s.weight
 FROM send_locks AS l
-LEFT JOIN send_ledger AS s ON s.upstream = l.upstream AND s.sent_at >= :before
+LEFT JOIN send_ledger AS s
+    ON s.upstream = l.upstream AND coalesce(s.ended_at, s.sent_at + :open_for) >= :before
 WHERE l.upstream = :upstream
 ORDER BY s.sent_at;
 
@@ -396,6 +421,11 @@ RETURNING id;
 
 -- name: delete_ledger
 DELETE FROM send_ledger WHERE id = :id;
+
+-- name: stamp_ledger
+-- A send's end (its final reply). It changes no version: while a send is under way every
+-- reader counts it as ending "now", so a reader that missed the stamp only waited longer.
+UPDATE send_ledger SET ended_at = :ended_at WHERE id = :id;
 
 -- name: probe_lock
 -- The readiness probe (check_writable), first: the locks an enqueue takes (the lock_timeout

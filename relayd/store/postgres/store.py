@@ -22,8 +22,9 @@ from typing import TypeVar
 
 from relayd.dsn.parse import ParsedDsn
 from relayd.errors import StoreError
-from relayd.store.base import ReportInfo, SendSlot
-from relayd.store.postgres import leases, ops, reports
+from relayd.policy.limits import Reservation
+from relayd.store.base import MinuteSample, ReportInfo, SendSlot
+from relayd.store.postgres import history, leases, ledger, ops, reports
 from relayd.store.postgres.batch import GroupCommit
 from relayd.store.postgres.db import (
     DEFAULT_COMMAND_TIMEOUT,
@@ -227,20 +228,23 @@ class PostgresStore:
         ceilings: Sequence[Ceiling],
         min_interval: float,
         weight: int,
+        open_for: float,
     ) -> SendSlot:
         """As the contract says; an upstream without ceilings or min_interval is not
         metered: nothing would ever read its ledger (SQLite prunes it to `now` on every
         reservation), so it costs no transaction and no lock shared by every node."""
         if not ceilings and min_interval <= 0:
             return SendSlot(UNMETERED, now)
-        return await self._db.run(  # not one transaction: see ops.reserve_send
-            lambda conn: ops.reserve_send(conn, upstream, now, ceilings, min_interval, weight)
+        return await self._db.run(  # not one transaction: see ledger.reserve_send
+            lambda conn: ledger.reserve_send(
+                conn, upstream, now, ceilings, min_interval, weight, open_for
+            )
         )
 
-    async def cancel_send(self, reservation_id: int) -> None:
+    async def finish_send(self, reservation_id: int, at: float, reached_data: bool) -> None:
         if reservation_id == UNMETERED:
             return
-        await self._write(lambda conn: ops.cancel_send(conn, reservation_id))
+        await self._db.run(lambda conn: ledger.finish_send(conn, reservation_id, at, reached_data))
 
     async def check_writable(self) -> None:
         """A committed transaction id (the database server watches its own disk)."""
@@ -316,6 +320,23 @@ class PostgresStore:
         await self._write(
             lambda conn: reports.save_imap_state(conn, account, uidvalidity, last_uid)
         )
+
+    # --- the status page --------------------------------------------------------------
+
+    async def add_minute(self, sample: MinuteSample, keep_since: int) -> None:
+        await self._write(lambda conn: history.add_minute(conn, sample, keep_since))
+
+    async def minutes(self, since: int) -> list[MinuteSample]:
+        return await self._db.run(lambda conn: history.minutes(conn, since))
+
+    async def ledger_sends(self, upstream: str, since: float) -> list[Reservation]:
+        return await self._db.run(lambda conn: history.ledger_sends(conn, upstream, since))
+
+    async def recent_problems(self, limit: int) -> list[tuple[float, MessageView]]:
+        return await self._db.run(lambda conn: history.recent_problems(conn, limit), snapshot=True)
+
+    async def counts_by_upstream(self) -> dict[str, dict[RecipientState, int]]:
+        return await self._db.run(history.counts_by_upstream)
 
     # --- leadership (optional contract, see base.Leadership) ----------------------------
 

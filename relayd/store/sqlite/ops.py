@@ -15,11 +15,8 @@ from collections.abc import Sequence
 from typing import Any
 
 from relayd.errors import LeaseLost, StoreError
-from relayd.policy import limits
 from relayd.store import sqlfile
-from relayd.store.base import SendSlot
 from relayd.types import (
-    Ceiling,
     Lease,
     MessageView,
     NewMessage,
@@ -35,7 +32,7 @@ from relayd.types import (
 )
 
 Q = sqlfile.load(__package__ or "", "sqlite.sql")
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 
 def create_schema(conn: sqlite3.Connection) -> None:
@@ -62,11 +59,12 @@ def create_schema(conn: sqlite3.Connection) -> None:
 
 
 def _migrate(conn: sqlite3.Connection, version: int | None) -> None:
-    """Bring a new (None) or older database to SCHEMA_VERSION: version 2 ALTERs tables."""
-    if version is None or version < 2:
-        for statement in Q["migration_2"].split(";"):
-            if statement.strip():
-                conn.execute(statement)
+    """Bring a new (None) or older database to SCHEMA_VERSION: versions 2 and 3 ALTER tables."""
+    for step in (2, 3):
+        if version is None or version < step:
+            for statement in Q[f"migration_{step}"].split(";"):
+                if statement.strip():
+                    conn.execute(statement)
     if version != SCHEMA_VERSION:
         conn.execute(Q["schema_version_set"], {"version": SCHEMA_VERSION})
 
@@ -210,34 +208,6 @@ def release(conn: sqlite3.Connection, lease: Lease, not_before: float, reason: s
 def release_all_leases(conn: sqlite3.Connection) -> int:
     """End every lease (the queue's owner starting: they are all an earlier run's)."""
     return conn.execute(Q["release_all_leases"]).rowcount
-
-
-def reserve_send(
-    conn: sqlite3.Connection,
-    upstream: str,
-    now: float,
-    ceilings: Sequence[Ceiling],
-    min_interval: float,
-    weight: int,
-) -> SendSlot:
-    horizon = limits.ledger_horizon(ceilings, min_interval)
-    conn.execute(Q["prune_ledger"], {"upstream": upstream, "before": now - horizon})
-    sends = [
-        (float(sent_at), int(w))
-        for sent_at, w in conn.execute(Q["select_ledger"], {"upstream": upstream})
-    ]
-    earliest = limits.next_permitted(sends, now, ceilings, min_interval, weight)
-    if earliest > now:
-        reason = limits.describe_wait(sends, now, ceilings, min_interval, weight)
-        return SendSlot(None, earliest, reason)
-    cursor = conn.execute(
-        Q["insert_ledger"], {"upstream": upstream, "sent_at": now, "weight": weight}
-    )
-    return SendSlot(cursor.lastrowid, now)
-
-
-def cancel_send(conn: sqlite3.Connection, reservation_id: int) -> None:
-    conn.execute(Q["delete_ledger"], {"id": reservation_id})
 
 
 def probe_write(conn: sqlite3.Connection) -> None:

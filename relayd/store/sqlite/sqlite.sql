@@ -74,7 +74,9 @@ CREATE TABLE IF NOT EXISTS recipients (
 CREATE INDEX IF NOT EXISTS recipients_state ON recipients (state, queue_id);
 
 -- The rate ledger: one row per send (or recipient batch, by weight), kept for
--- limits.ledger_horizon() seconds so ceilings hold across restarts.
+-- limits.ledger_horizon() seconds so ceilings hold across restarts. sent_at is when the send
+-- was reserved, ended_at (version 3) when its final reply came back, NULL while it is under
+-- way: limits.occupying counts it from there.
 CREATE TABLE IF NOT EXISTS send_ledger (
     id       INTEGER PRIMARY KEY,
     upstream TEXT NOT NULL,
@@ -102,6 +104,19 @@ CREATE TABLE IF NOT EXISTS upstream_waits (
     until    REAL
 );
 
+-- The status page's history (store/sqlite/history.py): one row per minute, what happened in
+-- it and the queue's depth at its end, kept a few days so the charts survive a restart.
+-- Added within version 1, as upstream_waits was: CREATE ... IF NOT EXISTS runs on every open.
+CREATE TABLE IF NOT EXISTS history (
+    minute    INTEGER PRIMARY KEY,
+    accepted  INTEGER NOT NULL DEFAULT 0,
+    delivered INTEGER NOT NULL DEFAULT 0,
+    deferred  INTEGER NOT NULL DEFAULT 0,
+    failed    INTEGER NOT NULL DEFAULT 0,
+    pending   INTEGER NOT NULL DEFAULT 0,
+    held      INTEGER NOT NULL DEFAULT 0
+);
+
 -- name: migration_2
 -- Version 2 (delivery reports): RFC 3461 NOTIFY/ORCPT per recipient, the delay-warning
 -- flag per message, the IMAP poller's place per account, and an index for matching late
@@ -115,6 +130,12 @@ CREATE TABLE IF NOT EXISTS imap_state (
     last_uid    INTEGER NOT NULL
 );
 CREATE INDEX IF NOT EXISTS messages_message_id ON messages (message_id);
+
+-- name: migration_3
+-- Version 3 (exact ceilings): a send is counted from its final reply, stamped in ended_at.
+-- A send of an older relayd is taken to have ended when it was reserved, as it then counted.
+ALTER TABLE send_ledger ADD COLUMN ended_at REAL;
+UPDATE send_ledger SET ended_at = sent_at;
 
 -- name: journal_mode
 PRAGMA journal_mode;
@@ -265,10 +286,15 @@ FROM messages
 WHERE upstream = :upstream AND next_attempt_at IS NOT NULL;
 
 -- name: prune_ledger
-DELETE FROM send_ledger WHERE upstream = :upstream AND sent_at < :before;
+-- A send under way for longer than open_for counts as ended then (limits.occupying).
+DELETE FROM send_ledger
+WHERE upstream = :upstream AND coalesce(ended_at, sent_at + :open_for) < :before;
 
 -- name: select_ledger
-SELECT sent_at, weight FROM send_ledger WHERE upstream = :upstream ORDER BY sent_at;
+SELECT sent_at, ended_at, weight FROM send_ledger WHERE upstream = :upstream ORDER BY sent_at;
+
+-- name: stamp_ledger
+UPDATE send_ledger SET ended_at = :ended_at WHERE id = :id;
 
 -- name: insert_ledger
 INSERT INTO send_ledger (upstream, sent_at, weight) VALUES (:upstream, :sent_at, :weight);

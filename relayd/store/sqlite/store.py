@@ -19,8 +19,9 @@ from typing import Self
 
 from relayd.dsn.parse import ParsedDsn
 from relayd.errors import LeaseLost, StoreError, StoreUnavailable
-from relayd.store.base import ReportInfo, SendSlot
-from relayd.store.sqlite import ops, reports
+from relayd.policy.limits import Reservation
+from relayd.store.base import MinuteSample, ReportInfo, SendSlot
+from relayd.store.sqlite import history, ledger, ops, reports
 from relayd.store.sqlite.db import DEFAULT_LOCK_TIMEOUT, Database
 from relayd.store.sqlite.instance import InstanceLock
 from relayd.store.wakeup import Wakeup
@@ -190,14 +191,19 @@ class SqliteStore:
         ceilings: Sequence[Ceiling],
         min_interval: float,
         weight: int,
+        open_for: float,
     ) -> SendSlot:
         return await self._db.write(
-            lambda conn: ops.reserve_send(conn, upstream, now, ceilings, min_interval, weight),
+            lambda conn: ledger.reserve_send(
+                conn, upstream, now, ceilings, min_interval, weight, open_for
+            ),
             durable=False,
         )
 
-    async def cancel_send(self, reservation_id: int) -> None:
-        await self._db.write(lambda conn: ops.cancel_send(conn, reservation_id), durable=False)
+    async def finish_send(self, reservation_id: int, at: float, reached_data: bool) -> None:
+        await self._db.write(
+            lambda conn: ledger.finish_send(conn, reservation_id, at, reached_data), durable=False
+        )
 
     # --- readiness ------------------------------------------------------------------
 
@@ -294,3 +300,22 @@ class SqliteStore:
         await self._db.write(
             lambda conn: reports.save_imap_state(conn, account, uidvalidity, last_uid)
         )
+
+    # --- the status page --------------------------------------------------------------
+
+    async def add_minute(self, sample: MinuteSample, keep_since: int) -> None:
+        await self._db.write(
+            lambda conn: history.add_minute(conn, sample, keep_since), durable=False
+        )
+
+    async def minutes(self, since: int) -> list[MinuteSample]:
+        return await self._db.read(lambda conn: history.minutes(conn, since))
+
+    async def ledger_sends(self, upstream: str, since: float) -> list[Reservation]:
+        return await self._db.read(lambda conn: history.ledger_sends(conn, upstream, since))
+
+    async def recent_problems(self, limit: int) -> list[tuple[float, MessageView]]:
+        return await self._db.read(lambda conn: history.recent_problems(conn, limit))
+
+    async def counts_by_upstream(self) -> dict[str, dict[RecipientState, int]]:
+        return await self._db.read(history.counts_by_upstream)

@@ -18,6 +18,7 @@ from relayd.policy.addresses import AddressError, check_address
 from relayd.policy.headers import prepare, received_header
 from relayd.policy.routing import Routes
 from relayd.store import store_for
+from relayd.store.base import MessageIntake, QueueAdmin
 from relayd.types import MessageView, NewMessage, QueueId, Recipient, RecipientState, new_queue_id
 from relayd.units import format_duration, format_rfc5322, parse_duration
 
@@ -112,30 +113,43 @@ async def send_test(
     store = store_for(config.queue)
     await store.open()
     try:
-        now = clock.now()
-        queue_id = new_queue_id(now)
-        body = build_test_message(plan, config.server.hostname, queue_id, now)
-        message_id = f"<relayd.{queue_id}@{config.server.hostname}>"
-        await store.enqueue(
-            NewMessage(
-                mail_from=plan.sender,
-                recipients=(Recipient(plan.recipient),),
-                body=body,
-                upstream=plan.upstream,
-                message_id=message_id,
-                received_at=now,
-                client="send-test",
-                queue_id=queue_id,
-            )
-        )
-        deadline = clock.monotonic() + plan.timeout
-        view = await store.show(queue_id)
-        while not _final(view) and clock.monotonic() < deadline:
-            await clock.sleep(poll)
-            view = await store.show(queue_id)
-        return _result(queue_id, view, plan.timeout)
+        queue_id = await enqueue_test(store, config, plan, clock.now())
+        return await wait_for_outcome(store, queue_id, clock, plan.timeout, poll)
     finally:
         await store.close()
+
+
+async def enqueue_test(
+    store: MessageIntake, config: Config, plan: SendTestPlan, now: float
+) -> QueueId:
+    """Put the test message in the queue (committed when this returns); its queue id."""
+    queue_id = new_queue_id(now)
+    body = build_test_message(plan, config.server.hostname, queue_id, now)
+    await store.enqueue(
+        NewMessage(
+            mail_from=plan.sender,
+            recipients=(Recipient(plan.recipient),),
+            body=body,
+            upstream=plan.upstream,
+            message_id=f"<relayd.{queue_id}@{config.server.hostname}>",
+            received_at=now,
+            client="send-test",
+            queue_id=queue_id,
+        )
+    )
+    return queue_id
+
+
+async def wait_for_outcome(
+    store: QueueAdmin, queue_id: QueueId, clock: Clock, timeout: float, poll: float = POLL
+) -> SendTestResult:
+    """Watch the message until every recipient is final or `timeout` passes; what it says."""
+    deadline = clock.monotonic() + timeout
+    view = await store.show(queue_id)
+    while not _final(view) and clock.monotonic() < deadline:
+        await clock.sleep(poll)
+        view = await store.show(queue_id)
+    return _result(queue_id, view, timeout)
 
 
 def _final(view: MessageView | None) -> bool:
