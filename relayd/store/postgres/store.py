@@ -126,7 +126,7 @@ class PostgresStore:
         released = await node.claim()
         self._node = node
         if released:
-            await self._write(self._notify, wake=True)  # due now, on every node
+            await self._write(self._notify)  # due now: the other nodes may take them first
         return released
 
     async def __aenter__(self) -> PostgresStore:
