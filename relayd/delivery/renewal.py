@@ -72,8 +72,18 @@ async def kept(
         await store.renew_lease(lease, clock.now(), lease_for)
 
     async def confirm() -> None:
-        if clock.now() - leased_at >= safe_for:
-            await renew()
+        if clock.now() - leased_at < safe_for:
+            return
+        # A store that does not answer soon (a partition) cannot vouch for the lease, and
+        # the upstream transaction must not idle meanwhile. The renewal is abandoned, not
+        # awaited: a cancelled query on a frozen connection takes asyncpg seconds to unwind.
+        renewal = asyncio.ensure_future(renew())
+        renewal.add_done_callback(_retrieve)
+        done, _ = await asyncio.wait({renewal}, timeout=safe_for)
+        if not done:
+            renewal.cancel()
+            raise TimeoutError(f"no answer from the store within {safe_for:g}s")
+        renewal.result()
 
     async def keep() -> None:
         while True:  # the send's own time passes on the wire: real seconds, not the clock's
@@ -98,6 +108,12 @@ async def kept(
         await asyncio.gather(renewing, return_exceptions=True)
 
 
+def _retrieve(task: asyncio.Future[None]) -> None:
+    """An abandoned renewal's end is of no interest (its caller already gave up)."""
+    if not task.cancelled():
+        task.exception()
+
+
 async def before_data() -> None:
     """Raise LeaseLost unless the lease of the message being sent is still this worker's
     (renewing it); a store that cannot say counts as lost: DATA waits for the next lease."""
@@ -106,5 +122,5 @@ async def before_data() -> None:
         return
     try:
         await confirm()
-    except StoreUnavailable as exc:
+    except (StoreUnavailable, TimeoutError) as exc:
         raise LeaseLost(f"the lease could not be confirmed: {exc}") from exc

@@ -261,6 +261,46 @@ async def test_a_frozen_node_whose_lease_moved_sends_no_data_when_it_resumes(
         assert code == 0
 
 
+async def test_a_partitioned_node_whose_lease_moved_sends_no_data(
+    tmp_path: Path, launch: Launcher, upstream: FakeUpstream, dsn: str, proxy: TcpProxy
+) -> None:
+    """The node's database connections freeze between RCPT and DATA: another node takes its
+    lease after node_timeout; the cut-off node cannot confirm its lease before DATA, so it
+    sends none (it does not wait for a statement timeout either)."""
+    upstream.script.rcpt_stall = 1.5
+    cut = node(
+        launch,
+        tmp_path,
+        "cut",
+        proxy.dsn(dsn),
+        upstream,
+        node_timeout=SHORT_NODE_TIMEOUT,
+        timeout='"30s"',
+    )
+    await cut.wait_started()
+    await asend(cut, "p1")
+    await cut.wait_event("delivery_attempt", timeout=10)
+    await asyncio.sleep(0.3)  # waiting for the RCPT reply
+    proxy.freeze()
+    frozen = time.monotonic()
+    try:
+        other = node(launch, tmp_path, "other", dsn, upstream, node_timeout=SHORT_NODE_TIMEOUT)
+        await other.wait_started()
+        await wait_received(upstream, {"p1"}, timeout=TAKEOVER_BOUND)
+        moved = time.monotonic() - frozen  # the other node's start and a 1.5 s RCPT included
+        await cut.wait_event("lease_lost", timeout=10, before="DATA")
+        print(f"\nliveness: a partitioned node's lease delivered by another {moved:.1f}s later")
+    finally:
+        proxy.thaw()
+    await asyncio.sleep(1.0)
+    assert markers_received(upstream) == ["p1"]
+    assert upstream.data_seen == 1  # the cut-off node never sent DATA
+    assert len(other.find("delivered")) == 1  # the other node did
+    for daemon in (cut, other):
+        code, _ = await daemon.terminate()
+        assert code == 0
+
+
 # --- issue 14, item 4: leadership ------------------------------------------------------------
 
 # A backlog from the start: one recipient waiting is over backlog_depth, and the upstream
