@@ -88,6 +88,25 @@ async def test_a_store_that_cannot_confirm_the_lease_counts_as_lost() -> None:
     assert session.closed == 1
 
 
+async def test_a_store_that_does_not_answer_counts_as_lost_after_half_the_bound() -> None:
+    """A partition: the check gives up after min(node_timeout, lease_time) / 2 seconds."""
+
+    class Frozen(Store):
+        async def renew_lease(self, lease: Lease, now: float, lease_for: float) -> None:
+            await asyncio.sleep(3600)
+
+    clock, session = FakeClock(), Session()
+    queue = Queue(node_timeout=0.2)
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    async with renewal.kept(Frozen(), leased(T0, 300.0), clock, queue, session):
+        clock.at += 40.0
+        await renewal.before_data()
+        raise AssertionError("DATA after an unconfirmed lease")
+    assert loop.time() - started < 1.0
+    assert session.closed == 1
+
+
 async def test_a_long_send_renews_its_lease_every_third_of_lease_time() -> None:
     clock, store, session = FakeClock(), Store(), Session()
     async with renewal.kept(store, leased(T0, 0.3), clock, Queue(lease_time=0.3), session):
