@@ -138,6 +138,8 @@ class RecipientOutcome:
     """The result of one attempt for one recipient, as the store records it.
 
     `wait_reason` says why a deferred recipient waits ("retry 3 at ..."); final ones have none.
+    `relayed`: delivered to an upstream that does not offer DSN, so a NOTIFY=SUCCESS is
+    answered by relayd's own "relayed" report (RFC 3461 6.2.1); never stored.
     """
 
     recipient: str
@@ -145,6 +147,7 @@ class RecipientOutcome:
     reply: str
     next_attempt_at: float | None = None
     wait_reason: str | None = None
+    relayed: bool = False
 
 
 @dataclass(frozen=True)
@@ -234,3 +237,4 @@ class SendResult:
 
     replies: dict[str, SmtpReply] = field(default_factory=dict)
     reached_data: bool = False
+    upstream_dsn: bool = False  # the upstream offers DSN: it got NOTIFY/ORCPT and reports

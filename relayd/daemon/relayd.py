@@ -29,7 +29,7 @@ from relayd.delivery import transcripts
 from relayd.delivery.lane import SessionFactory
 from relayd.delivery.lanes import LaneSet
 from relayd.delivery.notices import UpstreamNotices
-from relayd.delivery.session import SessionOpener
+from relayd.delivery.opener import SessionOpener
 from relayd.errors import ConfigError
 from relayd.intake.handler import IntakeHandler
 from relayd.intake.server import IntakeServerFactory

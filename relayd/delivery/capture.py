@@ -43,6 +43,7 @@ class DirectorySession:
         name: str,
         mail_options: tuple[str, ...] = (),
         rcpt_dsn: Mapping[str, RcptDsn] | None = None,
+        final_timeout: float | None = None,
     ) -> SendResult:
         envelope = {
             "mail_from": mail_from,

@@ -14,6 +14,11 @@ apart: a 4xx or 5xx is the upstream's answer (SMTPDataError); any other code whe
 final reply belongs raises OutOfStep and closes the connection. Only a 2xx to the final dot
 means delivered.
 
+The final dot's reply may take long: RFC 5321 4.5.3.2.6 asks a client to wait 10 minutes for
+it, since the server may be processing the message. `data(final_timeout=...)` waits that long
+there (the caller caps it by its lease). A reply lost there (timed out, or the connection
+dropped after the dot was written) raises ReplyLost: the upstream may have the message.
+
 AUTH: aiosmtplib's `login` tries every mechanism both sides know, one after another, so a
 wrong password costs two failed logins (PLAIN, then LOGIN) each time, and providers count
 failures towards locking the account. UpstreamSMTP makes one attempt, with the mechanism
@@ -36,6 +41,11 @@ class OutOfStep(aiosmtplib.SMTPException):
     """A reply no server in step with us sends there (a 2xx to DATA, a 3xx to the final dot):
     no reply of the transaction can be trusted (a RCPT refusal may be another's), so every
     recipient is deferred and the connection is closed, never reused."""
+
+
+class ReplyLost(aiosmtplib.SMTPException):
+    """The message was sent (the final dot written) but its reply never came: the upstream may
+    have taken it, so a retry may deliver it twice."""
 
 
 def crlf_lines(body: bytes) -> bytes:
@@ -85,7 +95,10 @@ class UpstreamSMTP(aiosmtplib.SMTP):
         /,
         *,
         timeout: float | Literal[Default.token] | None = Default.token,
+        final_timeout: float | None = None,
     ) -> aiosmtplib.SMTPResponse:
+        """DATA, the body and the final dot; `final_timeout` is how long the reply to the dot
+        may take (the general timeout when None)."""
         protocol = self.protocol
         if protocol is None:
             raise aiosmtplib.SMTPServerDisconnected("Connection lost")
@@ -101,10 +114,16 @@ class UpstreamSMTP(aiosmtplib.SMTP):
             # read_response arms the protocol for the reply before it awaits anything, so
             # no byte of the reply can arrive between the write and it.
             protocol.write(body + b".\r\n")
-            response = await protocol.read_response(timeout=wait)
         except (aiosmtplib.SMTPServerDisconnected, aiosmtplib.SMTPTimeoutError):
             self.close()
             raise
+        try:
+            response = await protocol.read_response(timeout=final_timeout or wait)
+        except (aiosmtplib.SMTPServerDisconnected, aiosmtplib.SMTPTimeoutError) as exc:
+            self.close()
+            timed_out = isinstance(exc, aiosmtplib.SMTPTimeoutError)
+            what = "timed out" if timed_out else f"connection dropped: {exc}"
+            raise ReplyLost(f"no reply to the final dot ({what})") from exc
         if not 200 <= response.code < 300:
             self._refused(response, "the end of DATA")
         return response

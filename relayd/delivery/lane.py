@@ -23,19 +23,21 @@ from typing import Protocol
 from relayd.clock import Clock
 from relayd.config.model import Config, UpstreamConfig
 from relayd.delivery import ledger, renewal
+from relayd.delivery.holds import hold_upstream
 from relayd.delivery.notices import UpstreamNotices
+from relayd.delivery.senders import SenderHolds
 from relayd.delivery.session import Session
+from relayd.delivery.slots import SessionSlots
 from relayd.errors import LeaseLost, StoreError, UpstreamUnavailable
 from relayd.logs import get_logger
+from relayd.policy.deadlines import final_reply_timeout
 from relayd.policy.outcome import (
     Action,
     RecipientReply,
     classify_reply,
     is_expired,
     recipient_outcome,
-    throttle_until,
 )
-from relayd.policy.providers import hint_for
 from relayd.policy.waits import MAX_SLEEP, UNKNOWN, Wait, hold_wait, window_wait
 from relayd.policy.windows import parse_window
 from relayd.reports import dsn_reports
@@ -46,9 +48,8 @@ from relayd.types import (
     RecipientState,
     SendResult,
     SmtpReply,
-    UpstreamHold,
 )
-from relayd.units import format_duration, format_iso
+from relayd.units import format_iso
 
 log = get_logger("dispatch")
 
@@ -95,6 +96,8 @@ class Lane:
         self.throttled = False  # a hold was set by this lane and not yet cleared
         self.ledger_wait: Wait | None = None  # the rate ledger's last "not before"
         self._shown: Wait | None = UNKNOWN  # the wait this lane last wrote to the store
+        self.senders = SenderHolds()  # senders the account may not send as (SendAsDenied)
+        self.slots = SessionSlots(self.name, upstream.max_connections, clock)  # 432 4.3.2
 
     async def start(self) -> None:
         """Lift an account hold left by an earlier run: a restart (after a configuration
@@ -112,11 +115,15 @@ class Lane:
         self.stopping = True
         self._stopped.set()
 
-    async def run_worker(self) -> None:
+    async def run_worker(self, index: int = 0) -> None:
         session = self.session_factory(self.upstream, self.config.server.hostname)
         try:
             while not self.stopping:
                 try:
+                    if not self.slots.allows(index):  # the upstream wants fewer sessions
+                        await session.close()
+                        await self._wait(self.slots.regrow_in())
+                        continue
                     await self._step(session)
                 except Exception as exc:
                     # A locked or full store, or a bug, must not stop every upstream's mail:
@@ -217,12 +224,12 @@ class Lane:
                 task.cancel()
         return self.clock.monotonic() - started < seconds * 0.99
 
-    async def _put_back(self, leases: list[Lease], reason: str) -> None:
+    async def _put_back(self, leases: list[Lease], reason: str, until: float = 0.0) -> None:
         """End leases unattempted; release() only delays, so each message keeps its place.
         A cancelled send's lease too: the mail is due again at once, no attempt counted."""
         for lease in leases:
             try:
-                await self.store.release(lease, lease.received_at, reason)
+                await self.store.release(lease, max(until, lease.received_at), reason)
             except LeaseLost:
                 log.warning("lease_lost", queue_id=lease.queue_id, upstream=self.name)
             except StoreError as exc:  # its lease expires (or, on SQLite, the next start ends it)
@@ -263,6 +270,9 @@ class Lane:
             outcomes = [RecipientOutcome(r, RecipientState.FAILED, text) for r in lease.addresses]
             await self._record(lease, outcomes, now, event="expired")
             return None
+        if (held := self.senders.held(lease.mail_from, now)) is not None:
+            await self._put_back([lease], held.reason, held.until or now)
+            return None
         reservation: int | None = None  # no limits: no ledger row, no store write
         if self.upstream.rate_limits or self.upstream.min_interval:
             weight = 1 if self.upstream.count == "messages" else len(lease.recipients)
@@ -295,6 +305,8 @@ class Lane:
     ) -> Wait | None:
         body = await self.store.load_body(lease.queue_id)
         started = self.clock.monotonic()
+        queue, now = self.config.queue, self.clock.now()  # the final dot may take 10 minutes
+        dot = final_reply_timeout(lease.lease_until, now, self.upstream.timeout, queue.lease_time)
         log.info(
             "delivery_attempt",
             queue_id=lease.queue_id,
@@ -313,6 +325,7 @@ class Lane:
                 mail_options=lease.mail_options,
                 # NOTIFY/ORCPT per recipient (RFC 3461), for an upstream that offers DSN
                 rcpt_dsn={r.address: r.dsn for r in lease.recipients},
+                final_timeout=dot,
             )
         except UpstreamUnavailable as exc:
             result = SendResult(reached_data=exc.reached_data)
@@ -331,12 +344,15 @@ class Lane:
         for rcpt in lease.addresses:
             reply = result.replies.get(rcpt, SmtpReply(0, "no reply from the upstream"))
             action = classify_reply(reply) if reply.code else Action.RETRY
-            replies.append(RecipientReply(rcpt, action, reply))
+            replies.append(RecipientReply(rcpt, action, reply, result.upstream_dsn))
         holds = (Action.THROTTLED, Action.AUTH_FAILED)
         held = next((r for r in replies if r.action in holds), None)
-        wait = await self._hold(held.action, held.reply, now) if held is not None else None
+        wait = await hold_upstream(self.store, self.upstream, held, now) if held else None
+        self.throttled = self.throttled or wait is not None
         outcomes = [self._outcome(lease, item, now, wait) for item in replies]
-        self.notices.observe(self.upstream, replies, now)
+        self.notices.observe(self.upstream, replies, now, lease.mail_from)
+        self.senders.observe(lease.mail_from, replies, outcomes)
+        self.slots.observe(replies, elapsed)
         if wait is None and self.throttled and any(r.action is Action.DELIVERED for r in replies):
             self.throttled = False
             await self.store.release_upstream(self.name)
@@ -344,24 +360,6 @@ class Lane:
         # batch waits for its writes before it leases again (_step).
         writes.append(asyncio.create_task(self._record(lease, outcomes, now, elapsed=elapsed)))
         return wait
-
-    async def _hold(self, action: Action, reply: SmtpReply, now: float) -> Wait:
-        """Pause the whole upstream: throttles back off, auth problems wait for an operator."""
-        previous = await self.store.upstream_hold(self.name)
-        level = previous.level + 1 if previous is not None else 0
-        until = None
-        fields = {"upstream": self.name, "smtp_code": reply.code, "smtp_response": reply.message}
-        fields["hint"] = hint_for(self.upstream.provider, reply, None) or ""  # what to do
-        if action is Action.AUTH_FAILED:
-            log.error("upstream_auth_failed", **fields)
-        else:
-            until = throttle_until(level, now, self.upstream.throttle_backoff)
-            pause = format_duration(until - now)
-            log.warning("upstream_throttled", **fields, resume_at=format_iso(until), pause=pause)
-        hold = UpstreamHold(self.name, until, str(reply), level)
-        await self.store.hold_upstream(hold)
-        self.throttled = True
-        return hold_wait(hold)
 
     async def _record(
         self,
@@ -375,6 +373,7 @@ class Lane:
         try:
             await dsn_reports.before_record(self.config, self.store, lease, outcomes, now)
             await self.store.record_outcome(lease, outcomes, now)
+            self.notices.recorded(lease, outcomes, now)  # a report of relayd's own that failed
         except LeaseLost:
             log.warning("lease_lost", queue_id=lease.queue_id, upstream=self.name)
             return

@@ -100,7 +100,7 @@ class LaneSet:
             return
         self.lanes[upstream.name] = lane
         for index in range(upstream.max_connections):
-            task = asyncio.create_task(lane.run_worker(), name=f"lane-{lane.name}-{index}")
+            task = asyncio.create_task(lane.run_worker(index), name=f"lane-{lane.name}-{index}")
             self._tasks[task] = lane
         self._changed.set()
 

@@ -1,7 +1,10 @@
 """One upstream session: connect, TLS, AUTH, send one message, report per-recipient replies.
 
-No retry decisions here (policy/outcome.py makes them). The SMTP connection is kept open and
-reused for consecutive messages; any failure closes it so the next send reconnects.
+Which session an upstream gets (SMTP or the directory capture, with its from_policy) is
+delivery/opener.py's. No retry decisions here (policy/outcome.py makes them). The SMTP
+connection is kept open and reused for consecutive messages; any failure closes it so the
+next send reconnects. A recipient cap (452, or 552 after accepted recipients) sends the
+rest in further transactions of the same attempt.
 """
 
 from __future__ import annotations
@@ -9,22 +12,23 @@ from __future__ import annotations
 import asyncio
 import ssl
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Protocol
 
 import aiosmtplib
 
-from relayd.clock import Clock
 from relayd.config.model import UpstreamConfig
 from relayd.delivery import renewal
-from relayd.delivery.capture import DirectorySession
-from relayd.delivery.client import OutOfStep
-from relayd.delivery.oauth import TokenSource, TokenSources
+from relayd.delivery.client import OutOfStep, ReplyLost, UpstreamSMTP
+from relayd.delivery.oauth import TokenSource
 from relayd.delivery.transcripts import make_upstream_smtp, scrub_password
 from relayd.dsn.params import rcpt_options
 from relayd.errors import UpstreamAuthError, UpstreamUnavailable
-from relayd.policy.from_policy import apply_from_policy, envelope_sender
-from relayd.policy.providers import PRESETS
-from relayd.types import NoticeHook, RcptDsn, SendResult, SmtpReply
+from relayd.logs import get_logger
+from relayd.policy.outcome import too_many_recipients
+from relayd.types import RcptDsn, SendResult, SmtpReply
+
+log = get_logger("session")
 
 # Replies relayd synthesises for the directory capture upstream.
 
@@ -32,6 +36,18 @@ NO_SMTPUTF8 = SmtpReply(553, "5.6.7 the upstream does not support SMTPUTF8 (non-
 
 # MAIL FROM parameters forwarded when the upstream advertises the matching extension.
 _FORWARDED_OPTIONS = {"BODY": "8bitmime", "SMTPUTF8": "smtputf8", "RET": "dsn", "ENVID": "dsn"}
+
+
+@dataclass(frozen=True)
+class _Message:
+    """One message as a session sends it, in one or more transactions."""
+
+    name: str  # the queue id, for logs
+    mail_from: str
+    body: bytes
+    mail_options: tuple[str, ...]
+    rcpt_dsn: Mapping[str, RcptDsn]
+    reply_by: float | None  # the event loop's time by which the final dot's reply must come
 
 
 class Session(Protocol):
@@ -44,97 +60,38 @@ class Session(Protocol):
         name: str,
         mail_options: tuple[str, ...] = (),
         rcpt_dsn: Mapping[str, RcptDsn] | None = None,
+        final_timeout: float | None = None,
     ) -> SendResult:
         """Deliver one message; raises UpstreamUnavailable when the session breaks. `rcpt_dsn`
-        (recipients' NOTIFY/ORCPT) goes upstream only where it advertises DSN."""
+        (recipients' NOTIFY/ORCPT) goes upstream only where it advertises DSN;
+        `final_timeout` is how long from now the final dot's reply may take to come (RFC 5321
+        4.5.3.2.6: 10 minutes; the caller cuts it to its lease), the connection and the
+        commands before it included."""
 
     async def close(self) -> None:
         """Close the connection (QUIT when possible)."""
-
-
-def open_session(
-    upstream: UpstreamConfig, local_hostname: str, tokens: TokenSource | None, clock: Clock
-) -> Session:
-    """The session kind the upstream's provider calls for, with its from_policy.
-
-    An xoauth2 upstream takes its access tokens from `tokens` (SessionOpener shares one
-    source among an upstream's connections).
-    """
-    session: Session
-    if upstream.provider == "directory":
-        assert upstream.path is not None
-        session = DirectorySession(upstream.path, upstream.name, clock)
-    else:
-        session = SmtpSession(upstream, local_hostname, tokens)
-    return PolicySession(session, upstream) if PolicySession.applies(upstream) else session
-
-
-class SessionOpener:
-    """A session factory whose xoauth2 upstreams share one TokenSource each; `tokens.watch()`
-    is the expiry watch, `notices` gets refused grants and expiring tokens."""
-
-    def __init__(
-        self, upstreams: list[UpstreamConfig], clock: Clock, notices: NoticeHook | None = None
-    ) -> None:
-        self.tokens = TokenSources(upstreams, clock, notices)
-        self.clock = clock
-
-    def __call__(self, upstream: UpstreamConfig, local_hostname: str) -> Session:
-        return open_session(upstream, local_hostname, self.tokens.get(upstream), self.clock)
-
-
-class PolicySession:
-    """The upstream's from_policy (policy/from_policy.py) and envelope-sender rule of a session."""
-
-    def __init__(self, inner: Session, upstream: UpstreamConfig) -> None:
-        self.inner = inner
-        self.policy = upstream.from_policy
-        username = upstream.username or ""
-        self.account = username if "@" in username else None
-        preset = PRESETS[upstream.provider]
-        self.use_account = preset.envelope_from_account or self.policy == "rewrite"
-
-    @staticmethod
-    def applies(upstream: UpstreamConfig) -> bool:
-        preset = PRESETS[upstream.provider]
-        return upstream.from_policy != "keep" or preset.envelope_from_account
-
-    async def send(
-        self,
-        mail_from: str,
-        recipients: tuple[str, ...],
-        body: bytes,
-        *,
-        name: str,
-        mail_options: tuple[str, ...] = (),
-        rcpt_dsn: Mapping[str, RcptDsn] | None = None,
-    ) -> SendResult:
-        return await self.inner.send(
-            envelope_sender(mail_from, self.account, self.use_account),
-            recipients,
-            apply_from_policy(body, self.policy, self.account),
-            name=name,
-            mail_options=mail_options,
-            rcpt_dsn=rcpt_dsn,
-        )
-
-    async def close(self) -> None:
-        await self.inner.close()
 
 
 class SmtpSession:
     """An aiosmtplib connection to one upstream account, reused across messages."""
 
     def __init__(
-        self, upstream: UpstreamConfig, local_hostname: str, tokens: TokenSource | None = None
+        self,
+        upstream: UpstreamConfig,
+        local_hostname: str,
+        tokens: TokenSource | None = None,
+        reply_lost: set[str] | None = None,
     ) -> None:
         self.upstream = upstream
         self.local_hostname = local_hostname
         self.tokens = tokens
-        self._smtp: aiosmtplib.SMTP | None = None
+        self._smtp: UpstreamSMTP | None = None
         self._in_transaction = False
+        # Queue ids whose final dot got no reply (shared by the daemon's sessions, so the
+        # retry is logged as a possible duplicate whichever connection makes it).
+        self.reply_lost = reply_lost if reply_lost is not None else set()
 
-    def _client(self) -> aiosmtplib.SMTP:
+    def _client(self) -> UpstreamSMTP:
         up = self.upstream
         # tls_ca_file (a private CA) replaces the system's CA certificates for this upstream.
         context = ssl.create_default_context(cafile=up.tls_ca_file)
@@ -156,7 +113,7 @@ class SmtpSession:
             tls_context=context if up.security != "none" else None,
         )
 
-    async def _connect(self) -> aiosmtplib.SMTP:
+    async def _connect(self) -> UpstreamSMTP:
         smtp = self._client()
         up = self.upstream
         try:
@@ -197,12 +154,18 @@ class SmtpSession:
         name: str,
         mail_options: tuple[str, ...] = (),
         rcpt_dsn: Mapping[str, RcptDsn] | None = None,
+        final_timeout: float | None = None,
     ) -> SendResult:
         reused = self._smtp is not None and self._smtp.is_connected
         self._in_transaction = True
-        envelope = (mail_from, recipients, body, mail_options, rcpt_dsn or {})
+        start = asyncio.get_running_loop().time()
+        reply_by = start + final_timeout if final_timeout is not None else None
+        message = _Message(name, mail_from, body, mail_options, rcpt_dsn or {}, reply_by)
+        if name in self.reply_lost:
+            self.reply_lost.discard(name)
+            log.warning("possible_duplicate", queue_id=name, upstream=self.upstream.name)
         try:
-            return await self._send(*envelope)
+            return await self._send(message, recipients)
         except aiosmtplib.SMTPServerDisconnected as exc:
             await self.close()
             if not reused:
@@ -210,7 +173,7 @@ class SmtpSession:
             # The server closed an idle reused connection before DATA (a drop during DATA
             # raises UpstreamUnavailable below): one fresh try, not a deferral.
             try:
-                return await self._send(*envelope)
+                return await self._send(message, recipients)
             except (TimeoutError, aiosmtplib.SMTPException, OSError, ssl.SSLError) as again:
                 await self.close()
                 raise UpstreamUnavailable(_describe(again)) from again
@@ -223,14 +186,7 @@ class SmtpSession:
         finally:
             self._in_transaction = False
 
-    async def _send(
-        self,
-        mail_from: str,
-        recipients: tuple[str, ...],
-        body: bytes,
-        mail_options: tuple[str, ...],
-        rcpt_dsn: Mapping[str, RcptDsn],
-    ) -> SendResult:
+    async def _send(self, message: _Message, recipients: tuple[str, ...]) -> SendResult:
         if self._smtp is None or not self._smtp.is_connected:
             try:
                 self._smtp = await self._connect()
@@ -250,35 +206,71 @@ class SmtpSession:
         # EHLO before MAIL (not within it, as aiosmtplib would): its extensions decide the
         # MAIL and RCPT parameters. aiosmtplib's own greeting: EHLO, HELO if refused.
         await smtp._ehlo_or_helo_if_needed()
-        options = self._mail_options(smtp, mail_options, len(body))
+        result = SendResult()
+        rest = await self._transaction(smtp, message, recipients, result)
+        while rest:  # the upstream took some and said "too many": the rest in another one
+            try:
+                rest = await self._transaction(smtp, message, rest, result)
+            except (TimeoutError, aiosmtplib.SMTPException, OSError, UpstreamUnavailable) as exc:
+                # The earlier transactions' replies stand: only the rest is deferred.
+                await self.close()
+                result.replies.update({rcpt: SmtpReply(0, _describe(exc)) for rcpt in rest})
+                break
+        return result
+
+    async def _transaction(
+        self,
+        smtp: UpstreamSMTP,
+        message: _Message,
+        recipients: tuple[str, ...],
+        result: SendResult,
+    ) -> tuple[str, ...]:
+        """One MAIL..DATA for `recipients`, their replies into `result`; returns those the
+        upstream refused as too many for this transaction, when it accepted at least one
+        (each further transaction then makes progress)."""
+        mail_from, body = message.mail_from, message.body
+        options = self._mail_options(smtp, message.mail_options, len(body))
         encoding = "utf-8" if "SMTPUTF8" in options else "ascii"
         if encoding == "ascii" and not all(a.isascii() for a in (mail_from, *recipients)):
             # RFC 6531 3.5: a non-ASCII address cannot be relayed to a server without
             # SMTPUTF8; that is permanent for this upstream.
-            return SendResult({rcpt: NO_SMTPUTF8 for rcpt in recipients})
+            result.replies.update({rcpt: NO_SMTPUTF8 for rcpt in recipients})
+            return ()
         try:
             await smtp.mail(mail_from, options=options, encoding=encoding)
         except aiosmtplib.SMTPSenderRefused as exc:
             await self._reset(smtp)
             reply = SmtpReply(exc.code, exc.message)
-            return SendResult({rcpt: reply for rcpt in recipients})
-        result = SendResult()
-        dsn = rcpt_dsn if smtp.supports_extension("dsn") else {}
-        accepted = await self._recipients(smtp, recipients, encoding, dsn, result)
+            result.replies.update({rcpt: reply for rcpt in recipients})
+            return ()
+        result.upstream_dsn = smtp.supports_extension("dsn")
+        dsn = message.rcpt_dsn if result.upstream_dsn else {}
+        accepted, rest = await self._recipients(smtp, recipients, encoding, dsn, result)
         if not accepted:
             await self._reset(smtp)
-            return result
+            return ()
         await renewal.before_data()  # LeaseLost: another node took the message meanwhile
         result.reached_data = True
         try:
-            response = await smtp.data(body)
+            response = await smtp.data(body, final_timeout=_time_left(message.reply_by))
         except aiosmtplib.SMTPDataError as exc:
             response = aiosmtplib.SMTPResponse(exc.code, exc.message)
+        except ReplyLost as exc:
+            # The upstream may have the message: its retry may deliver it twice.
+            self.reply_lost.add(message.name)
+            reason = f"{exc}: the upstream may have taken the message; a retry may duplicate it"
+            log.warning(
+                "reply_lost",
+                queue_id=message.name,
+                upstream=self.upstream.name,
+                possible_duplicate=True,
+            )
+            raise UpstreamUnavailable(reason, reached_data=True) from exc
         except (aiosmtplib.SMTPServerDisconnected, aiosmtplib.SMTPTimeoutError, OutOfStep) as exc:
             raise UpstreamUnavailable(_describe(exc), reached_data=True) from exc
         for rcpt in accepted:
             result.replies[rcpt] = SmtpReply(response.code, response.message)
-        return result
+        return tuple(rest)
 
     @staticmethod
     async def _recipients(
@@ -287,19 +279,25 @@ class SmtpSession:
         encoding: str,
         dsn: Mapping[str, RcptDsn],
         result: SendResult,
-    ) -> list[str]:
-        """RCPT TO each recipient (with its NOTIFY/ORCPT from `dsn`); returns the accepted."""
+    ) -> tuple[list[str], list[str]]:
+        """RCPT TO each recipient (with its NOTIFY/ORCPT from `dsn`); returns the accepted,
+        and those refused as too many for the transaction (policy/outcome.py)."""
         accepted: list[str] = []
+        too_many: list[str] = []
         for rcpt in recipients:
             options = rcpt_options(dsn[rcpt]) if rcpt in dsn else None
             try:
                 response = await smtp.rcpt(rcpt, options=options, encoding=encoding)
             except aiosmtplib.SMTPRecipientRefused as exc:
                 response = aiosmtplib.SMTPResponse(exc.code, exc.message)
-            result.replies[rcpt] = SmtpReply(response.code, response.message)
+            reply = SmtpReply(response.code, response.message)
             if response.code in (250, 251):
                 accepted.append(rcpt)
-        return accepted
+            elif (capped := too_many_recipients(reply, len(accepted))) is not None:
+                reply = capped
+                too_many.append(rcpt)
+            result.replies[rcpt] = reply
+        return accepted, too_many if accepted else []
 
     @staticmethod
     def _mail_options(
@@ -331,6 +329,13 @@ class SmtpSession:
                 smtp.close()
         else:
             smtp.close()
+
+
+def _time_left(deadline: float | None) -> float | None:
+    """Seconds until `deadline` (the event loop's time), at least a moment; None for none."""
+    if deadline is None:
+        return None
+    return max(deadline - asyncio.get_running_loop().time(), 0.1)
 
 
 def _describe(exc: BaseException) -> str:

@@ -224,7 +224,7 @@ class TranscribingSMTP(UpstreamSMTP):
         super().close()
 
 
-def make_upstream_smtp(upstream: UpstreamConfig, **kwargs: Any) -> aiosmtplib.SMTP:
+def make_upstream_smtp(upstream: UpstreamConfig, **kwargs: Any) -> UpstreamSMTP:
     """An UpstreamSMTP(**kwargs) (delivery/client.py) for `upstream`, transcribed when [log]
     transcript_dir is set."""
     if _settings is None:

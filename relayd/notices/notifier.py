@@ -37,6 +37,8 @@ class NoticeKind(enum.StrEnum):
     OAUTH_TOKEN_EXPIRING = "oauth_token_expiring"  # noqa: S105 - an event name, raised by delivery/oauth.py
     UPSTREAM_UNREACHABLE = "upstream_unreachable"
     UPSTREAM_THROTTLED = "upstream_throttled"
+    SEND_AS_DENIED = "send_as_denied"
+    REPORT_UNDELIVERABLE = "report_undeliverable"
     QUEUE_BACKLOG = "queue_backlog"
     BOUNCE_RATE = "bounce_rate"
     CONFIG_RELOAD_FAILED = "config_reload_failed"
@@ -87,6 +89,19 @@ CLASSES: dict[NoticeKind, NoticeClass] = {
         "Upstream {key} is throttling relayd (sending quota reached)",
         "Lower rate_limits for the upstream to the provider's published limits; mail "
         "waits and is sent when the provider allows it.",
+    ),
+    # The key is "upstream: sender".
+    NoticeKind.SEND_AS_DENIED: NoticeClass(
+        "Upstream {key}: the account may not send as this sender",
+        "Grant the upstream's account Send As permission on the sender's mailbox (Exchange "
+        'admin center > Recipients > the mailbox > Delegation), or set from_policy = "rewrite" '
+        "for the upstream. The sender's mail waits and fails at queue.max_lifetime.",
+    ),
+    # The key is the report's recipient: the bounce mailbox, or a sender given a report.
+    NoticeKind.REPORT_UNDELIVERABLE: NoticeClass(
+        "A delivery report relayd made could not be delivered to {key}",
+        "Check that the address exists and accepts mail from the null sender <> ([bounces] "
+        "mailbox); relayd never reports on a report, so this notice is the only word of it.",
     ),
     NoticeKind.QUEUE_BACKLOG: NoticeClass(
         "The queue is backing up ({key})",

@@ -209,7 +209,8 @@ REPLY_HINTS: tuple[Hint, ...] = (
     _reply(
         "The mailbox may not send as the message's From address: give the account 'Send As' "
         "permission on that address (Exchange admin center > Recipients > the address > "
-        "Delegation), or route that sender through an upstream that owns it (senders).",
+        'Delegation), set from_policy = "rewrite" for the upstream, or route that sender '
+        "through an upstream that owns it (senders). Its mail waits until max_lifetime.",
         (554, 550),
         "5.2.0",
         "SendAsDenied",

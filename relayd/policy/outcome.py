@@ -30,6 +30,8 @@ class Action(enum.StrEnum):
     FAILED = "failed"  # permanent for this message: fail the recipient, send a DSN
     THROTTLED = "throttled"  # the account must wait: hold the whole upstream, retry later
     AUTH_FAILED = "auth_failed"  # account problem: hold the upstream until fixed; never bounce
+    SENDER_DENIED = "sender_denied"  # the account may not send as this sender: hold its mail
+    TOO_MANY_SESSIONS = "too_many_sessions"  # retry, and open fewer sessions at once
 
 
 @dataclass(frozen=True)
@@ -40,6 +42,7 @@ class RecipientReply:
     address: str
     action: Action
     reply: SmtpReply
+    upstream_dsn: bool = True  # the upstream offers DSN (it reports success itself)
 
 
 @dataclass(frozen=True)
@@ -84,7 +87,7 @@ def _rule(
     return Rule(action=action, codes=frozenset(codes), enhanced=spec, text=text, unless=unless)
 
 
-_T, _A = Action.THROTTLED, Action.AUTH_FAILED
+_T, _A, _S = Action.THROTTLED, Action.AUTH_FAILED, Action.SENDER_DENIED
 
 RULES: tuple[Rule, ...] = (
     # -- Account problems: hold the upstream, tell the operator, never bounce. -------------
@@ -111,6 +114,13 @@ RULES: tuple[Rule, ...] = (
     # Microsoft: 550 5.7.708 "Access denied, traffic not accepted from this IP" (a new or
     # suspicious tenant, blocked as a whole until Microsoft support releases it).
     _rule(_A, (550,), "5.7.708"),
+    # Microsoft: 554 5.2.0 "STOREDRV.Submission.Exception:SendAsDeniedException
+    # .MapiExceptionSendAsDenied" and 550 5.7.60 "Client does not have permissions to send
+    # as this sender": the account lacks Send As on that one sender's mailbox. Not the
+    # message's fault, nor every sender's: that sender's mail waits (deferred, failing at
+    # max_lifetime) and the operator is told the fix.
+    _rule(_S, (550, 554), "5.2.0", text="SendAsDenied"),
+    _rule(_S, (550,), "5.7.60"),
     # -- Throttles: the account must wait; hold the whole upstream with backoff. -----------
     # Gmail: 421 4.7.0 "Try again later, closing connection" (and "unusual rate of
     # unsolicited mail"); Yahoo: 421 4.7.0 [TSS04] "temporarily deferred due to unexpected
@@ -124,8 +134,10 @@ RULES: tuple[Rule, ...] = (
     _rule(_T, (450,), "4.2.1", unless=("receiving mail",)),
     # Microsoft: 451 4.7.500-699 "Access denied, please try again later" (server throttling).
     _rule(_T, (451,), "4.7.500-699"),
-    # Microsoft: 432 4.3.2 "STOREDRV.ClientSubmit; sender thread limit exceeded".
-    _rule(_T, (432,), "4.3.2"),
+    # Microsoft: 432 4.3.2 "STOREDRV.ClientSubmit; sender thread limit exceeded" (too many
+    # concurrent connections for the account): the message is retried and the upstream's
+    # lane opens fewer sessions at once (delivery/slots.py); the account need not wait.
+    _rule(Action.TOO_MANY_SESSIONS, (432,), "4.3.2"),
     # Gmail: 454 4.7.0 "Too many login attempts, please try again later"; RFC 4954 454 4.7.0
     # "Temporary authentication failure". Retrying each message would only add attempts.
     _rule(_T, (454,), "4.7.0"),
@@ -214,7 +226,8 @@ def recipient_outcome(
     schedule's, and a retry that would fall past max_lifetime fails now with the last error."""
     rcpt, text = item.address, str(item.reply)
     if item.action is Action.DELIVERED:
-        return RecipientOutcome(rcpt, RecipientState.DELIVERED, text)
+        relayed = not item.upstream_dsn
+        return RecipientOutcome(rcpt, RecipientState.DELIVERED, text, relayed=relayed)
     if item.action is Action.FAILED:
         return RecipientOutcome(rcpt, RecipientState.FAILED, text)
     retry = lease.attempts + 1  # the attempt just made was attempt `retry`; next: retry N
@@ -226,3 +239,15 @@ def recipient_outcome(
     if is_expired(lease.received_at, retry_at, max_lifetime):
         return RecipientOutcome(rcpt, RecipientState.FAILED, text)
     return RecipientOutcome(rcpt, RecipientState.DEFERRED, text, retry_at, reason)
+
+
+def too_many_recipients(reply: SmtpReply, accepted: int) -> SmtpReply | None:
+    """The reply as relayd records it when it refuses a RCPT for the transaction's recipient
+    count, else None: a 452, or a 552 after `accepted` > 0 recipients were taken (RFC 5321
+    4.5.3.1.10: RFC 821 gave "too many recipients" 552 by mistake; treat it as temporary).
+    Such a recipient goes in the next transaction, not to a DSN."""
+    if reply.code == 452:
+        return reply
+    if reply.code == 552 and accepted > 0:
+        return SmtpReply(452, f"4.5.3 too many recipients for one transaction ({reply})")
+    return None

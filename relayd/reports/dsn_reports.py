@@ -12,6 +12,11 @@ sender `<>` to `bounces.mailbox` (and the envelope sender with `notify_sender`) 
 queue like any mail: durable, rate-limited, retried. Never a report about a report: not for
 a message from `<>`, nor one whose headers say it is a report or an automatic reply
 (dsn.is_dsn), nor for recipients whose NOTIFY excludes the event (RFC 3461 4.1).
+
+A recipient whose NOTIFY includes SUCCESS and who was delivered to an upstream that does not
+offer DSN (so it never got the NOTIFY) gets relayd's own "relayed" report (RFC 3461 6.2.1,
+status 2.0.0), sent to the envelope sender, who asked for it; an upstream that offers DSN got
+the NOTIFY and ORCPT and reports itself.
 """
 
 from __future__ import annotations
@@ -66,6 +71,7 @@ async def _before_record(
     outcomes: Sequence[RecipientOutcome],
     now: float,
 ) -> None:
+    await _relayed_report(config, store, lease, outcomes, now)
     bounces = config.bounces
     if bounces is None or not lease.mail_from:  # no bounce mailbox; or a report itself
         return
@@ -84,6 +90,58 @@ async def _before_record(
         await _failure_report(config, bounces, store, info, merged, now)
     elif warn and not info.delay_warned:
         await _delay_warning(config, bounces, store, info, merged, now)
+
+
+async def _relayed_report(
+    config: Config,
+    store: ReportStore,
+    lease: Lease,
+    outcomes: Sequence[RecipientOutcome],
+    now: float,
+) -> None:
+    """The "relayed" report (action relayed, 2.0.0) to the sender for each recipient that
+    asked NOTIFY=SUCCESS and went to an upstream that cannot report; never for `<>`."""
+    asked = {r.address: r.dsn for r in lease.recipients if r.dsn.wants("SUCCESS")}
+    relayed = [o for o in outcomes if o.relayed and o.recipient in asked]
+    if not relayed or not lease.mail_from:
+        return
+    original = await store.load_body(lease.queue_id)
+    if is_dsn(header_block(original)):
+        return
+    upstream = config.upstreams.get(lease.upstream)
+    remote = upstream.host if upstream is not None and upstream.host else None
+    items = [
+        DsnRecipient(
+            address=o.recipient,
+            action="relayed",
+            status="2.0.0",
+            diagnostic=o.reply or None,
+            remote_mta=remote,
+            original_recipient=asked[o.recipient].orcpt,
+        )
+        for o in relayed
+    ]
+    _, envid = mail_dsn(lease.mail_options)
+    report = build_dsn(
+        original,
+        items,
+        reporting_mta=config.server.hostname,
+        arrival_date=lease.received_at,
+        now=now,
+        to=lease.mail_from,
+        from_addr=config.bounces.from_ if config.bounces is not None else None,
+        envelope_id=envid,
+        queue_id=lease.queue_id,
+    )
+    queue_id = await outbox.submit(config, store, report, (lease.mail_from,), now)
+    log.info(
+        "dsn_queued",
+        queue_id=lease.queue_id,
+        dsn_queue_id=queue_id,
+        action="relayed",
+        recipients=[o.recipient for o in relayed],
+        to=[lease.mail_from],
+    )
 
 
 def _merge(info: ReportInfo, outcomes: Sequence[RecipientOutcome]) -> list[ReportRecipient]:

@@ -199,8 +199,10 @@ async def test_drop_mid_data_is_retried_with_same_message_id(
 async def test_stall_past_timeout_is_deferred_then_delivered(
     make_config: ConfigFactory, upstream: FakeUpstream
 ) -> None:
-    upstream.script.stall = 4.0  # > timeout = "2s"
-    config = make_config(generic(upstream.port))
+    # The final dot's reply may take 10 minutes within the lease (RFC 5321 4.5.3.2.6): with a
+    # 5 s lease that is 4.5 s, which the stall outlasts.
+    upstream.script.stall = 6.0
+    config = make_config(generic(upstream.port), queue='lease_time = "5s"')
     async with running(config) as daemon:
         await send(port_of(daemon))
         await until(lambda: _attempted(daemon), timeout=15)

@@ -79,10 +79,15 @@ async def test_nothing_extra_to_an_upstream_without_dsn_and_the_mail_is_delivere
     make_config: ConfigFactory, upstream: FakeUpstream
 ) -> None:
     """aiosmtpd without DSN answers 555 to any of these parameters: had relayd sent one, the
-    recipient would have been refused and the mail not delivered."""
+    recipient would have been refused and the mail not delivered. Bob asked NOTIFY=SUCCESS,
+    which this upstream cannot honour: relayd's own "relayed" report goes to the sender."""
     config = make_config(generic(upstream.port))
     async with running(config) as daemon:
-        received = await _deliver(daemon, upstream)
+        await asyncio.to_thread(_submit, port_of(daemon), message())
+        received, report = await upstream.wait_for(2)
     assert received.recipients == list(RCPTS)
-    assert upstream.mail_options == [[f"SIZE={len(received.data)}"]]
-    assert upstream.rcpt_options == [(rcpt, []) for rcpt in RCPTS]
+    assert upstream.mail_options[0] == [f"SIZE={len(received.data)}"]
+    assert upstream.rcpt_options[: len(RCPTS)] == [(rcpt, []) for rcpt in RCPTS]
+    assert (report.mail_from, report.recipients) == ("<>", ["app@example.org"])
+    assert report.data.count(b"Action: relayed") == 1  # only Bob asked
+    assert b"Original-Recipient: rfc822;bob+x@example.com" in report.data

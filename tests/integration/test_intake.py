@@ -362,3 +362,22 @@ async def test_a_pipelining_client_sends_its_commands_in_one_batch(
         "x@example.net",
         "y@example.net",
     ]
+
+
+async def test_a_flood_of_noops_is_cut_off_with_421(capture_config: Config) -> None:
+    """Issue 13: commands that carry no mail are limited per session (aiosmtpd's
+    command_call_limit): the 1001st NOOP gets 421 and the connection closes."""
+
+    def flood(port: int) -> tuple[int, bytes]:
+        with smtplib.SMTP("127.0.0.1", port, timeout=10) as client:
+            client.ehlo("flood.example")
+            for _ in range(1000):
+                assert client.noop()[0] == 250
+            code, text = client.noop()
+            with pytest.raises(smtplib.SMTPServerDisconnected):
+                client.noop()
+            return code, text
+
+    async with running(capture_config) as daemon:
+        code, text = await asyncio.to_thread(flood, port_of(daemon))
+    assert (code, text) == (421, b"4.7.0 NOOP sent too many times")

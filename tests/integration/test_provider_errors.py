@@ -155,7 +155,11 @@ async def test_microsoft_tenant_blocked_at_mail_from_pauses_the_upstream(
     assert "release the tenant" in " ".join(event["hint"].split())
 
 
-async def test_send_as_denied_fails_only_that_message(tmp_path: Path, ca: PrivateCA) -> None:
+async def test_send_as_denied_defers_that_message_and_holds_no_upstream(
+    tmp_path: Path, ca: PrivateCA
+) -> None:
+    """Issue 13: SendAsDenied is the account's permission on one sender; the message waits
+    (deferred, failing at max_lifetime) and the upstream is not held for other senders."""
     reply = (
         "554 5.2.0 STOREDRV.Submission.Exception:SendAsDeniedException.MapiExceptionSendAsDenied"
     )
@@ -168,12 +172,12 @@ async def test_send_as_denied_fails_only_that_message(tmp_path: Path, ca: Privat
             await wait_for(lambda: bool(fake.logins))
             for _ in range(100):
                 (view,) = await daemon.store.list_messages()
-                if view.recipients[0].state.is_final:
+                if view.recipients[0].attempts:
                     break
                 await asyncio.sleep(0.05)
             hold = await daemon.store.upstream_hold("practice")
 
-    assert view.recipients[0].state is RecipientState.FAILED
+    assert view.recipients[0].state is RecipientState.DEFERRED
     assert view.recipients[0].last_reply == reply
     assert hold is None
 

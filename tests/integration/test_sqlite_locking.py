@@ -9,6 +9,7 @@ import os
 import sqlite3
 import subprocess
 import sys
+import threading
 from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
 from functools import partial
@@ -203,3 +204,27 @@ async def test_close_does_not_wait_for_a_lock_another_process_holds(tmp_path: Pa
         await asyncio.wait_for(db.close(), 2)
         with pytest.raises(StoreUnavailable):
             await pending
+
+
+async def test_a_waiting_writer_blocks_on_the_lock_rather_than_polling_it(
+    db: Database, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 17: a polled lock sat free for up to a pause (5 ms) after its holder let go,
+    while a writer in another process waited. The writer now sleeps in flock(LOCK_EX) and
+    the kernel wakes it: a few calls however long the lock is held, not one per pause."""
+    calls: list[int] = []
+    flock = fcntl.flock
+
+    def counted(fd: int, operation: int) -> None:
+        if operation & fcntl.LOCK_EX and threading.current_thread() is not threading.main_thread():
+            calls.append(operation)
+        flock(fd, operation)
+
+    with held_by_another_process(tmp_path / "queue.db"):
+        monkeypatch.setattr(fcntl, "flock", counted)
+        pending = asyncio.ensure_future(db.write(partial(insert, n=1)))
+        await asyncio.sleep(0.5)
+        assert not pending.done()
+    await asyncio.wait_for(pending, 5)
+    assert await db.read(count) == 1
+    assert 1 <= len(calls) <= 3, f"{len(calls)} tries of the lock in 0.5 s"

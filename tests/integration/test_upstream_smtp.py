@@ -6,7 +6,7 @@ from __future__ import annotations
 import aiosmtplib
 import pytest
 
-from relayd.delivery.client import UpstreamSMTP, is_wire_clean
+from relayd.delivery.client import ReplyLost, UpstreamSMTP, is_wire_clean
 from tests.support.fake_upstream import FakeUpstream
 
 CLEAN = b"Subject: hi\r\n\r\nline one\r\nline. with a dot inside\r\n"
@@ -64,16 +64,24 @@ async def _at_data(upstream: FakeUpstream, timeout: float) -> UpstreamSMTP:
 
 
 async def test_a_stall_after_the_body_times_out_and_closes(upstream: FakeUpstream) -> None:
+    """The body went: its lost reply is ReplyLost (the upstream may have the message)."""
     upstream.script.stall = 2.0
     smtp = await _at_data(upstream, timeout=0.3)
-    with pytest.raises(aiosmtplib.SMTPTimeoutError):
+    with pytest.raises(ReplyLost, match="timed out"):
         await smtp.data(CLEAN)
     assert not smtp.is_connected
 
 
-async def test_a_drop_in_data_raises_disconnected(upstream: FakeUpstream) -> None:
-    upstream.script.drop_in_data = 1
+async def test_the_final_dot_reply_waits_final_timeout(upstream: FakeUpstream) -> None:
+    """RFC 5321 4.5.3.2.6: the final dot's reply has its own, longer timeout."""
+    upstream.script.stall = 1.0
+    smtp = await _at_data(upstream, timeout=0.3)
+    assert (await smtp.data(CLEAN, final_timeout=3.0)).code == 250
+
+
+async def test_a_drop_after_the_body_is_a_lost_reply(upstream: FakeUpstream) -> None:
+    upstream.script.drop_in_data = 1  # after the final dot came in
     smtp = await _at_data(upstream, timeout=5)
-    with pytest.raises(aiosmtplib.SMTPServerDisconnected):
+    with pytest.raises(ReplyLost, match="dropped"):
         await smtp.data(CLEAN)
     assert not smtp.is_connected

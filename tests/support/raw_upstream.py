@@ -12,15 +12,20 @@ from dataclasses import dataclass, field
 # any number of lines; None for the usual answer (USUAL).
 Script = Callable[[int, str], str | None]
 
+DROP = "<drop>"  # a scripted reply that closes the connection instead of answering
+
 USUAL = {"EHLO": "250-raw\r\n250 8BITMIME\r\n", "DATA": "354 go ahead\r\n", "QUIT": "221 bye\r\n"}
 
 
 @dataclass
 class RawUpstream:
     script: Script = lambda connection, command: None
+    # seconds to wait before answering (connection, command line); the final dot is "."
+    delay: Callable[[int, str], float] = lambda connection, command: 0.0
     commands: list[tuple[int, str]] = field(default_factory=list)  # (connection, line)
     bodies: list[bytes] = field(default_factory=list)  # every DATA body read, un-stuffed
     connections: int = 0
+    open: int = 0  # connections open now
     port: int = 0
     _server: asyncio.Server | None = None
 
@@ -41,22 +46,32 @@ class RawUpstream:
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.connections += 1
+        self.open += 1
         connection = self.connections
         writer.write(b"220 raw ESMTP\r\n")
         try:
             while line := (await reader.readline()).decode("utf-8", "replace").rstrip("\r\n"):
                 self.commands.append((connection, line))
-                answer = self.reply(connection, line)
-                writer.write(answer.encode())
-                await writer.drain()
-                if line.upper() == "QUIT":
+                answer = await self._answer(writer, connection, line)
+                if line.upper() == "QUIT" or answer == DROP:
                     break
                 if line.upper() == "DATA" and answer.startswith("354"):
                     body = await reader.readuntil(b"\r\n.\r\n")
                     self.bodies.append(body[:-3].replace(b"\r\n..", b"\r\n."))
                     self.commands.append((connection, "."))
-                    writer.write(self.reply(connection, ".").encode())
+                    if await self._answer(writer, connection, ".") == DROP:
+                        break
         except (ConnectionError, asyncio.IncompleteReadError):
             pass
         finally:
+            self.open -= 1
             writer.close()
+
+    async def _answer(self, writer: asyncio.StreamWriter, connection: int, line: str) -> str:
+        if (pause := self.delay(connection, line)) > 0:
+            await asyncio.sleep(pause)
+        answer = self.reply(connection, line)
+        if answer != DROP:
+            writer.write(answer.encode())
+            await writer.drain()
+        return answer

@@ -101,6 +101,7 @@ class FakeSession:
         name: str,
         mail_options: tuple[str, ...] = (),
         rcpt_dsn: Mapping[str, RcptDsn] | None = None,
+        final_timeout: float | None = None,
     ) -> SendResult:
         if self.durations:
             self.clock.t += self.durations.popleft()

@@ -6,6 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from relayd.policy.deadlines import final_reply_timeout
 from relayd.policy.outcome import (
     RULES,
     Action,
@@ -13,6 +14,7 @@ from relayd.policy.outcome import (
     is_expired,
     next_attempt_at,
     throttle_until,
+    too_many_recipients,
 )
 from relayd.types import SmtpReply
 
@@ -38,7 +40,7 @@ REPLIES = [
     (450, "4.2.1 Peak SMTP relay limit exceeded for customer. This is a temporary error.", T),
     (451, "4.7.500 Server busy. Please try again later from [192.0.2.1]. (S77719)", T),
     (451, "4.7.699 Access denied, please try again later", T),
-    (432, "4.3.2 STOREDRV.ClientSubmit; sender thread limit exceeded", T),
+    (432, "4.3.2 STOREDRV.ClientSubmit; sender thread limit exceeded", Action.TOO_MANY_SESSIONS),
     (454, "4.7.0 Too many login attempts, please try again later. - gsmtp", T),
     (550, "5.4.5 Daily user sending quota exceeded. - gsmtp", T),
     (550, "5.4.5 Daily SMTP relay limit exceeded for user.", T),
@@ -67,6 +69,18 @@ REPLIES = [
     (550, "5.7.705 Access denied, tenant has exceeded threshold", A),
     (550, "5.7.750 Service unavailable. Client blocked from sending from unregistered domains", A),
     (550, "5.7.708 Service unavailable. Access denied, traffic not accepted from this IP.", A),
+    # one sender's mail: the account may not send as it (Microsoft)
+    (
+        554,
+        "5.2.0 STOREDRV.Submission.Exception:SendAsDeniedException.MapiExceptionSendAsDenied; "
+        "Failed to process message due to a permanent exception",
+        Action.SENDER_DENIED,
+    ),
+    (
+        550,
+        "5.7.60 SMTP; Client does not have permissions to send as this sender",
+        Action.SENDER_DENIED,
+    ),
     # transient, per message or per recipient
     (421, "4.3.2 Service shutting down, closing transmission channel", R),
     (421, "4.4.5 Server busy, try again later.", R),
@@ -84,8 +98,6 @@ REPLIES = [
     (552, "5.2.2 The email account that you tried to reach is over quota.", F),
     (552, "5.3.4 Message size exceeds fixed limit", F),
     (550, "5.7.1 This message violates example.com email policy. - gcdp", F),
-    (554, "5.2.0 STOREDRV.Submission.Exception:SendAsDeniedException.MapiExceptionSendAsDenied", F),
-    (550, "5.7.60 SMTP; Client does not have permissions to send as this sender", F),
     (550, "5.4.1 Recipient address rejected: Access denied.", F),
     (554, "Transaction failed", F),
     # not final replies at all: never assume delivered, never bounce
@@ -160,3 +172,20 @@ def test_is_expired_at_exactly_the_lifetime() -> None:
     assert not is_expired(1000.0, 1000.0 + five_days - 0.001, five_days)
     assert is_expired(1000.0, 1000.0 + five_days, five_days)
     assert is_expired(1000.0, 1000.0 + five_days + 1, five_days)
+
+
+def test_a_552_is_too_many_recipients_only_after_one_was_accepted() -> None:
+    """RFC 5321 4.5.3.1.10: the first RCPT's 552 is the upstream's permanent answer."""
+    cap = SmtpReply(552, "5.5.3 Too many recipients")
+    assert too_many_recipients(cap, 0) is None
+    recorded = too_many_recipients(cap, 3)
+    assert recorded is not None and recorded.is_transient
+    assert "552 5.5.3 Too many recipients" in recorded.message
+    assert too_many_recipients(SmtpReply(550, "5.1.1 unknown"), 3) is None
+
+
+def test_the_final_dot_waits_ten_minutes_within_the_lease() -> None:
+    assert final_reply_timeout(2000.0, 0.0, 60.0, 2000.0) == 600.0  # RFC 5321 4.5.3.2.6
+    assert final_reply_timeout(300.0, 0.0, 60.0, 300.0) == 270.0  # the lease's margin
+    assert final_reply_timeout(10.0, 0.0, 2.0, 10.0) == 9.0
+    assert final_reply_timeout(50.0, 0.0, 60.0, 300.0) == 50.0  # at most the lease left

@@ -2,11 +2,11 @@
 
 Intake answers 250 only after the commit, and with synchronous_commit on a commit waits
 for the WAL flush, so one transaction per message would cap acceptance at the disk's
-flush rate. One writer task takes every enqueue waiting, inserts them all with three
-array statements (messages, bodies, recipients) and one NOTIFY, commits once, and only
-then resolves each caller's future. If the batch fails for a reason that belongs to one
-message (a duplicate queue id, bad bytes), it is redone with one SAVEPOINT per message
-so only that caller fails; if the server is unavailable, every caller gets
+flush rate. One writer task takes every enqueue waiting, inserts them all and NOTIFYs in
+one statement of parallel arrays (its own transaction: one round trip, no BEGIN/COMMIT),
+and only then resolves each caller's future. If the batch fails for a reason that belongs
+to one message (a duplicate queue id, bad bytes), it is redone with one SAVEPOINT per
+message so only that caller fails; if the server is unavailable, every caller gets
 StoreUnavailable and the SMTP client retries. A caller waits at most COMMIT_TIMEOUT for
 its commit (intake answers 451 within it when the database does not); a message whose
 caller gave up before its batch began is not written.
@@ -15,7 +15,8 @@ caller gave up before its batch began is not written.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+import json
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import asyncpg
@@ -24,10 +25,10 @@ from relayd.errors import StoreError, StoreUnavailable
 from relayd.store.batching import next_batch
 from relayd.store.postgres import ops
 from relayd.store.postgres.db import Database, translate
-from relayd.store.postgres.sql import Conn
+from relayd.store.postgres.sql import Conn, Q
 from relayd.types import NewMessage, QueueId
 
-Notify = Callable[[Conn], Awaitable[None]]
+Signal = Callable[[], tuple[str, str]]  # the NOTIFY channel and payload of a commit
 COMMIT_TIMEOUT = 8.0  # seconds an enqueue waits for its commit: below SMTP clients' patience
 
 
@@ -44,9 +45,9 @@ class _OneFailed(Exception):
 class GroupCommit:
     """The enqueue writer: `submit` returns once the message's transaction committed."""
 
-    def __init__(self, db: Database, notify: Notify) -> None:
+    def __init__(self, db: Database, signal: Signal) -> None:
         self._db = db
-        self._notify = notify
+        self._signal = signal
         self._queue: asyncio.Queue[_Request | None] = asyncio.Queue()
         self._writer: asyncio.Task[None] | None = None
         self._closed = False
@@ -100,12 +101,11 @@ class GroupCommit:
                     request.future.set_exception(error)
 
     async def _commit(self, batch: list[_Request]) -> list[StoreError | None]:
-        """One transaction for the batch; per-message savepoints only if it must."""
+        """One statement for the batch; per-message savepoints only if it must."""
         messages = [request.message for request in batch]
         async with self._db.connection() as conn:
             try:
-                async with conn.transaction():
-                    await self._insert_all(conn, messages)
+                await self._insert_all(conn, messages)
             except _OneFailed:
                 errors = await self._commit_one_by_one(conn, messages)
             else:
@@ -115,12 +115,11 @@ class GroupCommit:
 
     async def _insert_all(self, conn: Conn, messages: list[NewMessage]) -> None:
         try:
-            await ops.insert_messages(conn, messages)
+            await insert_and_notify(conn, messages, *self._signal())
         except asyncpg.PostgresError as exc:
             if len(messages) > 1 and not isinstance(translate(exc), StoreUnavailable):
                 raise _OneFailed() from exc
             raise
-        await self._notify(conn)
 
     async def _commit_one_by_one(
         self, conn: Conn, messages: list[NewMessage]
@@ -130,7 +129,8 @@ class GroupCommit:
             for message in messages:
                 try:
                     async with conn.transaction():  # a SAVEPOINT inside the batch
-                        await ops.insert_messages(conn, [message])
+                        # PostgreSQL sends a transaction's identical NOTIFYs once, at COMMIT.
+                        await insert_and_notify(conn, [message], *self._signal())
                 except asyncpg.PostgresError as exc:
                     error = translate(exc)
                     if isinstance(error, StoreUnavailable):
@@ -138,9 +138,41 @@ class GroupCommit:
                     errors.append(error)
                 else:
                     errors.append(None)
-            if any(error is None for error in errors):
-                await self._notify(conn)
         return errors
+
+
+async def insert_and_notify(
+    conn: Conn, messages: Sequence[NewMessage], channel: str, payload: str
+) -> None:
+    """Insert messages (queue ids decided) with their bodies and recipients, and NOTIFY:
+    one statement whatever the batch size."""
+    rows = [
+        (m.queue_id, i, rcpt.address, float(m.received_at), rcpt.dsn.notify, rcpt.dsn.orcpt)
+        for m in messages
+        for i, rcpt in enumerate(m.recipients)
+    ]
+    query = Q["insert_batch_and_notify"]
+    values = query.args(
+        ids=[m.queue_id for m in messages],
+        upstreams=[m.upstream for m in messages],
+        mail_froms=[m.mail_from for m in messages],
+        message_ids=[m.message_id for m in messages],
+        received=[float(m.received_at) for m in messages],
+        sizes=[len(m.body) for m in messages],
+        options=[json.dumps(list(m.mail_options)) for m in messages],
+        auth_users=[m.auth_user for m in messages],
+        clients=[m.client for m in messages],
+        bodies=[m.body for m in messages],
+        queue_ids=[row[0] for row in rows],
+        idxs=[row[1] for row in rows],
+        addresses=[row[2] for row in rows],
+        dues=[row[3] for row in rows],
+        notifies=[row[4] for row in rows],
+        orcpts=[row[5] for row in rows],
+        channel=channel,
+        payload=payload,
+    )
+    await conn.execute(query.sql, *values)
 
 
 def _copy(error: StoreError) -> StoreError:

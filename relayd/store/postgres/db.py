@@ -154,6 +154,7 @@ class Database:
                 command_timeout=self.command_timeout,
                 timeout=CONNECT_TIMEOUT,
                 server_settings=self.server_settings,
+                reset=_keep_session,
             )
         try:
             self.migrated = await self.run(migrate, write=True)
@@ -193,6 +194,15 @@ class Database:
                 async with conn.transaction(isolation="repeatable_read", readonly=True):
                     return await op(conn)
             return await op(conn)
+
+
+async def _keep_session(conn: asyncpg.Connection[asyncpg.Record]) -> None:
+    """The pool's reset of a released connection, after asyncpg's own ROLLBACK of a
+    transaction left open: nothing more. asyncpg's default adds a round trip per release
+    (advisory unlock, CLOSE ALL, UNLISTEN, RESET ALL): two of every delivered message's
+    eight. relayd sets no session state on a pool connection (SET LOCAL, transaction-level
+    advisory locks; LISTEN and leadership have connections of their own), so there is none
+    to reset; a session-level SET, LISTEN or advisory lock on one would be a bug."""
 
 
 def _ms(seconds: float) -> str:

@@ -10,7 +10,6 @@ ledger (postgres/ledger.py) is reserved optimistically, so no lock outlives a st
 from __future__ import annotations
 
 import dataclasses
-import json
 from collections.abc import Sequence
 from typing import Any
 
@@ -55,45 +54,6 @@ def with_queue_id(message: NewMessage) -> NewMessage:
     if message.queue_id is not None:
         return message
     return dataclasses.replace(message, queue_id=new_queue_id(message.received_at))
-
-
-async def insert_messages(conn: Conn, messages: Sequence[NewMessage]) -> None:
-    """Insert messages (queue ids decided) with their bodies and recipients: three
-    statements whatever the batch size."""
-    await _execute(
-        conn,
-        Q["insert_messages"],
-        ids=[m.queue_id for m in messages],
-        upstreams=[m.upstream for m in messages],
-        mail_froms=[m.mail_from for m in messages],
-        message_ids=[m.message_id for m in messages],
-        received=[float(m.received_at) for m in messages],
-        sizes=[len(m.body) for m in messages],
-        options=[json.dumps(list(m.mail_options)) for m in messages],
-        auth_users=[m.auth_user for m in messages],
-        clients=[m.client for m in messages],
-    )
-    await _execute(
-        conn,
-        Q["insert_bodies"],
-        ids=[m.queue_id for m in messages],
-        bodies=[m.body for m in messages],
-    )
-    rows = [
-        (m.queue_id, i, rcpt.address, float(m.received_at), rcpt.dsn.notify, rcpt.dsn.orcpt)
-        for m in messages
-        for i, rcpt in enumerate(m.recipients)
-    ]
-    await _execute(
-        conn,
-        Q["insert_recipients"],
-        queue_ids=[row[0] for row in rows],
-        idxs=[row[1] for row in rows],
-        addresses=[row[2] for row in rows],
-        dues=[row[3] for row in rows],
-        notifies=[row[4] for row in rows],
-        orcpts=[row[5] for row in rows],
-    )
 
 
 async def notify_work(conn: Conn, channel: str, payload: str) -> None:

@@ -177,35 +177,40 @@ CREATE TABLE leaders (
 -- Wakes every node's wait_for_work(); delivered at COMMIT, dropped on ROLLBACK.
 SELECT pg_notify(:channel, :payload);
 
--- name: insert_messages
--- enqueue: every message of one group commit in one statement (parallel arrays).
-INSERT INTO messages (
-    id, upstream, mail_from, message_id, received_at, size, mail_options,
-    auth_user, client, next_attempt_at
+-- name: insert_batch_and_notify
+-- enqueue: every message of one group commit (parallel arrays), its body and recipients,
+-- and notify_work, in ONE statement: one round trip, and no BEGIN or COMMIT of its own (a
+-- statement is its own transaction: all of it commits, or none). A new recipient is
+-- queued and due when its message was received.
+-- The recipients' foreign key is checked at the end of the statement, when the messages
+-- rows of the same statement exist.
+WITH new_messages AS (
+    INSERT INTO messages (
+        id, upstream, mail_from, message_id, received_at, size, mail_options,
+        auth_user, client, next_attempt_at
+    )
+    SELECT id, upstream, mail_from, message_id, received_at, size, mail_options,
+           auth_user, client, received_at
+    FROM unnest(
+        :ids::text[], :upstreams::text[], :mail_froms::text[], :message_ids::text[],
+        :received::float8[], :sizes::int8[], :options::jsonb[], :auth_users::text[],
+        :clients::text[]
+    ) AS t (id, upstream, mail_from, message_id, received_at, size, mail_options,
+            auth_user, client)
+), new_bodies AS (
+    INSERT INTO bodies (queue_id, body)
+    SELECT queue_id, body FROM unnest(:ids::text[], :bodies::bytea[]) AS t (queue_id, body)
+), new_recipients AS (
+    INSERT INTO recipients (
+        queue_id, idx, address, state, attempts, next_attempt_at, updated_at, notify, orcpt
+    )
+    SELECT queue_id, idx, address, 'queued', 0, due, due, notify, orcpt
+    FROM unnest(
+        :queue_ids::text[], :idxs::int4[], :addresses::text[], :dues::float8[],
+        :notifies::text[], :orcpts::text[]
+    ) AS t (queue_id, idx, address, due, notify, orcpt)
 )
-SELECT id, upstream, mail_from, message_id, received_at, size, mail_options,
-       auth_user, client, received_at
-FROM unnest(
-    :ids::text[], :upstreams::text[], :mail_froms::text[], :message_ids::text[],
-    :received::float8[], :sizes::int8[], :options::jsonb[], :auth_users::text[],
-    :clients::text[]
-) AS t (id, upstream, mail_from, message_id, received_at, size, mail_options,
-        auth_user, client);
-
--- name: insert_bodies
-INSERT INTO bodies (queue_id, body)
-SELECT queue_id, body FROM unnest(:ids::text[], :bodies::bytea[]) AS t (queue_id, body);
-
--- name: insert_recipients
--- A new recipient is queued and due when its message was received.
-INSERT INTO recipients (
-    queue_id, idx, address, state, attempts, next_attempt_at, updated_at, notify, orcpt
-)
-SELECT queue_id, idx, address, 'queued', 0, due, due, notify, orcpt
-FROM unnest(
-    :queue_ids::text[], :idxs::int4[], :addresses::text[], :dues::float8[],
-    :notifies::text[], :orcpts::text[]
-) AS t (queue_id, idx, address, due, notify, orcpt);
+SELECT pg_notify(:channel, :payload);
 
 -- name: lease_due_messages
 -- Claim the oldest due messages not under an unexpired lease. SKIP LOCKED: a message another
@@ -272,6 +277,47 @@ FROM unnest(
 WHERE r.queue_id = :queue_id
   AND r.address = u.address
   AND r.state NOT IN ('delivered', 'failed', 'bounced');
+
+-- name: lock_leases
+-- Fencing for a batch of outcomes (postgres/outcomes.py): each message's current lease
+-- token, row-locked until COMMIT, in id order so that two batches never wait for each
+-- other in a cycle.
+SELECT id, lease_token FROM messages WHERE id = ANY(:ids::text[]) ORDER BY id FOR UPDATE;
+
+-- name: record_batch_recipients
+-- record_recipients for the outcomes of several messages (one row per recipient).
+UPDATE recipients AS r
+SET state = u.state,
+    attempts = r.attempts + 1,
+    last_reply = u.reply,
+    next_attempt_at = u.next_attempt_at,
+    wait_reason = u.wait_reason,
+    updated_at = u.now
+FROM unnest(
+    :queue_ids::text[], :addresses::text[], :states::text[], :replies::text[],
+    :next::float8[], :reasons::text[], :nows::float8[]
+) AS u (queue_id, address, state, reply, next_attempt_at, wait_reason, now)
+WHERE r.queue_id = u.queue_id
+  AND r.address = u.address
+  AND r.state NOT IN ('delivered', 'failed', 'bounced');
+
+-- name: end_leases_and_drop_finished_bodies
+-- end_lease_and_drop_finished_body for several messages.
+WITH ended AS (
+    UPDATE messages
+    SET leased_by = NULL, lease_node = NULL, lease_token = NULL, lease_until = NULL,
+        next_attempt_at = (
+            SELECT min(r.next_attempt_at) FROM recipients AS r
+            WHERE r.queue_id = messages.id AND r.state IN ('queued', 'deferred')
+        )
+    WHERE id = ANY(:ids::text[])
+)
+DELETE FROM bodies
+WHERE queue_id = ANY(:ids::text[])
+  AND NOT EXISTS (
+      SELECT 1 FROM recipients AS r
+      WHERE r.queue_id = bodies.queue_id AND r.state NOT IN ('delivered', 'failed', 'bounced')
+  );
 
 -- name: delay_recipients
 -- release(): wait until at least :not_before for :reason; attempts unchanged. A due time

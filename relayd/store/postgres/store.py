@@ -7,9 +7,10 @@ the rate ceilings and min_interval hold across all of them, and no lock waits on
 share holds and waits, and wake each other with LISTEN/NOTIFY. What lives here is which
 verbs write and which NOTIFY; the SQL is in postgres.sql, the transaction bodies in
 postgres/ops.py, the pool, its timeouts and error translation in postgres/db.py, group
-commit in postgres/batch.py, the listener and its poll in postgres/listen.py, migrations
-in postgres/migrate.py, claims and their renewal in postgres/leases.py, the node's id and
-heartbeat in postgres/nodes.py and leadership in postgres/leader.py.
+commit in postgres/batch.py (enqueues) and postgres/outcomes.py (attempt outcomes), the
+listener and its poll in postgres/listen.py, migrations in postgres/migrate.py, claims and
+their renewal in postgres/leases.py, the node's id and heartbeat in postgres/nodes.py and
+leadership in postgres/leader.py.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from relayd.store.postgres.db import (
 from relayd.store.postgres.leader import Leadership
 from relayd.store.postgres.listen import CHANNEL, Listener
 from relayd.store.postgres.nodes import DEFAULT_NODE_TIMEOUT, NodeLiveness
+from relayd.store.postgres.outcomes import OutcomeBatch
 from relayd.store.postgres.sql import Conn
 from relayd.types import (
     Ceiling,
@@ -81,7 +83,8 @@ class PostgresStore:
         self._node: NodeLiveness | None = None  # once claim_queue() made this store a node
         self._work = asyncio.Event()
         self._listener = Listener(self._db, uuid.uuid4().hex, self._work.set)
-        self._batch = GroupCommit(self._db, self._notify)
+        self._batch = GroupCommit(self._db, self._signal)
+        self._outcomes = OutcomeBatch(self._db)
         # Without a node id (a test's store), a lead is this store instance's.
         holder = node_id or f"store-{uuid.uuid4().hex[:12]}"
         self._leadership = Leadership(self._db, holder, node_timeout)
@@ -105,10 +108,12 @@ class PostgresStore:
             await self._db.close()
             raise
         self._batch.start()
+        self._outcomes.start()
 
     async def close(self) -> None:
-        """Commit every enqueue already submitted, then end every connection."""
+        """Commit every enqueue and outcome already submitted, then end every connection."""
         await self._batch.close()
+        await self._outcomes.close()
         await self._listener.close()
         await self._leadership.close()
         if self._node is not None:
@@ -141,8 +146,12 @@ class PostgresStore:
     ) -> None:
         await self.close()
 
+    def _signal(self) -> tuple[str, str]:
+        """The NOTIFY of this store's commits: the channel, and who sent it."""
+        return CHANNEL, self._listener.payload
+
     async def _notify(self, conn: Conn) -> None:
-        await ops.notify_work(conn, CHANNEL, self._listener.payload)
+        await ops.notify_work(conn, *self._signal())
 
     async def _write(
         self, op: Callable[[Conn], Awaitable[T]], *, wake: bool = False, wake_self: bool = True
@@ -192,7 +201,7 @@ class PostgresStore:
     async def record_outcome(
         self, lease: Lease, outcomes: Sequence[RecipientOutcome], now: float
     ) -> None:
-        await self._write(lambda conn: ops.record_outcome(conn, lease, outcomes, now))
+        await self._outcomes.submit(lease, outcomes, now)
 
     async def renew_lease(self, lease: Lease, now: float, lease_for: float) -> None:
         await self._write(lambda conn: leases.renew_lease(conn, lease, now, lease_for))

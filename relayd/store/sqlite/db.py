@@ -12,26 +12,22 @@ takes, the more requests share the commit that follows.
 Reads run on the second connection in autocommit mode: WAL lets them proceed while a write
 waits for the lock or commits, and they always see committed state. Between processes
 sharing the queue (intake workers, the queue tool) the writers take turns on an flock(2)
-of `<queue>-writelock` before SQLite's own lock: a blocked process retries every few
-milliseconds, where SQLite's busy handler sleeps in steps of up to 100 ms. It waits at most
-`lock_timeout` (queue.lock_timeout), and not at all once the store is closing: a process
-that keeps the lock (a stuck queue command, a backup) costs a client a 451, never a hang,
-and holds up shutdown no longer than the writes in flight wait. Every request waiting when
-the lock times out fails with it.
+of `<queue>-writelock` before SQLite's own lock (sqlite/writelock.py): a blocked process
+takes it the moment it is freed, where SQLite's busy handler sleeps in steps of up to
+100 ms. It waits at most `lock_timeout` (queue.lock_timeout), and not at all once the
+store is closing: a process that keeps the lock (a stuck queue command, a backup) costs a
+client a 451, never a hang, and holds up shutdown no longer than the writes in flight
+wait. Every request waiting when the lock times out fails with it.
 """
 
 from __future__ import annotations
 
 import asyncio
-import fcntl
-import os
 import queue
 import sqlite3
 import threading
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar, cast
@@ -39,6 +35,7 @@ from typing import Any, TypeVar, cast
 from relayd.errors import StoreError, StoreUnavailable
 from relayd.store.batching import MAX_BATCH
 from relayd.store.sqlite import ops as schema_ops
+from relayd.store.sqlite.writelock import WriteLock
 
 T = TypeVar("T")
 Op = Callable[[sqlite3.Connection], Any]
@@ -72,7 +69,6 @@ def _wrap(exc: Exception) -> Exception:
 
 
 IDLE_CHECK = 0.5  # seconds the idle write thread waits before it checks the loop is alive
-LOCK_RETRY_MAX = 0.005  # seconds between tries of a held lock: how late a freed one is seen
 DEFAULT_LOCK_TIMEOUT = 5.0
 _SYNC_FULL = "PRAGMA synchronous = FULL"
 _SYNC_NORMAL = "PRAGMA synchronous = NORMAL"
@@ -113,13 +109,13 @@ class Database:
         self._synchronous_full = True  # the schema's pragmas start with synchronous=FULL
         self._conn: sqlite3.Connection | None = None
         self._read_conn: sqlite3.Connection | None = None
-        self._lock_fd: int | None = None
         self._executor: ThreadPoolExecutor | None = None
         self._reader: ThreadPoolExecutor | None = None
         self._requests: queue.SimpleQueue[_Request | None] = queue.SimpleQueue()
         self._writer: asyncio.Future[None] | None = None  # the write thread's loop
         self._closed = False
         self._closing = threading.Event()  # the write thread's lock wait gives up at once
+        self._lock = WriteLock(self.lock_path, lock_timeout, self._closing)
 
     # --- lifecycle ------------------------------------------------------------------
 
@@ -164,11 +160,8 @@ class Database:
             raise StoreUnavailable(f"cannot create {self.path.parent}: {exc}") from exc
         # isolation_level=None: the writer issues BEGIN/COMMIT itself.
         self._conn = sqlite3.connect(self.path, timeout=self.busy_timeout, isolation_level=None)
-        try:
-            self._lock_fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        except OSError as exc:
-            raise StoreUnavailable(f"cannot open {self.lock_path}: {exc}") from exc
-        with self._write_lock():
+        self._lock.open()
+        with self._lock.held():
             schema_ops.create_schema(self._conn)
 
     def _connect_reader(self) -> None:
@@ -181,45 +174,12 @@ class Database:
         if self._conn is not None:
             self._conn.close()
             self._conn = None
-        if self._lock_fd is not None:
-            os.close(self._lock_fd)
-            self._lock_fd = None
+        self._lock.close()
 
     def _disconnect_reader(self) -> None:
         if self._read_conn is not None:
             self._read_conn.close()
             self._read_conn = None
-
-    @contextmanager
-    def _write_lock(self) -> Iterator[None]:
-        """Hold the queue's writer lock (between processes; see the module docstring)."""
-        assert self._lock_fd is not None
-        self._take_lock(self._lock_fd)
-        try:
-            yield
-        finally:
-            fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
-
-    def _take_lock(self, fd: int) -> None:
-        """flock(LOCK_EX) within lock_timeout, else StoreUnavailable naming the lock file."""
-        deadline = time.monotonic() + self.lock_timeout
-        pause = 0.0005
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                return
-            except BlockingIOError:
-                pass
-            if self._closing.is_set():
-                raise StoreUnavailable(f"closing while another process holds {self.lock_path}")
-            if time.monotonic() >= deadline:
-                raise StoreUnavailable(
-                    f"another process has held the queue's write lock {self.lock_path} for "
-                    f"over {self.lock_timeout:g}s (queue.lock_timeout): a stuck `relayd queue` "
-                    f"command or a backup? `fuser -v {self.lock_path}` names it"
-                )
-            time.sleep(pause)
-            pause = min(pause * 2, LOCK_RETRY_MAX)
 
     async def _on_thread(
         self, fn: Callable[[], T], executor: ThreadPoolExecutor | None = None
@@ -289,7 +249,7 @@ class Database:
                 return
             batch = [first]
             try:
-                with self._write_lock():
+                with self._lock.held():
                     stopping = self._take_waiting(batch)
                     results = self._run_batch(batch)
             except StoreUnavailable as exc:  # the lock: fail everyone who waited for it

@@ -182,8 +182,7 @@ def record_outcome(
                 "now": now,
             },
         )
-    conn.execute(Q["clear_lease"], {"queue_id": lease.queue_id})
-    conn.execute(Q["refresh_message"], {"queue_id": lease.queue_id})
+    conn.execute(Q["end_lease"], {"queue_id": lease.queue_id})
     conn.execute(Q["drop_finished_body"], {"queue_id": lease.queue_id})
 
 
@@ -201,8 +200,7 @@ def release(conn: sqlite3.Connection, lease: Lease, not_before: float, reason: s
             for address in lease.addresses
         ),
     )
-    conn.execute(Q["clear_lease"], {"queue_id": lease.queue_id})
-    conn.execute(Q["refresh_message"], {"queue_id": lease.queue_id})
+    conn.execute(Q["end_lease"], {"queue_id": lease.queue_id})
 
 
 def release_all_leases(conn: sqlite3.Connection) -> int:

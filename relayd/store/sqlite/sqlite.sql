@@ -204,9 +204,15 @@ WHERE id = :queue_id;
 -- Fencing: the token of the lease currently on the message.
 SELECT lease_token FROM messages WHERE id = :queue_id;
 
--- name: clear_lease
+-- name: end_lease
+-- Clear the lease and recompute the message's due time from its pending recipients, in
+-- one write of the row (record_outcome and release: after their recipient writes).
 UPDATE messages
-SET leased_by = NULL, lease_token = NULL, lease_until = NULL
+SET leased_by = NULL, lease_token = NULL, lease_until = NULL,
+    next_attempt_at = (
+        SELECT min(r.next_attempt_at) FROM recipients AS r
+        WHERE r.queue_id = messages.id AND r.state IN ('queued', 'deferred')
+    )
 WHERE id = :queue_id;
 
 -- name: renew_lease

@@ -1,0 +1,71 @@
+"""Writes per delivered message on SQLite (issue 17): counts, not timings.
+
+Every statement of an outcome runs inside the queue's write lock, which the intake
+processes' fsynced commits wait for; SQLite's trace callback on the store's connections
+counts what one record_outcome wrote.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from relayd.store.sqlite.store import SqliteStore
+from relayd.types import NewMessage, Recipient, RecipientOutcome, RecipientState
+
+T0 = 1_700_000_000.0
+
+
+@pytest.fixture
+def statements(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    seen: list[str] = []
+    connect = sqlite3.connect
+
+    def traced(*args: Any, **kwargs: Any) -> sqlite3.Connection:
+        conn: sqlite3.Connection = connect(*args, **kwargs)
+        conn.set_trace_callback(lambda sql: seen.append(" ".join(sql.split())[:60]))
+        return conn
+
+    monkeypatch.setattr(sqlite3, "connect", traced)  # db.py calls it by module
+    return seen
+
+
+@pytest.fixture
+async def store(tmp_path: Path, statements: list[str]) -> AsyncIterator[SqliteStore]:
+    async with SqliteStore(tmp_path / "queue.db") as opened:
+        yield opened
+
+
+async def test_an_outcome_writes_its_message_row_once(
+    store: SqliteStore, statements: list[str]
+) -> None:
+    await store.enqueue(
+        NewMessage(
+            mail_from="app@example.org",
+            recipients=(Recipient("a@example.net"), Recipient("b@example.net")),
+            body=b"Subject: x\r\n\r\nHello.\r\n",
+            upstream="up",
+            message_id="<1@example.org>",
+            received_at=T0,
+        )
+    )
+    (lease,) = await store.lease_due("up", T0 + 1, 32, 300.0, "w1")
+    later = T0 + 600
+    mark = len(statements)
+    await store.record_outcome(
+        lease,
+        [
+            RecipientOutcome("a@example.net", RecipientState.DELIVERED, "250 ok"),
+            RecipientOutcome("b@example.net", RecipientState.DEFERRED, "451 later", later, "r"),
+        ],
+        T0 + 2,
+    )
+    writes = [sql for sql in statements[mark:] if sql.startswith("UPDATE messages")]
+    assert len(writes) == 1, writes  # the lease ends and the due time is recomputed at once
+    assert await store.next_due("up", T0 + 3) == later
+    (again,) = await store.lease_due("up", later, 32, 300.0, "w2")
+    assert again.addresses == ("b@example.net",)
