@@ -65,7 +65,7 @@ class Session(Protocol):
         """Deliver one message; raises UpstreamUnavailable when the session breaks. `rcpt_dsn`
         (recipients' NOTIFY/ORCPT) goes upstream only where it advertises DSN;
         `final_timeout` is how long from now the final dot's reply may take to come (RFC 5321
-        4.5.3.2.6: 10 minutes; the caller cuts it to its lease), the connection and the
+        4.5.3.2.6: 10 minutes; the lease is renewed meanwhile), the connection and the
         commands before it included."""
 
     async def close(self) -> None:
