@@ -142,6 +142,11 @@ class QueueConfig(_Model):
     retry: list[Duration] = durations("1m", "5m", "15m", "30m", "1h", "2h", "4h")
     lease_time: Timeout = 300.0
     shutdown_timeout: Duration = 30.0
+    # postgres: this node's name among those sharing the queue, the same across restarts
+    # (default: the host name and first listen address); and how long a node may miss its
+    # heartbeat before its leases and leadership pass to the others.
+    node_id: str | None = Field(default=None, min_length=1)
+    node_timeout: Timeout = 10.0
 
     @model_validator(mode="after")
     def _check_dsn(self) -> QueueConfig:

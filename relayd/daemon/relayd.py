@@ -47,6 +47,12 @@ SERVICE_FAILURE = 1
 CANCEL_GRACE = 1.0  # seconds for cancelled deliveries to unwind at shutdown
 
 
+def node_id(config: Config) -> str:
+    """This node's name on a shared queue: queue.node_id, else the host name and the first
+    intake address, which two daemons on one host cannot share and a restart keeps."""
+    return config.queue.node_id or f"{socket.gethostname()}/{config.server.listen[0]}"
+
+
 def split_listen(listen: str) -> tuple[str, int]:
     host, _, port = listen.rpartition(":")
     return host.strip("[]"), int(port)
@@ -97,7 +103,7 @@ class Relayd:
                 log.warning("tls_verify_disabled", upstream=name)
         if self.config.server.workers > 1:  # intake runs in child processes (intake/workers.py)
             self.workers = IntakeWorkers(self.config)
-        self.store = store_for(self.config.queue)
+        self.store = store_for(self.config.queue, node_id(self.config))
         await self.store.open()
         store = instrument(self.store)  # metrics at the verbs (store/instrumented.py)
         log_config = self.config.log
@@ -149,8 +155,8 @@ class Relayd:
 
     @staticmethod
     async def _claim_queue(store: Store) -> None:
-        """One daemon per SQLite queue: refuse a second, and put back at once the mail an
-        earlier run left leased (store/base.py, QueueOwnership); PostgreSQL has no owner."""
+        """One daemon per SQLite queue, or per node id on PostgreSQL: refuse a second, and
+        put back at once the mail an earlier run left leased (store/base.py, QueueOwnership)."""
         if isinstance(store, QueueOwnership):
             released = await store.claim_queue()
             if released:

@@ -16,7 +16,7 @@ means delivered.
 
 The final dot's reply may take long: RFC 5321 4.5.3.2.6 asks a client to wait 10 minutes for
 it, since the server may be processing the message. `data(final_timeout=...)` waits that long
-there (the caller caps it by its lease). A reply lost there (timed out, or the connection
+there (the lane's lease is renewed meanwhile). A reply lost there (timed out, or the connection
 dropped after the dot was written) raises ReplyLost: the upstream may have the message.
 
 AUTH: aiosmtplib's `login` tries every mechanism both sides know, one after another, so a

@@ -22,7 +22,7 @@ from typing import Protocol
 
 from relayd.clock import Clock
 from relayd.config.model import Config, UpstreamConfig
-from relayd.delivery import ledger
+from relayd.delivery import ledger, renewal
 from relayd.delivery.holds import hold_upstream
 from relayd.delivery.notices import UpstreamNotices
 from relayd.delivery.senders import SenderHolds
@@ -30,7 +30,7 @@ from relayd.delivery.session import Session
 from relayd.delivery.slots import SessionSlots
 from relayd.errors import LeaseLost, StoreError, UpstreamUnavailable
 from relayd.logs import get_logger
-from relayd.policy.deadlines import final_reply_timeout
+from relayd.policy.deadlines import FINAL_REPLY_WAIT
 from relayd.policy.outcome import (
     Action,
     RecipientReply,
@@ -289,7 +289,9 @@ class Lane:
             reservation = slot.reservation
         self.in_flight += 1
         try:
-            return await self._send(session, lease, reservation, writes)
+            async with renewal.kept(self.store, lease, self.clock, self.config.queue, session):
+                return await self._send(session, lease, reservation, writes)
+            return None  # the lease was lost before DATA: the message is another node's now
         except StoreError:
             raise
         except Exception as exc:
@@ -303,8 +305,7 @@ class Lane:
     ) -> Wait | None:
         body = await self.store.load_body(lease.queue_id)
         started = self.clock.monotonic()
-        queue, now = self.config.queue, self.clock.now()  # the final dot may take 10 minutes
-        dot = final_reply_timeout(lease.lease_until, now, self.upstream.timeout, queue.lease_time)
+        dot = FINAL_REPLY_WAIT  # RFC 5321 4.5.3.2.6; the lease is renewed meanwhile (renewal)
         log.info(
             "delivery_attempt",
             queue_id=lease.queue_id,

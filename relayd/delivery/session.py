@@ -19,6 +19,7 @@ from typing import Protocol
 import aiosmtplib
 
 from relayd.config.model import UpstreamConfig
+from relayd.delivery import renewal
 from relayd.delivery.client import OutOfStep, ReplyLost, UpstreamSMTP
 from relayd.delivery.oauth import TokenSource
 from relayd.delivery.transcripts import make_upstream_smtp, scrub_password
@@ -65,7 +66,7 @@ class Session(Protocol):
         """Deliver one message; raises UpstreamUnavailable when the session breaks. `rcpt_dsn`
         (recipients' NOTIFY/ORCPT) goes upstream only where it advertises DSN;
         `final_timeout` is how long from now the final dot's reply may take to come (RFC 5321
-        4.5.3.2.6: 10 minutes; the caller cuts it to its lease), the connection and the
+        4.5.3.2.6: 10 minutes; the lease is renewed meanwhile), the connection and the
         commands before it included."""
 
     async def close(self) -> None:
@@ -258,6 +259,7 @@ class SmtpSession:
         if not accepted:
             await self._reset(smtp)
             return ()
+        await renewal.before_data()  # LeaseLost: another node took the message meanwhile
         result.reached_data = True
         try:
             response = await smtp.data(body, final_timeout=_time_left(message.reply_by))

@@ -213,6 +213,11 @@ class Notifier:
             log.info("notice_resolved", kind=condition.kind.value, key=key, since=condition.since)
             self._resolved.append(condition)
 
+    def forget(self, kind: NoticeKind | str, key: str) -> None:
+        """Drop the condition (kind, key) without saying it is over: this node no longer
+        measures it (it lost the lead), so it knows nothing of its end."""
+        self._conditions.pop((NoticeKind(kind), key), None)
+
     def hook(self, clock: Clock) -> NoticeHook:
         """A NoticeHook (types.py) for producers that hand over Notice values (OAuth2)."""
 

@@ -2,9 +2,11 @@
 as plain async functions of `now` that the daemon's schedule runs.
 
 Leadership (PostgreSQL): the queue-wide checks run only on the node that leads "notices",
-asked before every round. Every node flushes its own Notifier, though: a condition only one
-node sees (its upstream login refused, its disk filling) is mailed by that node, and the
-digest names it (server.hostname, notices/notifier.py).
+asked before every round and again before the round's digest: a node that lost the lead
+meanwhile (frozen, cut off) drops what it measured without a word (neither "problem" nor
+"resolved": the new leader measures and reports it). Every node flushes its own Notifier,
+though: a condition only one node sees (its upstream login refused, its disk filling) is
+mailed by that node, and the digest names it (server.hostname, notices/notifier.py).
 """
 
 from __future__ import annotations
@@ -104,11 +106,19 @@ class QueueWatch:
             self._raised.discard((kind, key))
 
     def release(self, now: float) -> None:
-        """This node no longer leads "notices": its queue conditions are the new leader's
-        to report, so clear them here (and forget the failure samples, now stale) rather
-        than remind the operator of them from a node that no longer measures them."""
+        """Nobody measures the queue any more (a reload removed [notifications]): its
+        conditions are over as far as this node can tell."""
         for kind, key in sorted(self._raised):
             self.notifier.clear(kind, key, now)
+        self._raised.clear()
+        self._failures.clear()
+
+    def hand_over(self) -> None:
+        """This node no longer leads "notices": its queue conditions are the new leader's to
+        report, so forget them here (and the failure samples, now stale) without a
+        "resolved": the backlog it saw is most likely still there."""
+        for kind, key in sorted(self._raised):
+            self.notifier.forget(kind, key)
         self._raised.clear()
         self._failures.clear()
 
@@ -132,8 +142,11 @@ class NoticeRound:
         try:
             if await leads(self.store, "notices"):
                 await self.watch.check(self.store, now)
+                # Fencing: the lead may have passed while this node was frozen mid-round.
+                if not await leads(self.store, "notices"):
+                    self.watch.hand_over()
             else:
-                self.watch.release(now)
+                self.watch.hand_over()
         except Exception as exc:  # the store: the checks wait for the next round, not the flush
             log.error("queue_check_failed", error=f"{type(exc).__name__}: {exc}")
         await self.notifier.flush(now)  # keeps a digest it cannot enqueue for the next one

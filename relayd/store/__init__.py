@@ -18,6 +18,7 @@ from relayd.store.sqlite.store import SqliteStore
 BACKENDS = ("sqlite", "postgres")
 DEFAULT_POOL_SIZE = 10  # as store/postgres/db.py's; the postgres modules load only when used
 DEFAULT_LOCK_TIMEOUT = 5.0  # as the backends'
+DEFAULT_NODE_TIMEOUT = 10.0  # as store/postgres/nodes.py's
 
 
 class QueueSettings(Protocol):
@@ -38,15 +39,21 @@ class QueueSettings(Protocol):
     @property
     def lock_timeout(self) -> float: ...
 
+    @property
+    def node_timeout(self) -> float: ...
 
-def store_for(queue: QueueSettings) -> Store:
-    """An unopened store as the [queue] section says (the daemon, the queue tool)."""
+
+def store_for(queue: QueueSettings, node_id: str | None = None) -> Store:
+    """An unopened store as the [queue] section says (the daemon, the queue tool); the
+    daemon names its node (`node_id`, for a shared backend's claim_queue)."""
     return open_store(
         queue.backend,
         queue.path,
         dsn=queue.dsn_text,
         pool_size=queue.pool_size,
         lock_timeout=queue.lock_timeout,
+        node_id=node_id,
+        node_timeout=queue.node_timeout,
     )
 
 
@@ -57,11 +64,14 @@ def open_store(
     dsn: str | None = None,
     pool_size: int = DEFAULT_POOL_SIZE,
     lock_timeout: float = DEFAULT_LOCK_TIMEOUT,
+    node_id: str | None = None,
+    node_timeout: float = DEFAULT_NODE_TIMEOUT,
 ) -> Store:
     """An unopened store for `backend` (call `await store.open()`, or `async with`).
 
-    sqlite uses `path`; postgres uses `dsn` and at most `pool_size` pooled connections. A
-    write waits at most `lock_timeout` seconds for a lock another process or node holds.
+    sqlite uses `path`; postgres uses `dsn` and at most `pool_size` pooled connections, and
+    names its node `node_id` (its heartbeat may lapse `node_timeout` seconds). A write waits
+    at most `lock_timeout` seconds for a lock another process or node holds.
     """
     if backend == "sqlite":
         return SqliteStore(path, lock_timeout=lock_timeout)
@@ -72,7 +82,13 @@ def open_store(
         # install (and every `relayd sendmail` run) 60 ms of start-up for nothing.
         from relayd.store.postgres.store import PostgresStore
 
-        return PostgresStore(dsn, pool_size=pool_size, lock_timeout=lock_timeout)
+        return PostgresStore(
+            dsn,
+            pool_size=pool_size,
+            lock_timeout=lock_timeout,
+            node_id=node_id,
+            node_timeout=node_timeout,
+        )
     raise StoreError(f"unknown queue backend {backend!r} (known: {', '.join(BACKENDS)})")
 
 

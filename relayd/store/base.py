@@ -113,6 +113,10 @@ class DeliveryQueue(MessageBodies, Protocol):
         longer this one (fencing): nothing is written then.
         """
 
+    async def renew_lease(self, lease: Lease, now: float, lease_for: float) -> None:
+        """Extend the lease to at least `now + lease_for` while its message is being sent;
+        raise LeaseLost when it is no longer this one (another worker or node has it)."""
+
     async def release(self, lease: Lease, not_before: float, reason: str) -> None:
         """End a lease without an attempt: the recipients wait until `not_before` for `reason`.
 
@@ -323,18 +327,21 @@ class Store(
 
 @runtime_checkable
 class QueueOwnership(Protocol):
-    """Optional: one daemon owns the queue and every lease in it (SQLite has it).
+    """Optional: the delivering daemon claims its share of the queue at start.
 
-    The daemon claims the queue at start; a second daemon on the same queue is refused, so
-    any lease found then was left by an earlier run (killed, or stopped mid-send) and is
-    released: a restart delivers at once instead of waiting out queue.lease_time. PostgreSQL
-    has no such owner: a lease there may be a live node's, and it is left to expire.
+    SQLite: one daemon owns the whole queue; a second is refused, so any lease found then
+    was left by an earlier run (killed, or stopped mid-send) and is released. PostgreSQL:
+    each node owns the leases taken under its node id (queue.node_id, the same across
+    restarts); a second daemon with the same id is refused, the leases of the id's earlier
+    run are released, and from then on the node renews a heartbeat: a node silent for
+    queue.node_timeout loses its leases to the others. Either way a restart delivers at
+    once instead of waiting out queue.lease_time.
     """
 
     async def claim_queue(self) -> int:
-        """Take the queue for this process until close() (StoreError naming the daemon that
-        holds it otherwise) and make every leased message due again without counting an
-        attempt; returns how many leases were released."""
+        """Take this process's share of the queue until close() (StoreError naming the
+        daemon that holds it otherwise) and make the leased messages of its earlier run due
+        again without counting an attempt; returns how many leases were released."""
 
 
 @runtime_checkable
@@ -342,9 +349,11 @@ class Leadership(Protocol):
     """Optional: leader election among the nodes sharing a store (PostgreSQL has it).
 
     For jobs that must run on exactly one node at a time (the IMAP bounce poller, notice
-    digests). Before each run the job asks `try_lead(name)` and runs only on True; the lead
-    holds while the node's session with the store lives, so a node that dies loses it and
-    the next node that asks takes over. A backend without this protocol serves one node
+    digests). Before each run the job asks `try_lead(name)` and runs only on True, and asks
+    again before it reports anything. The lead lapses unless the node renews it (its
+    heartbeat does), so a node that dies, freezes or is cut off loses it within
+    queue.node_timeout and another node takes over; the old leader learns it has lost the
+    lead at its next renewal or question. A backend without this protocol serves one node
     only: its caller simply leads (`isinstance(store, Leadership)` tells which).
     """
 

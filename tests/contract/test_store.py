@@ -182,6 +182,22 @@ async def test_a_stale_lease_raises_lease_lost_and_writes_nothing(store: Contrac
     assert await recipient_states(store, queue_id) == {"alice@example.com": State.DELIVERED}
 
 
+async def test_a_renewed_lease_is_not_leased_again_and_a_lost_one_cannot_renew(
+    store: ContractStore,
+) -> None:
+    """A long send renews its lease (delivery/renewal.py): nobody takes the message while
+    it lasts; once another worker holds it, renewing raises LeaseLost (no DATA then)."""
+    await store.enqueue(message())
+    first = await lease_one(store, T0)
+    await store.renew_lease(first, T0 + LEASE - 1, LEASE)
+    assert await store.lease_due("practice", T0 + LEASE + 1, 10, LEASE, "other") == []
+    assert await store.next_due("practice", T0 + LEASE + 1) == T0 + 2 * LEASE - 1
+    second = await lease_one(store, T0 + 2 * LEASE)
+    with pytest.raises(LeaseLost):
+        await store.renew_lease(first, T0 + 2 * LEASE, LEASE)
+    await store.renew_lease(second, T0 + 2 * LEASE + 1, LEASE)
+
+
 async def test_a_lease_ends_with_its_outcome(store: ContractStore) -> None:
     await store.enqueue(message("alice@example.com", "bob@example.com"))
     lease = await lease_one(store, T0)

@@ -64,8 +64,8 @@ async def _all_delivered(daemon: Relayd, addresses: tuple[str, ...]) -> bool:
 async def test_the_final_dot_reply_may_take_longer_than_the_general_timeout(
     make_config: ConfigFactory, raw: RawUpstream
 ) -> None:
-    """RFC 5321 4.5.3.2.6: the reply to the final dot may take 10 minutes (here the 10 s lease
-    caps it): a reply after 4 s, twice the general timeout, is a delivery, not a retry."""
+    """RFC 5321 4.5.3.2.6: the reply to the final dot may take 10 minutes: a reply after 4 s,
+    twice the general timeout, is a delivery, not a retry."""
     raw.delay = lambda connection, command: 4.0 if command == "." else 0.0
     config = make_config(generic(raw.port))  # timeout = "2s"
     await _enqueue(config, _new_message("slow", "slow@example.net"))

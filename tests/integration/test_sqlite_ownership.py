@@ -60,7 +60,8 @@ async def test_a_second_claim_is_refused_until_the_owner_closes(tmp_path: Path) 
         assert await next_owner.claim_queue() == 0
 
 
-def test_only_sqlite_has_an_owner(tmp_path: Path) -> None:
-    """PostgreSQL's leases may be live nodes': a starting node leaves them to expire."""
+def test_both_backends_claim_at_start(tmp_path: Path) -> None:
+    """SQLite's owner is the one daemon; PostgreSQL's is the node id (issue 14), whose
+    earlier run's leases a restart releases (tests/integration/test_pg_liveness.py)."""
     assert isinstance(SqliteStore(tmp_path / "queue.db"), QueueOwnership)
-    assert not isinstance(PostgresStore("postgresql://relayd@localhost/relayd"), QueueOwnership)
+    assert isinstance(PostgresStore("postgresql://relayd@localhost/relayd"), QueueOwnership)

@@ -33,6 +33,7 @@ class Script:
     data_replies: collections.deque[str] = field(default_factory=collections.deque)
     drop_in_data: int = 0  # close the connection instead of answering DATA, this many times
     stall: float = 0.0  # seconds to wait before answering DATA
+    rcpt_stall: float = 0.0  # seconds to wait before answering each RCPT
     # seconds to wait before answering the first MAIL on each connection: a new connection
     # that is slow to get going (TLS, AUTH, a busy server), so its message arrives late
     first_mail_stall: float = 0.0
@@ -103,6 +104,8 @@ class _Handler:
         self, server: SMTP, session: Session, envelope: Envelope, address: str, options: list[str]
     ) -> str:
         self.upstream.rcpt_options.append((address, [*options, *_dsn_params(server)]))
+        if self.upstream.script.rcpt_stall:
+            await asyncio.sleep(self.upstream.script.rcpt_stall)
         reply = self.upstream.script.rcpt_replies.get(address)
         if reply is not None and not reply.startswith("2"):
             return reply

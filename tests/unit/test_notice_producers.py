@@ -149,7 +149,9 @@ async def test_a_non_leader_node_mails_its_own_conditions_named_by_its_hostname(
     assert len(sink.sent) == 1
 
 
-async def test_the_leader_checks_the_queue_and_a_node_that_loses_the_lead_clears_it() -> None:
+async def test_the_leader_checks_the_queue_and_a_node_that_loses_the_lead_says_nothing() -> None:
+    """Issue 14: after a partition healed, the old leader mailed "1 resolved" while the
+    backlog was still there. It knows nothing of the end: the new leader reports the queue."""
     clock = FakeClock()
     sink = Sink()
     node1 = Notifier(sink, NotifySettings(hostname="node1.example", digest_interval=60))
@@ -164,7 +166,29 @@ async def test_the_leader_checks_the_queue_and_a_node_that_loses_the_lead_clears
     clock.at += 60
     await notice_round(clock.now())
     assert node1.active() == []
-    assert "RESOLVED: The queue is backing up" in sink.sent[1][1]
+    assert len(sink.sent) == 1  # no "resolved"
+    clock.at += 3600  # nor a reminder, ever
+    await notice_round(clock.now())
+    assert len(sink.sent) == 1
+
+
+class LosesTheLead(NodeStore):
+    """Leads at the round's first question, not at the second (frozen in between)."""
+
+    async def try_lead(self, name: str) -> bool:
+        self.asked.append(name)
+        return len(self.asked) == 1
+
+
+async def test_a_leader_that_lost_the_lead_mid_round_sends_no_queue_notice() -> None:
+    sink = Sink()
+    node = Notifier(sink, NotifySettings(hostname="node1.example"))
+    store = LosesTheLead()
+    store.counts_[RecipientState.QUEUED] = 11
+    await NoticeRound(node, store, NOTICES)(T0)
+    assert store.asked == ["notices", "notices"]  # asked again before the digest
+    assert node.active() == []
+    assert sink.sent == []
 
 
 async def test_a_failing_queue_check_still_flushes_this_nodes_digest() -> None:

@@ -6,7 +6,6 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from relayd.policy.deadlines import final_reply_timeout
 from relayd.policy.outcome import (
     RULES,
     Action,
@@ -182,10 +181,3 @@ def test_a_552_is_too_many_recipients_only_after_one_was_accepted() -> None:
     assert recorded is not None and recorded.is_transient
     assert "552 5.5.3 Too many recipients" in recorded.message
     assert too_many_recipients(SmtpReply(550, "5.1.1 unknown"), 3) is None
-
-
-def test_the_final_dot_waits_ten_minutes_within_the_lease() -> None:
-    assert final_reply_timeout(2000.0, 0.0, 60.0, 2000.0) == 600.0  # RFC 5321 4.5.3.2.6
-    assert final_reply_timeout(300.0, 0.0, 60.0, 300.0) == 270.0  # the lease's margin
-    assert final_reply_timeout(10.0, 0.0, 2.0, 10.0) == 9.0
-    assert final_reply_timeout(50.0, 0.0, 60.0, 300.0) == 50.0  # at most the lease left

@@ -132,7 +132,7 @@ class Database:
         return settings
 
     async def connect(self) -> asyncpg.Connection[asyncpg.Record]:
-        """A dedicated connection outside the pool (the listener, the leader)."""
+        """A dedicated connection outside the pool (the listener, the node's heartbeat)."""
         async with translated():
             return await asyncpg.connect(
                 self.dsn,

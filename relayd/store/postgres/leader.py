@@ -1,69 +1,91 @@
 """Leadership among nodes: at most one node runs a named job (IMAP polling, digests).
 
-`try_lead(name)` takes a session-level advisory lock keyed on (schema, name) with
-pg_try_advisory_lock on a connection of its own, outside the pool: the lock lives exactly as
-long as that session, so a node that dies (or loses the network) stops leading when the
-server drops its session, and the next node that asks becomes leader. Callers ask before
-every run of the job (it is cheap and idempotent) and run it only when the answer is True.
+A lead is a row of `leaders` (postgres.sql's take_lead): its holder and until when it
+holds, in the server's time. The holder renews it with every heartbeat (postgres/nodes.py)
+and every question; anyone takes a row that lapsed. So a leader that dies, freezes
+(SIGSTOP) or is cut off from the database loses the lead after queue.node_timeout, and a
+node that wants it (one that asked before) takes it at its next heartbeat. The old leader
+learns it at its own next renewal or question and logs `leadership_lost`; the jobs ask
+again before they report anything (notices/watches.py), so it reports nothing after that.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 
-import asyncpg
+from relayd.errors import StoreError
+from relayd.logs import get_logger
+from relayd.store.postgres.db import Database
+from relayd.store.postgres.sql import Conn, Q
 
-from relayd.store.postgres.db import Database, translated
-from relayd.store.postgres.sql import Q
+log = get_logger("leadership")
 
 
 class Leadership:
-    """The advisory locks this node holds, on one dedicated connection."""
+    """The leads `holder` (the node id) asked for, holds, and renews."""
 
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, holder: str, ttl: float) -> None:
         self._db = db
-        self._conn: asyncpg.Connection[asyncpg.Record] | None = None
+        self.holder = holder
+        self.ttl = ttl
         self._held: set[str] = set()
-        self._lock = asyncio.Lock()  # one query at a time on the connection
+        self._wanted: set[str] = set()  # every job this node asked for: taken when it lapses
 
     async def try_lead(self, name: str) -> bool:
-        """Whether this node leads `name` now (taking the lead if nobody has it).
+        """Whether this node leads `name` now (renewing it, or taking it if it lapsed).
 
         Raises StoreUnavailable when the server cannot be reached: then nobody should
         assume the lead on this node's behalf.
         """
-        async with self._lock, translated():
-            conn = await self._connection()
-            if name in self._held:
-                await conn.fetchval("SELECT 1")  # the session, and so the lock, is alive
-                return True
-            query = Q["try_lead"]
-            if await conn.fetchval(query.sql, *query.args(name=name)):
-                self._held.add(name)
-                return True
-            return False
+        self._wanted.add(name)
+        return await self._take(name)
+
+    async def renew(self) -> None:
+        """The heartbeat's part: renew every lead held, take every wanted one that lapsed."""
+        for name in sorted(self._wanted):
+            await self._take(name)
 
     async def resign(self, name: str) -> None:
         """Give up `name` (a graceful stop lets another node take over at once)."""
-        async with self._lock, translated():
-            if name not in self._held or self._conn is None or self._conn.is_closed():
-                self._held.discard(name)
-                return
-            query = Q["resign"]
-            await self._conn.fetchval(query.sql, *query.args(name=name))
-            self._held.discard(name)
+        self._wanted.discard(name)
+        if name not in self._held:
+            return
+        query = Q["resign"]
+        await self._db.run(
+            lambda conn: conn.execute(query.sql, *query.args(name=name, holder=self.holder)),
+            write=True,
+        )
+        self._held.discard(name)
+        log.info("leadership_resigned", job=name, node=self.holder)
 
     async def close(self) -> None:
-        """End the session: every lock it holds is released by the server."""
-        conn, self._conn = self._conn, None
+        """Resign every lead (best effort: an unreachable server lets them lapse)."""
+        for name in sorted(self._held):
+            with contextlib.suppress(StoreError):
+                await self.resign(name)
         self._held.clear()
-        if conn is not None:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(conn.close(), self._db.command_timeout)
+        self._wanted.clear()
 
-    async def _connection(self) -> asyncpg.Connection[asyncpg.Record]:
-        if self._conn is None or self._conn.is_closed():
-            self._held.clear()  # a new session holds nothing yet
-            self._conn = await self._db.connect()
-        return self._conn
+    async def _take(self, name: str) -> bool:
+        async def take(conn: Conn) -> tuple[bool, str | None]:
+            query = Q["take_lead"]
+            args = query.args(name=name, holder=self.holder, ttl=float(self.ttl))
+            if await conn.fetchval(query.sql, *args) is not None:
+                return True, self.holder
+            query = Q["leader_of"]
+            return False, await conn.fetchval(query.sql, *query.args(name=name))
+
+        leads, leader = await self._db.run(take, write=True)
+        if leads and name not in self._held:
+            self._held.add(name)
+            log.info("leadership_taken", job=name, node=self.holder)
+        elif not leads and name in self._held:
+            self._held.discard(name)
+            log.warning(
+                "leadership_lost",
+                job=name,
+                node=self.holder,
+                leader=leader,
+                why="not renewed within queue.node_timeout; another node leads now",
+            )
+        return leads

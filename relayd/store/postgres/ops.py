@@ -10,7 +10,6 @@ ledger (postgres/ledger.py) is reserved optimistically, so no lock outlives a st
 from __future__ import annotations
 
 import dataclasses
-import json
 from collections.abc import Sequence
 from typing import Any
 
@@ -22,8 +21,6 @@ from relayd.types import (
     NewMessage,
     QueueDepth,
     QueueId,
-    RcptDsn,
-    Recipient,
     RecipientOutcome,
     RecipientState,
     RecipientView,
@@ -63,50 +60,7 @@ async def notify_work(conn: Conn, channel: str, payload: str) -> None:
     await _fetchval(conn, Q["notify_work"], channel=channel, payload=payload)
 
 
-# --- leases --------------------------------------------------------------------------
-
-
-async def lease_due(
-    conn: Conn, upstream: str, now: float, limit: int, lease_for: float, worker: str
-) -> list[Lease]:
-    claimed = await _fetch(
-        conn,
-        Q["lease_due_messages"],
-        upstream=upstream,
-        now=float(now),
-        limit=max(0, limit),
-        worker=worker,
-        lease_until=float(now + lease_for),
-    )
-    if not claimed:
-        return []
-    # RETURNING has no order: put the claims back in line (due time, then arrival).
-    claimed.sort(key=lambda row: (row["next_attempt_at"], row["received_at"]))
-    ids = [row["id"] for row in claimed]
-    due: dict[str, list[Any]] = {queue_id: [] for queue_id in ids}
-    for row in await _fetch(conn, Q["due_recipients"], ids=ids, now=float(now)):
-        due[row["queue_id"]].append(row)
-    empty = [queue_id for queue_id, rcpts in due.items() if not rcpts]
-    if empty:  # next_attempt_at is kept exact, so this is only a safety net
-        await _execute(conn, Q["clear_leases"], ids=empty)
-    return [_lease(row, due[row["id"]], now + lease_for) for row in claimed if due[row["id"]]]
-
-
-def _lease(row: Any, due: list[Any], lease_until: float) -> Lease:
-    """A Lease from a claimed message row and its due recipient rows (in idx order)."""
-    return Lease(
-        queue_id=QueueId(row["id"]),
-        upstream=row["upstream"],
-        mail_from=row["mail_from"],
-        recipients=tuple(Recipient(r["address"], RcptDsn(r["notify"], r["orcpt"])) for r in due),
-        attempts=max(r["attempts"] for r in due),
-        message_id=row["message_id"],
-        received_at=row["received_at"],
-        size=row["size"],
-        token=row["lease_token"],
-        lease_until=lease_until,
-        mail_options=tuple(json.loads(row["mail_options"])),
-    )
+# --- fencing (claims, renewal and node liveness: postgres/leases.py) ---------------
 
 
 async def _fence(conn: Conn, lease: Lease) -> None:
@@ -153,11 +107,6 @@ async def release(conn: Conn, lease: Lease, not_before: float, reason: str) -> N
         reason=reason,
     )
     await _execute(conn, Q["end_lease"], queue_id=lease.queue_id)
-
-
-async def next_due(conn: Conn, upstream: str, now: float) -> float | None:
-    due = await _fetchval(conn, Q["next_due"], upstream=upstream, now=float(now))
-    return None if due is None else float(due)
 
 
 async def load_body(conn: Conn, queue_id: QueueId) -> bytes:

@@ -156,6 +156,23 @@ CREATE TABLE history (
     held      bigint NOT NULL DEFAULT 0
 );
 
+-- name: migration_6
+-- Node liveness (issue 14): each node's heartbeat, in the server's time so that the nodes'
+-- clocks need not agree; the node whose lease a message is under (a lease of a node whose
+-- heartbeat lapsed is claimable at once, whatever its lease_until); leadership as rows that
+-- lapse unless their holder renews them.
+CREATE TABLE nodes (
+    node_id      text PRIMARY KEY,
+    heartbeat_at double precision NOT NULL
+);
+ALTER TABLE messages ADD COLUMN lease_node text;
+CREATE INDEX messages_lease_node ON messages (lease_node) WHERE lease_node IS NOT NULL;
+CREATE TABLE leaders (
+    name   text PRIMARY KEY,
+    holder text NOT NULL,
+    until  double precision NOT NULL
+);
+
 -- name: notify_work
 -- Wakes every node's wait_for_work(); delivered at COMMIT, dropped on ROLLBACK.
 SELECT pg_notify(:channel, :payload);
@@ -199,18 +216,27 @@ SELECT pg_notify(:channel, :payload);
 -- Claim the oldest due messages not under an unexpired lease. SKIP LOCKED: a message another
 -- node is claiming or finishing right now is passed over, never waited for, so N nodes lease
 -- disjoint sets without blocking each other. Each lease gets a fresh random token.
+-- A lease whose node's heartbeat is older than :node_timeout (in the server's time) is
+-- passed on as if it had expired: that node is dead, frozen or cut off.
 WITH due AS (
     SELECT id
     FROM messages
     WHERE upstream = :upstream
       AND next_attempt_at <= :now
-      AND (lease_until IS NULL OR lease_until <= :now)
+      AND (
+          lease_until IS NULL OR lease_until <= :now
+          OR lease_node IN (
+              SELECT node_id FROM nodes
+              WHERE heartbeat_at < extract(epoch FROM clock_timestamp()) - :node_timeout
+          )
+      )
     ORDER BY next_attempt_at, received_at
     LIMIT :limit
     FOR UPDATE SKIP LOCKED
 )
 UPDATE messages AS m
-SET leased_by = :worker, lease_token = gen_random_uuid()::text, lease_until = :lease_until
+SET leased_by = :worker, lease_node = :node, lease_token = gen_random_uuid()::text,
+    lease_until = :lease_until
 FROM due
 WHERE m.id = due.id
 RETURNING m.id, m.upstream, m.mail_from, m.message_id, m.received_at, m.size,
@@ -228,7 +254,7 @@ ORDER BY queue_id, idx;
 
 -- name: clear_leases
 -- Safety net of lease_due: a claimed message without a due recipient is let go at once.
-UPDATE messages SET leased_by = NULL, lease_token = NULL, lease_until = NULL
+UPDATE messages SET leased_by = NULL, lease_node = NULL, lease_token = NULL, lease_until = NULL
 WHERE id = ANY(:ids::text[]);
 
 -- name: lock_lease
@@ -279,7 +305,7 @@ WHERE r.queue_id = u.queue_id
 -- end_lease_and_drop_finished_body for several messages.
 WITH ended AS (
     UPDATE messages
-    SET leased_by = NULL, lease_token = NULL, lease_until = NULL,
+    SET leased_by = NULL, lease_node = NULL, lease_token = NULL, lease_until = NULL,
         next_attempt_at = (
             SELECT min(r.next_attempt_at) FROM recipients AS r
             WHERE r.queue_id = messages.id AND r.state IN ('queued', 'deferred')
@@ -306,7 +332,7 @@ WHERE queue_id = :queue_id
 -- name: end_lease
 -- Clear the lease and recompute the message's due time from its pending recipients.
 UPDATE messages
-SET leased_by = NULL, lease_token = NULL, lease_until = NULL,
+SET leased_by = NULL, lease_node = NULL, lease_token = NULL, lease_until = NULL,
     next_attempt_at = (
         SELECT min(r.next_attempt_at) FROM recipients AS r
         WHERE r.queue_id = messages.id AND r.state IN ('queued', 'deferred')
@@ -319,7 +345,7 @@ WHERE id = :queue_id;
 -- updates of the statements before this one in the transaction.
 WITH ended AS (
     UPDATE messages
-    SET leased_by = NULL, lease_token = NULL, lease_until = NULL,
+    SET leased_by = NULL, lease_node = NULL, lease_token = NULL, lease_until = NULL,
         next_attempt_at = (
             SELECT min(r.next_attempt_at) FROM recipients AS r
             WHERE r.queue_id = messages.id AND r.state IN ('queued', 'deferred')
@@ -365,13 +391,45 @@ SELECT (SELECT max(next_attempt_at) FROM messages
        (SELECT count(*) FROM upstream_holds) AS holds;
 
 -- name: next_due
--- An unexpired lease counts from its expiry (the worker may still defer the message).
+-- An unexpired lease counts from its expiry (the worker may still defer the message), or
+-- from when its node's heartbeat lapses if that is sooner (in :now's time: the server's
+-- clock only measures how long the heartbeat has left).
 SELECT min(
-    CASE WHEN lease_until > :now THEN greatest(next_attempt_at, lease_until)
-         ELSE next_attempt_at END
+    CASE WHEN lease_until > :now THEN greatest(next_attempt_at, least(
+        lease_until,
+        :now + (
+            SELECT greatest(0, n.heartbeat_at + :node_timeout
+                               - extract(epoch FROM clock_timestamp()))
+            FROM nodes AS n WHERE n.node_id = messages.lease_node
+        )
+    ))
+    ELSE next_attempt_at END
 )
 FROM messages
 WHERE upstream = :upstream AND next_attempt_at IS NOT NULL;
+
+-- name: renew_lease
+-- A long send keeps its lease (delivery/renewal.py); no row: it is no longer this one.
+UPDATE messages SET lease_until = greatest(lease_until, :lease_until)
+WHERE id = :queue_id AND lease_token = :token
+RETURNING id;
+
+-- name: node_lock
+-- One daemon per node id: a session-level advisory lock on the node's own connection,
+-- released by the server when that session ends (the process killed, its host gone).
+SELECT pg_try_advisory_lock(hashtextextended('relayd.node/' || current_schema() || '/' || :node, 0));
+
+-- name: node_beat
+-- The node is alive, in the server's time.
+INSERT INTO nodes (node_id, heartbeat_at) VALUES (:node, extract(epoch FROM clock_timestamp()))
+ON CONFLICT (node_id) DO UPDATE SET heartbeat_at = excluded.heartbeat_at;
+
+-- name: release_node_leases
+-- A node starting under its id ends the leases of the id's earlier run (killed, or its host
+-- restarted): their recipients are due again at once, no attempt counted.
+UPDATE messages
+SET leased_by = NULL, lease_node = NULL, lease_token = NULL, lease_until = NULL
+WHERE lease_node = :node AND lease_token IS NOT NULL;
 
 -- name: create_upstream_ledger
 INSERT INTO send_locks (upstream) VALUES (:upstream) ON CONFLICT DO NOTHING;
@@ -523,13 +581,21 @@ WHERE next_attempt_at IS NULL
         AND (r.state NOT IN ('delivered', 'failed', 'bounced') OR r.updated_at >= :before)
   );
 
--- name: try_lead
--- Leadership: a session-level advisory lock on the leader's dedicated connection; it is
--- released when that connection ends (node dead, network cut), and another node takes it.
-SELECT pg_try_advisory_lock(hashtextextended('relayd.leader/' || current_schema() || '/' || :name, 0));
+-- name: take_lead
+-- Leadership, compare-and-set: the holder renews its row; anyone takes a row that lapsed
+-- (its holder renewed nothing for :ttl seconds of the server's time). A row back: we lead.
+INSERT INTO leaders (name, holder, until)
+VALUES (:name, :holder, extract(epoch FROM clock_timestamp()) + :ttl)
+ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, until = excluded.until
+WHERE leaders.holder = excluded.holder
+   OR leaders.until < extract(epoch FROM clock_timestamp())
+RETURNING holder;
+
+-- name: leader_of
+SELECT holder FROM leaders WHERE name = :name;
 
 -- name: resign
-SELECT pg_advisory_unlock(hashtextextended('relayd.leader/' || current_schema() || '/' || :name, 0));
+DELETE FROM leaders WHERE name = :name AND holder = :holder;
 
 -- name: current_schema
 SELECT current_schema();

@@ -8,7 +8,8 @@ share holds and waits, and wake each other with LISTEN/NOTIFY. What lives here i
 verbs write and which NOTIFY; the SQL is in postgres.sql, the transaction bodies in
 postgres/ops.py, the pool, its timeouts and error translation in postgres/db.py, group
 commit in postgres/batch.py (enqueues) and postgres/outcomes.py (attempt outcomes), the
-listener and its poll in postgres/listen.py, migrations in postgres/migrate.py and
+listener and its poll in postgres/listen.py, migrations in postgres/migrate.py, claims and
+their renewal in postgres/leases.py, the node's id and heartbeat in postgres/nodes.py and
 leadership in postgres/leader.py.
 """
 
@@ -21,9 +22,10 @@ from types import TracebackType
 from typing import TypeVar
 
 from relayd.dsn.parse import ParsedDsn
+from relayd.errors import StoreError
 from relayd.policy.limits import Reservation
 from relayd.store.base import MinuteSample, ReportInfo, SendSlot
-from relayd.store.postgres import history, ledger, ops, reports
+from relayd.store.postgres import history, leases, ledger, ops, reports
 from relayd.store.postgres.batch import GroupCommit
 from relayd.store.postgres.db import (
     DEFAULT_COMMAND_TIMEOUT,
@@ -33,6 +35,7 @@ from relayd.store.postgres.db import (
 )
 from relayd.store.postgres.leader import Leadership
 from relayd.store.postgres.listen import CHANNEL, Listener
+from relayd.store.postgres.nodes import DEFAULT_NODE_TIMEOUT, NodeLiveness
 from relayd.store.postgres.outcomes import OutcomeBatch
 from relayd.store.postgres.sql import Conn
 from relayd.types import (
@@ -55,8 +58,11 @@ class PostgresStore:
     """The queue, the rate ledger and upstream holds in the PostgreSQL database at `dsn`.
 
     `pool_size` bounds this store's pooled connections; it also opens one for LISTEN and,
-    once `try_lead` is used, one for leadership. `lock_timeout` is how long a statement
-    waits for a row or table lock before failing with StoreUnavailable.
+    once claim_queue() made it a node, one for the node's id and heartbeat. `lock_timeout`
+    is how long a statement waits for a row or table lock before failing with
+    StoreUnavailable. `node_id` names the node (queue.node_id) for claim_queue() and its
+    leads; `node_timeout` is how long a node's heartbeat may lapse before its leases and
+    leads pass to the others.
     """
 
     def __init__(
@@ -66,15 +72,22 @@ class PostgresStore:
         pool_size: int = DEFAULT_POOL_SIZE,
         lock_timeout: float = DEFAULT_LOCK_TIMEOUT,
         command_timeout: float = DEFAULT_COMMAND_TIMEOUT,
+        node_id: str | None = None,
+        node_timeout: float = DEFAULT_NODE_TIMEOUT,
     ) -> None:
         self._db = Database(
             dsn, pool_size=pool_size, lock_timeout=lock_timeout, command_timeout=command_timeout
         )
+        self.node_id = node_id
+        self.node_timeout = node_timeout
+        self._node: NodeLiveness | None = None  # once claim_queue() made this store a node
         self._work = asyncio.Event()
         self._listener = Listener(self._db, uuid.uuid4().hex, self._work.set)
         self._batch = GroupCommit(self._db, self._signal)
         self._outcomes = OutcomeBatch(self._db)
-        self._leadership = Leadership(self._db)
+        # Without a node id (a test's store), a lead is this store instance's.
+        holder = node_id or f"store-{uuid.uuid4().hex[:12]}"
+        self._leadership = Leadership(self._db, holder, node_timeout)
 
     @property
     def commits(self) -> int:
@@ -103,7 +116,23 @@ class PostgresStore:
         await self._outcomes.close()
         await self._listener.close()
         await self._leadership.close()
+        if self._node is not None:
+            await self._node.close()
         await self._db.close()
+
+    async def claim_queue(self) -> int:
+        """Become node `node_id` (store/base.py, QueueOwnership): one daemon per id, its
+        earlier run's leases released, a heartbeat from now on (postgres/nodes.py)."""
+        if self.node_id is None:
+            raise StoreError("claiming a share of the queue needs a node id (queue.node_id)")
+        if self._node is not None:
+            return 0
+        node = NodeLiveness(self._db, self.node_id, self.node_timeout, self._leadership.renew)
+        released = await node.claim()
+        self._node = node
+        if released:
+            await self._write(self._notify)  # due now: the other nodes may take them first
+        return released
 
     async def __aenter__(self) -> PostgresStore:
         await self.open()
@@ -152,8 +181,18 @@ class PostgresStore:
     async def lease_due(
         self, upstream: str, now: float, limit: int, lease_for: float, worker: str
     ) -> list[Lease]:
+        node = None if self._node is None else self._node.node
         return await self._write(
-            lambda conn: ops.lease_due(conn, upstream, now, limit, lease_for, worker)
+            lambda conn: leases.lease_due(
+                conn,
+                upstream,
+                now,
+                limit,
+                lease_for,
+                worker,
+                node=node,
+                node_timeout=self.node_timeout,
+            )
         )
 
     async def load_body(self, queue_id: QueueId) -> bytes:
@@ -164,6 +203,9 @@ class PostgresStore:
     ) -> None:
         await self._outcomes.submit(lease, outcomes, now)
 
+    async def renew_lease(self, lease: Lease, now: float, lease_for: float) -> None:
+        await self._write(lambda conn: leases.renew_lease(conn, lease, now, lease_for))
+
     async def release(self, lease: Lease, not_before: float, reason: str) -> None:
         """End a lease unattempted. The other nodes are woken (a stopping node's mail is due
         now); this one is not: its lane released the lease because it must wait."""
@@ -172,7 +214,9 @@ class PostgresStore:
         )
 
     async def next_due(self, upstream: str, now: float) -> float | None:
-        return await self._db.run(lambda conn: ops.next_due(conn, upstream, now))
+        return await self._db.run(
+            lambda conn: leases.next_due(conn, upstream, now, self.node_timeout)
+        )
 
     async def wait_for_work(self, timeout: float) -> None:
         """Return at once if work arrived since the last waiter returned, else wait for

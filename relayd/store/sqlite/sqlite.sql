@@ -215,6 +215,11 @@ SET leased_by = NULL, lease_token = NULL, lease_until = NULL,
     )
 WHERE id = :queue_id;
 
+-- name: renew_lease
+-- A long send keeps its lease (delivery/renewal.py); no row changed: it is no longer this one.
+UPDATE messages SET lease_until = max(lease_until, :lease_until)
+WHERE id = :queue_id AND lease_token = :token;
+
 -- name: release_all_leases
 -- At the start of the daemon that holds the instance lock every lease is an earlier run's
 -- (sqlite/instance.py): its recipients are due again at once, no attempt counted.

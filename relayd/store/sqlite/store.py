@@ -18,7 +18,7 @@ from types import TracebackType
 from typing import Self
 
 from relayd.dsn.parse import ParsedDsn
-from relayd.errors import StoreError, StoreUnavailable
+from relayd.errors import LeaseLost, StoreError, StoreUnavailable
 from relayd.policy.limits import Reservation
 from relayd.store.base import MinuteSample, ReportInfo, SendSlot
 from relayd.store.sqlite import history, ledger, ops, reports
@@ -130,6 +130,16 @@ class SqliteStore:
         await self._db.write(
             lambda conn: ops.record_outcome(conn, lease, outcomes, now), durable=False
         )
+
+    async def renew_lease(self, lease: Lease, now: float, lease_for: float) -> None:
+        """Only this daemon leases (the instance lock), so the lease is lost only when it
+        ran out and another of its workers took the message."""
+        values = {"queue_id": lease.queue_id, "token": lease.token, "lease_until": now + lease_for}
+        renewed = await self._db.write(
+            lambda conn: conn.execute(ops.Q["renew_lease"], values).rowcount, durable=False
+        )
+        if not renewed:
+            raise LeaseLost()
 
     async def release(self, lease: Lease, not_before: float, reason: str) -> None:
         await self._db.write(
