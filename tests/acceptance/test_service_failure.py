@@ -19,7 +19,7 @@ from relayd.delivery import lane
 from relayd.cli.main import main
 
 
-async def broken(self):
+async def broken(self, *args):
     raise RuntimeError("injected dispatcher failure")
 
 
