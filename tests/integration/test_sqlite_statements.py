@@ -69,3 +69,56 @@ async def test_an_outcome_writes_its_message_row_once(
     assert await store.next_due("up", T0 + 3) == later
     (again,) = await store.lease_due("up", later, 32, 300.0, "w2")
     assert again.addresses == ("b@example.net",)
+
+
+def _message(upstream: str = "up") -> NewMessage:
+    return NewMessage(
+        mail_from="app@example.org",
+        recipients=(Recipient("a@example.net"),),
+        body=b"Subject: x\r\n\r\nHello.\r\n",
+        upstream=upstream,
+        message_id="<1@example.org>",
+        received_at=T0,
+    )
+
+
+async def test_a_lease_with_nothing_due_takes_no_write_transaction(
+    store: SqliteStore, statements: list[str]
+) -> None:
+    """Every idle lane wakes for each new message and all but one find nothing: that must
+    cost a read, not a transaction under the write lock intake's fsynced commits wait for."""
+    await store.enqueue(_message())
+    (lease,) = await store.lease_due("up", T0 + 1, 32, 300.0, "w1")
+    commits, mark = store.commits, len(statements)
+    assert await store.lease_due("other", T0 + 1, 32, 300.0, "w2") == []  # nothing queued
+    assert await store.lease_due("up", T0 + 2, 32, 300.0, "w2") == []  # leased until T0+301
+    assert store.commits == commits
+    assert "BEGIN IMMEDIATE" not in statements[mark:]
+    (again,) = await store.lease_due("up", T0 + 302, 32, 300.0, "w2")  # the lease ran out
+    assert again.queue_id == lease.queue_id
+
+
+def _synchronous_at_commits(statements: list[str]) -> list[str]:
+    """The connection's synchronous setting at each COMMIT (the schema starts it at FULL)."""
+    level, levels = "FULL", []
+    for sql in statements:
+        if sql.startswith("PRAGMA synchronous ="):
+            level = sql.split("=")[1].strip()
+        elif sql == "COMMIT":
+            levels.append(level)
+    return levels
+
+
+async def test_only_an_accepted_message_waits_for_an_fsync(
+    store: SqliteStore, statements: list[str]
+) -> None:
+    """synchronous=FULL (an fsync per commit) for an enqueue, NORMAL for the delivering
+    side's lease and outcome: losing those to a power cut delivers a message twice, never
+    loses it; and the next FULL commit's fsync of the WAL makes them durable too."""
+    mark = len(statements)
+    await store.enqueue(_message())
+    (lease,) = await store.lease_due("up", T0 + 1, 32, 300.0, "w1")
+    delivered = RecipientOutcome("a@example.net", RecipientState.DELIVERED, "250 ok")
+    await store.record_outcome(lease, [delivered], T0 + 2)
+    await store.enqueue(_message())
+    assert _synchronous_at_commits(statements[mark:]) == ["FULL", "NORMAL", "NORMAL", "FULL"]

@@ -9,6 +9,14 @@ the loop. With synchronous=FULL a commit is an fsync, so N concurrent enqueues c
 fsync rather than N, and none is answered before it is durable; and the longer the lock
 takes, the more requests share the commit that follows.
 
+Only writes that decide a 250 need that fsync. The delivering side's (write(durable=False):
+leases, releases, outcomes, the ledger) commit with synchronous=NORMAL: in WAL mode a
+NORMAL commit survives a crash of the process, and a power cut loses only the commits since
+the WAL's last fsync, so at worst a message whose outcome was lost is sent again (at least
+once, as Postfix), never lost. Frames follow one another in the one WAL, so the next FULL
+commit's fsync (any process's: intake workers, the queue tool, sendmail) makes the NORMAL
+ones before it durable too; a checkpoint fsyncs the WAL before it copies frames.
+
 Reads run on the second connection in autocommit mode: WAL lets them proceed while a write
 waits for the lock or commits, and they always see committed state. Between processes
 sharing the queue (intake workers, the queue tool) the writers take turns on an flock(2)

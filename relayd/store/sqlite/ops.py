@@ -279,6 +279,10 @@ def load_body(conn: sqlite3.Connection, queue_id: QueueId) -> bytes:
     return bytes(row[0])
 
 
+def any_due(conn: sqlite3.Connection, upstream: str, now: float) -> bool:
+    return conn.execute(Q["any_due"], {"upstream": upstream, "now": now}).fetchone() is not None
+
+
 def next_due(conn: sqlite3.Connection, upstream: str, now: float) -> float | None:
     (due,) = conn.execute(Q["next_due"], {"upstream": upstream, "now": now}).fetchone()
     return None if due is None else float(due)

@@ -185,6 +185,17 @@ WHERE upstream = :upstream
 ORDER BY next_attempt_at, received_at
 LIMIT :limit;
 
+-- name: any_due
+-- Whether select_due_messages would find a message, on the read connection: a lane that
+-- wakes with nothing to lease (every idle lane wakes for each new message) costs a read,
+-- not a write transaction that holds the queue's write lock.
+SELECT 1
+FROM messages
+WHERE upstream = :upstream
+  AND next_attempt_at <= :now
+  AND (lease_until IS NULL OR lease_until <= :now)
+LIMIT 1;
+
 -- name: select_due_recipients
 -- The recipients a new lease covers: pending and due (held ones are never leased), with
 -- their RFC 3461 parameters to forward upstream.
