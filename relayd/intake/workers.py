@@ -78,7 +78,9 @@ class IntakeWorkers:
         """Run the children until cancelled; a child that dies is a failure of the daemon
         (systemd's Restart= then restarts the whole service)."""
         env = {key: value for key, value in os.environ.items() if key not in _MAIN_ONLY}
-        command = [sys.executable, "-m", "relayd", "run", "--intake-only"]
+        # -P: not the working directory first on sys.path, where a `relayd` folder (a source
+        # checkout) would be imported instead of the installed package.
+        command = [sys.executable, "-P", "-m", "relayd", "run", "--intake-only"]
         command += ["-c", str(self.config.source)]
         followers: list[asyncio.Task[None]] = []
         try:

@@ -177,3 +177,23 @@ async def test_workers_need_a_fixed_port(tmp_path: Path) -> None:
     result = await arun_cli("run", "-c", str(config))
     assert result.returncode == 3
     assert "fixed ports" in result.stderr
+
+
+async def test_workers_import_the_installed_relayd_not_one_in_the_working_directory(
+    tmp_path: Path, launch: Launcher, upstream: FakeUpstream, port: int
+) -> None:
+    """The daemon started from a source checkout or a directory that happens to hold a
+    `relayd` package: its intake processes (`python -m relayd`) must still run the installed
+    code, as the main process (the entry-point script) does."""
+    decoy = launch.directory / "relayd"
+    decoy.mkdir()
+    (decoy / "__init__.py").write_text('raise SystemExit("imported the decoy relayd")\n')
+    daemon, pids, _ = await start_workers(tmp_path, launch, upstream, port)
+    await daemon.wait_event("intake_worker_started", count=2)
+    await send(port, message(subject="from a worker"))
+    (got,) = await upstream.wait_for(1, timeout=10)
+    assert b"Subject: from a worker" in got.data
+    (queued,) = await daemon.wait_event("queued")
+    assert queued["intake_worker"] in pids  # accepted by a worker, not the main process
+    code, _ = await daemon.terminate()
+    assert code == 0
