@@ -34,7 +34,6 @@ from relayd.store.base import QueueStats, Readiness, UpstreamHolds
 from relayd.tools.probe import probe_upstream
 from relayd.units import format_iso
 from relayd.web.actions import PageStore
-from relayd.web.app import StatusApp
 from relayd.web.http import Handler, HttpServer, Request, Response
 
 log = get_logger("admin")
@@ -62,6 +61,10 @@ def admin_server(
 ) -> AdminServer:
     """The endpoint with the status page on [admin] listen; off loopback the page needs the
     token to be read too (config.model.AdminConfig refuses such a listen without one)."""
+    # Imported only here: Jinja2 and the page's modules cost each process that loads them
+    # about 2 MiB, and intake workers or a daemon without [admin] listen never serve them.
+    from relayd.web.app import StatusApp
+
     assert config().admin.listen is not None
     host, _ = parse_listen(config().admin.listen or "")
     page = StatusApp(

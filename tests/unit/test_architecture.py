@@ -4,6 +4,8 @@ its import contract is the one pyproject.toml has import-linter check."""
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
 import tomllib
 from pathlib import Path
 
@@ -37,3 +39,12 @@ def test_the_contract_shown_is_the_one_checked() -> None:
         c["layers"] for c in config["tool"]["importlinter"]["contracts"] if c["type"] == "layers"
     ]
     assert shown == [layer.replace("relayd.", "") for layer in layers]
+
+
+def test_the_daemon_loads_the_status_page_only_where_it_serves_it() -> None:
+    """Jinja2 and the page's modules cost every process that imports them about 2 MiB: intake
+    workers and a daemon without [admin] listen import the daemon, never the page."""
+    probe = "import sys, relayd.daemon.relayd; print('jinja2' in sys.modules)"
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "False"
