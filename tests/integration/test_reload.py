@@ -127,6 +127,7 @@ async def test_listen_changes_need_a_restart_and_holds_follow_the_settings(
                 store = daemon.store
                 assert store is not None and daemon.lanes is not None
                 lanes = daemon.lanes.lanes
+
                 # Each lane lifts an earlier run's account hold as it starts: hold after that.
                 async def lanes_started() -> bool:
                     return set(lanes) == {"main", "other"}
