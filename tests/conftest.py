@@ -71,11 +71,21 @@ async def running(config: Config) -> AsyncIterator[Relayd]:
     if task in done:
         started.cancel()
         task.result()  # raises the startup error
+    await _lanes_started(daemon, config)
     try:
         yield daemon
     finally:
         daemon.stop_event.set()
         await asyncio.wait_for(task, 30)
+
+
+async def _lanes_started(daemon: Relayd, config: Config, timeout: float = 10.0) -> None:
+    """Each lane lifts an earlier run's account hold as it starts (Lane.start): a test that
+    holds an upstream must do so after that, not race it. Intake readiness comes first."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while daemon.lanes is None or set(daemon.lanes.lanes) != set(config.upstreams):
+        assert asyncio.get_running_loop().time() < deadline, "the lanes did not start"
+        await asyncio.sleep(0.01)
 
 
 @pytest.fixture
