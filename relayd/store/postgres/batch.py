@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import asyncpg
 
 from relayd.errors import StoreError, StoreUnavailable
-from relayd.store.batching import next_batch
+from relayd.store.batching import GroupWriter
 from relayd.store.postgres import ops
 from relayd.store.postgres.db import Database, translate
 from relayd.store.postgres.sql import Conn, Q
@@ -42,31 +42,18 @@ class _OneFailed(Exception):
     """The batch statement failed for a reason that may belong to one message only."""
 
 
-class GroupCommit:
+class GroupCommit(GroupWriter[_Request]):
     """The enqueue writer: `submit` returns once the message's transaction committed."""
 
+    what = "enqueue batch"
+
     def __init__(self, db: Database, signal: Signal) -> None:
+        super().__init__("relayd-postgres-writer")
         self._db = db
         self._signal = signal
-        self._queue: asyncio.Queue[_Request | None] = asyncio.Queue()
-        self._writer: asyncio.Task[None] | None = None
-        self._closed = False
-
-    def start(self) -> None:
-        self._writer = asyncio.create_task(self._write_loop(), name="relayd-postgres-writer")
-
-    async def close(self) -> None:
-        """Refuse new work and commit what was already submitted."""
-        if self._closed:
-            return
-        self._closed = True
-        if self._writer is not None:
-            self._queue.put_nowait(None)
-            await self._writer
 
     async def submit(self, message: NewMessage) -> QueueId:
-        if self._closed or self._writer is None:
-            raise StoreError("the store is closed" if self._closed else "the store is not open")
+        self._check_open()
         request = _Request(ops.with_queue_id(message), asyncio.get_running_loop().create_future())
         self._queue.put_nowait(request)
         try:
@@ -78,27 +65,9 @@ class GroupCommit:
                 "is the database server reachable and answering?"
             ) from None
 
-    async def _write_loop(self) -> None:
-        stopping = False
-        while not stopping:
-            batch, stopping = await next_batch(self._queue)
-            batch = [request for request in batch if not request.future.done()]
-            if not batch:
-                continue
-            try:
-                errors = await self._commit(batch)
-            except StoreError as exc:
-                errors = [_copy(exc) for _ in batch]
-            except Exception as exc:  # the writer must outlive any one batch
-                errors = [StoreError(f"enqueue batch failed: {exc!r}") for _ in batch]
-            for request, error in zip(batch, errors, strict=True):
-                if request.future.done():  # the caller was cancelled
-                    continue
-                if error is None:
-                    assert request.message.queue_id is not None
-                    request.future.set_result(request.message.queue_id)
-                else:
-                    request.future.set_exception(error)
+    def _result(self, request: _Request) -> QueueId:
+        assert request.message.queue_id is not None
+        return request.message.queue_id
 
     async def _commit(self, batch: list[_Request]) -> list[StoreError | None]:
         """One statement for the batch; per-message savepoints only if it must."""
@@ -173,10 +142,3 @@ async def insert_and_notify(
         payload=payload,
     )
     await conn.execute(query.sql, *values)
-
-
-def _copy(error: StoreError) -> StoreError:
-    """One exception object per caller: each raise gets its own traceback."""
-    copy = type(error)(str(error))
-    copy.__cause__ = error.__cause__
-    return copy

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import asyncpg
 
 from relayd.errors import LeaseLost, StoreError, StoreUnavailable
-from relayd.store.batching import next_batch
+from relayd.store.batching import GroupWriter
 from relayd.store.postgres import ops
 from relayd.store.postgres.db import Database, translate
 from relayd.store.postgres.sql import Conn, Q
@@ -40,30 +40,17 @@ class _Outcome:
     future: asyncio.Future[None]
 
 
-class OutcomeBatch:
+class OutcomeBatch(GroupWriter[_Outcome]):
     """The outcome writer: `submit` returns once the outcome's transaction committed."""
 
+    what = "outcome batch"
+
     def __init__(self, db: Database) -> None:
+        super().__init__("relayd-postgres-outcomes")
         self._db = db
-        self._queue: asyncio.Queue[_Outcome | None] = asyncio.Queue()
-        self._writer: asyncio.Task[None] | None = None
-        self._closed = False
-
-    def start(self) -> None:
-        self._writer = asyncio.create_task(self._write_loop(), name="relayd-postgres-outcomes")
-
-    async def close(self) -> None:
-        """Refuse new work and write what was already submitted."""
-        if self._closed:
-            return
-        self._closed = True
-        if self._writer is not None:
-            self._queue.put_nowait(None)
-            await self._writer
 
     async def submit(self, lease: Lease, outcomes: Sequence[RecipientOutcome], now: float) -> None:
-        if self._closed or self._writer is None:
-            raise StoreError("the store is closed" if self._closed else "the store is not open")
+        self._check_open()
         for outcome in outcomes:
             if outcome.recipient not in lease.addresses:
                 raise StoreError(
@@ -72,27 +59,6 @@ class OutcomeBatch:
         request = _Outcome(lease, outcomes, now, asyncio.get_running_loop().create_future())
         self._queue.put_nowait(request)
         await request.future
-
-    async def _write_loop(self) -> None:
-        stopping = False
-        while not stopping:
-            batch, stopping = await next_batch(self._queue)
-            batch = [request for request in batch if not request.future.done()]
-            if not batch:
-                continue
-            try:
-                errors = await self._commit(batch)
-            except StoreError as exc:
-                errors = [_copy(exc) for _ in batch]
-            except Exception as exc:  # the writer must outlive any one batch
-                errors = [StoreError(f"outcome batch failed: {exc!r}") for _ in batch]
-            for request, error in zip(batch, errors, strict=True):
-                if request.future.done():  # the caller was cancelled
-                    continue
-                if error is None:
-                    request.future.set_result(None)
-                else:
-                    request.future.set_exception(error)
 
     async def _commit(self, batch: list[_Outcome]) -> list[StoreError | None]:
         """One transaction for the batch; one per outcome only if it must."""
@@ -172,10 +138,3 @@ async def _record_all(conn: Conn, batch: list[_Outcome]) -> list[StoreError | No
     query = Q["end_leases_and_drop_finished_bodies"]
     await conn.execute(query.sql, [request.lease.queue_id for request in fenced])
     return errors
-
-
-def _copy(error: StoreError) -> StoreError:
-    """One exception object per caller: each raise gets its own traceback."""
-    copy = type(error)(str(error))
-    copy.__cause__ = error.__cause__
-    return copy
