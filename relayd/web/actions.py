@@ -49,6 +49,8 @@ class StatusApp(Protocol):
         self, request: Request, template: str, status: int = 200, **context: Any
     ) -> Response: ...
 
+    def not_found(self, request: Request, error: str) -> Response: ...
+
     def limited(self, request: Request, kind: str, key: str = "") -> Response | None: ...
 
 
@@ -83,13 +85,7 @@ async def queue_list(app: StatusApp, request: Request) -> Response:
 async def message(app: StatusApp, request: Request, queue_id: str) -> Response:
     detail = await queue.show(app.store, QueueId(queue_id))
     if detail is None:
-        return app.page(
-            request,
-            "error.html",
-            404,
-            title="Not found",
-            error=f"No message {queue_id} in the queue.",
-        )
+        return app.not_found(request, f"No message {queue_id} in the queue.")
     return app.page(
         request,
         "message.html",
@@ -102,13 +98,7 @@ async def message(app: StatusApp, request: Request, queue_id: str) -> Response:
 async def confirm(app: StatusApp, request: Request, queue_id: str, action: str) -> Response:
     detail = await queue.show(app.store, QueueId(queue_id))
     if detail is None:
-        return app.page(
-            request,
-            "error.html",
-            404,
-            title="Not found",
-            error=f"No message {queue_id} in the queue.",
-        )
+        return app.not_found(request, f"No message {queue_id} in the queue.")
     return app.page(
         request,
         "confirm.html",
@@ -126,13 +116,7 @@ async def change(app: StatusApp, request: Request, queue_id: str, action: str) -
     qid = QueueId(queue_id)
     config, now = app.config(), app.clock.now()
     if await app.store.show(qid) is None:
-        return app.page(
-            request,
-            "error.html",
-            404,
-            title="Not found",
-            error=f"No message {queue_id} in the queue.",
-        )
+        return app.not_found(request, f"No message {queue_id} in the queue.")
     if action == "delete" and request.form.get("dsn") == "yes":
         await deletion_report(config, app.store, qid, now)  # queued before the message goes
     affected = await queue.change(app.store, action, qid, now, list(config.upstreams))
@@ -146,7 +130,7 @@ async def test_credentials(app: StatusApp, request: Request, name: str) -> Respo
     config = app.config()
     upstream = config.upstreams.get(name)
     if upstream is None:
-        return app.page(request, "error.html", 404, title="Not found", error=f"No upstream {name}.")
+        return app.not_found(request, f"No upstream {name}.")
     limited = app.limited(request, "test", name)
     if limited is not None:
         return limited

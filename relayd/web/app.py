@@ -103,7 +103,7 @@ class StatusApp:
             return await actions.confirm(self, request, match.group(1), match.group(2))
         if match:
             return await actions.message(self, request, match.group(1))
-        return self.page(request, "error.html", 404, title="Not found", error=f"No page {path}.")
+        return self.not_found(request, f"No page {path}.")
 
     def page(self, request: Request, template: str, status: int = 200, **context: Any) -> Response:
         """Render `template` with what every page needs (the CSRF token, who is signed in)."""
@@ -117,6 +117,9 @@ class StatusApp:
         )
         headers = (("Set-Cookie", cookie),) if cookie else ()
         return Response(status, HTML, body.encode(), headers)
+
+    def not_found(self, request: Request, error: str) -> Response:
+        return self.page(request, "error.html", 404, title="Not found", error=error)
 
     async def _status(self, request: Request) -> Response:
         now = self.clock.now()
@@ -177,7 +180,7 @@ class StatusApp:
         match = _MESSAGE.match(path)
         if match and match.group(2):
             return await actions.change(self, request, match.group(1), match.group(2))
-        return self.page(request, "error.html", 404, title="Not found", error=f"No action {path}.")
+        return self.not_found(request, f"No action {path}.")
 
     def limited(self, request: Request, kind: str, key: str = "") -> Response | None:
         """The 429 page when `kind` (for `key`) ran out of its rate limit, else None."""
