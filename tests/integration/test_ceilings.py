@@ -13,12 +13,12 @@ from __future__ import annotations
 
 import asyncio
 import smtplib
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 
 import pytest
 
-from tests.acceptance.process import Launcher, free_port, launcher, write_config
+from tests.acceptance.process import Launcher, free_port, write_config
 from tests.conftest import ConfigFactory, running
 from tests.support import postgres
 from tests.support.client import message, send
@@ -84,18 +84,6 @@ RELEASE = """
 DELETE FROM upstream_holds WHERE upstream = 'main';
 SELECT pg_notify('relayd_work', 'SCHEMA test');
 """
-
-
-@pytest.fixture
-def dsn() -> Iterator[str]:
-    with postgres.private_schema() as schema_dsn:
-        yield schema_dsn
-
-
-@pytest.fixture
-def launch(tmp_path: Path) -> Iterator[Launcher]:
-    with launcher(tmp_path) as starter:
-        yield starter
 
 
 @pytest.fixture

@@ -19,7 +19,6 @@ import re
 import secrets
 import smtplib
 import time
-from collections.abc import AsyncIterator, Iterator
 from datetime import datetime
 from pathlib import Path
 
@@ -34,7 +33,6 @@ from tests.acceptance.process import (
     Launcher,
     arun_cli,
     free_port,
-    launcher,
     write_config,
 )
 from tests.support import postgres
@@ -58,24 +56,6 @@ LEASE_TIME = 3.0
 # far later than the kill itself (0.3 s after that event).
 LEASE_SLACK = 1.0
 MARKER = re.compile(rb"^X-Test-Marker: (\S+)\r?$", re.MULTILINE)
-
-
-@pytest.fixture
-def dsn() -> Iterator[str]:
-    with postgres.private_schema() as schema_dsn:
-        yield schema_dsn
-
-
-@pytest.fixture
-def launch(tmp_path: Path) -> Iterator[Launcher]:
-    with launcher(tmp_path) as starter:
-        yield starter
-
-
-@pytest.fixture
-async def upstream() -> AsyncIterator[FakeUpstream]:
-    async with FakeUpstream() as fake:
-        yield fake
 
 
 def node_config(

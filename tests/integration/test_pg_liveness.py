@@ -13,13 +13,13 @@ import asyncio
 import signal
 import smtplib
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from datetime import datetime
 from pathlib import Path
 
 import pytest
 
-from tests.acceptance.process import DaemonProcess, Launcher, free_port, launcher, write_config
+from tests.acceptance.process import DaemonProcess, Launcher, free_port, write_config
 from tests.support import postgres
 from tests.support.client import message
 from tests.support.fake_upstream import FakeUpstream
@@ -30,24 +30,6 @@ pytestmark = pytest.mark.postgres
 TAKEOVER_BOUND = 15.0  # issue 14: a gone node's leases and leadership move within 15 s
 DEFAULT_NODE_TIMEOUT = 10.0  # queue.node_timeout's default (config/relayd.example.toml)
 SHORT_NODE_TIMEOUT = 2.0
-
-
-@pytest.fixture
-def dsn() -> Iterator[str]:
-    with postgres.private_schema() as schema_dsn:
-        yield schema_dsn
-
-
-@pytest.fixture
-def launch(tmp_path: Path) -> Iterator[Launcher]:
-    with launcher(tmp_path) as starter:
-        yield starter
-
-
-@pytest.fixture
-async def upstream() -> AsyncIterator[FakeUpstream]:
-    async with FakeUpstream() as fake:
-        yield fake
 
 
 def node(

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import smtplib
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -20,7 +20,7 @@ from relayd.store.base import SendSlot
 from relayd.store.postgres.db import Database
 from relayd.store.postgres.store import PostgresStore
 from relayd.types import Ceiling, NewMessage, Recipient, RecipientState
-from tests.acceptance.process import Launcher, free_port, launcher, write_config
+from tests.acceptance.process import Launcher, free_port, write_config
 from tests.support import postgres
 from tests.support.client import message
 from tests.support.fake_upstream import FakeUpstream
@@ -33,12 +33,6 @@ CEILINGS = [Ceiling(1000, 60.0)]
 FROZEN_LOCK_BOUND = 10.0  # issue 14: a frozen node's lock is gone within 10 s
 INTAKE_BOUND = 10.0  # ... and intake answers 451 within 10 s with the database unreachable
 WAKE_BOUND = 2.0  # ... and a lost NOTIFY costs at most 2 s
-
-
-@pytest.fixture
-def dsn() -> Iterator[str]:
-    with postgres.private_schema() as schema_dsn:
-        yield schema_dsn
 
 
 @pytest.fixture
@@ -160,12 +154,6 @@ async def test_work_that_came_without_a_notify_is_found_by_the_poll(dsn: str) ->
 
 
 # --- a real node ------------------------------------------------------------------------
-
-
-@pytest.fixture
-def launch(tmp_path: Path) -> Iterator[Launcher]:
-    with launcher(tmp_path) as starter:
-        yield starter
 
 
 def _send(port: int, marker: str) -> tuple[float, str]:

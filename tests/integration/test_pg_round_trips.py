@@ -9,7 +9,7 @@ pool connection sends nothing, and concurrent outcomes share one transaction.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from typing import Any
 
 import asyncpg
@@ -55,12 +55,6 @@ def statements(monkeypatch: pytest.MonkeyPatch) -> Statements:
 
     monkeypatch.setattr(asyncpg, "create_pool", logged_pool)  # db.py calls it by module
     return seen
-
-
-@pytest.fixture
-def dsn() -> Iterator[str]:
-    with postgres.private_schema() as schema_dsn:
-        yield schema_dsn
 
 
 @pytest.fixture

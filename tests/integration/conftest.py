@@ -1,0 +1,25 @@
+"""Fixtures of the integration tests that run on PostgreSQL or start relayd processes."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.acceptance.process import Launcher, launcher
+from tests.support import postgres
+
+
+@pytest.fixture
+def dsn() -> Iterator[str]:
+    """A private schema in the test database, dropped afterwards."""
+    with postgres.private_schema() as schema_dsn:
+        yield schema_dsn
+
+
+@pytest.fixture
+def launch(tmp_path: Path) -> Iterator[Launcher]:
+    """`launch.start(config, port)`; every child is terminated, then killed, at teardown."""
+    with launcher(tmp_path) as starter:
+        yield starter
