@@ -31,12 +31,13 @@ from relayd.policy.hints import hint_for
 from relayd.store.base import MinuteSample
 from relayd.types import RecipientState, SmtpReply, UpstreamHold
 from tests.conftest import running
-from tests.integration.test_admin import admin_port, store_of, until
+from tests.integration.test_admin import admin_port, store_of
 from tests.support.browser import chromium
 from tests.support.client import send
 from tests.support.fake_provider import FakeProvider
 from tests.support.fake_upstream import FakeUpstream
 from tests.support.tls import PrivateCA
+from tests.support.waits import until
 
 TOKEN = "browser-token-4c1d"
 REFUSAL = "535 5.7.8 Username and Password not accepted"

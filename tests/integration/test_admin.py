@@ -17,6 +17,7 @@ from tests.conftest import ConfigFactory, running
 from tests.support.client import message, send
 from tests.support.fake_upstream import FakeUpstream
 from tests.support.http import get, get_json, sample
+from tests.support.waits import until
 
 ADMIN = '[admin]\nlisten = "127.0.0.1:0"\n'
 
@@ -44,13 +45,6 @@ def slow_retries(config: Config) -> Config:
     text = config.source.read_text().replace('retry = ["200ms", "400ms"]', 'retry = ["1h"]')
     config.source.write_text(text)
     return load(config.source)
-
-
-async def until(predicate: object, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not await predicate():  # type: ignore[operator]
-        assert time.monotonic() < deadline, "condition not reached"
-        await asyncio.sleep(0.05)
 
 
 async def test_metrics_count_known_traffic(

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
 
 import pytest
 from structlog.testing import capture_logs
@@ -14,6 +13,7 @@ from relayd.types import MessageView, NewMessage, Recipient, RecipientState
 from tests.conftest import ConfigFactory, running
 from tests.support.client import message, send
 from tests.support.fake_upstream import FakeUpstream
+from tests.support.waits import until
 
 
 def generic(port: int, extra: str = "") -> str:
@@ -40,17 +40,6 @@ async def only_message(daemon: Relayd) -> MessageView:
     views = await daemon.store.list_messages()
     assert len(views) == 1
     return views[0]
-
-
-async def until(predicate: Callable[[], object], timeout: float = 10.0) -> None:
-    for _ in range(int(timeout / 0.05)):
-        result = predicate()
-        if asyncio.iscoroutine(result):
-            result = await result
-        if result:
-            return
-        await asyncio.sleep(0.05)
-    raise AssertionError("condition not reached in time")
 
 
 async def states(daemon: Relayd) -> dict[str, RecipientState]:

@@ -17,8 +17,9 @@ from tests.conftest import ConfigFactory, running
 from tests.support.client import message
 from tests.support.fake_upstream import FakeUpstream
 from tests.support.raw_upstream import RawUpstream
+from tests.support.waits import until
 
-from .test_delivery import generic, until
+from .test_delivery import generic
 from .test_dsn import BOUNCES
 
 ODD = "odd@example.net"  # the recipient whose transaction the upstream gets wrong

@@ -16,8 +16,9 @@ from tests.conftest import ConfigFactory, running
 from tests.support.client import message, send
 from tests.support.dsn import status_blocks
 from tests.support.fake_upstream import FakeUpstream
+from tests.support.waits import until
 
-from .test_delivery import generic, port_of, until
+from .test_delivery import generic, port_of
 
 BOUNCES = """
 [bounces]

@@ -13,8 +13,9 @@ from relayd.types import RecipientState
 from tests.conftest import ConfigFactory, running
 from tests.support.client import message
 from tests.support.fake_upstream import FakeUpstream, Received
+from tests.support.waits import until
 
-from .test_delivery import generic, port_of, states, until
+from .test_delivery import generic, port_of, states
 
 MAIL_OPTIONS = ["RET=HDRS", "ENVID=abc"]
 BOB = "bob+x@example.com"

@@ -18,8 +18,9 @@ from relayd.types import NewMessage, QueueId, Recipient, RecipientState, new_que
 from tests.conftest import ConfigFactory, running
 from tests.support.client import message, send
 from tests.support.fake_upstream import FakeUpstream, Received
+from tests.support.waits import until
 
-from .test_delivery import generic, port_of, until
+from .test_delivery import generic, port_of
 
 BOUNCES = """
 [bounces]

@@ -18,8 +18,9 @@ from tests.support.client import message, send
 from tests.support.fake_provider import FakeProvider
 from tests.support.fake_upstream import FakeUpstream, Received
 from tests.support.tls import PrivateCA
+from tests.support.waits import until
 
-from .test_delivery import generic, port_of, until
+from .test_delivery import generic, port_of
 from .test_provider_errors import GMAIL_535, config_for
 
 NOTIFICATIONS = """

@@ -3,9 +3,7 @@ and that a bad file changes nothing."""
 
 from __future__ import annotations
 
-import asyncio
-import time
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import MutableMapping
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +17,7 @@ from relayd.types import RecipientState, UpstreamHold
 from tests.conftest import ConfigFactory, running
 from tests.support.client import message, send
 from tests.support.fake_upstream import FakeUpstream
+from tests.support.waits import until
 
 
 def generic(port: int, extra: str = "") -> str:
@@ -31,13 +30,6 @@ def generic(port: int, extra: str = "") -> str:
 def source(config: Config) -> Path:
     assert config.source is not None
     return config.source
-
-
-async def until(predicate: Callable[[], Awaitable[bool]], timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not await predicate():
-        assert time.monotonic() < deadline, "condition not reached"
-        await asyncio.sleep(0.05)
 
 
 async def reload(daemon: Relayd, logs: list[MutableMapping[str, Any]]) -> MutableMapping[str, Any]:

@@ -17,8 +17,9 @@ from relayd.types import RecipientState
 from tests.conftest import ConfigFactory, running
 from tests.support.client import message
 from tests.support.raw_upstream import DROP, RawUpstream
+from tests.support.waits import until
 
-from .test_delivery import generic, port_of, until
+from .test_delivery import generic, port_of
 from .test_delivery_faults import _enqueue, _new_message, _recipients, raw
 from .test_dsn import BOUNCES, _send_with_options
 from .test_notices import NOTIFICATIONS

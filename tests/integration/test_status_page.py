@@ -15,10 +15,11 @@ from relayd.errors import ConfigError
 from relayd.types import RecipientState, UpstreamHold
 from relayd.web.auth import CSRF_COOKIE, SESSION_COOKIE
 from tests.conftest import ConfigFactory, running
-from tests.integration.test_admin import admin_port, generic, store_of, until
+from tests.integration.test_admin import admin_port, generic, store_of
 from tests.support.client import send
 from tests.support.fake_upstream import FakeUpstream
 from tests.support.http import request
+from tests.support.waits import until
 
 TOKEN = "page-token-DISTINCTIVE-7f3a"
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import sys
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from itertools import pairwise
 
@@ -26,6 +26,7 @@ from relayd.units import format_iso
 from tests.conftest import ConfigFactory, running
 from tests.support.client import message, send
 from tests.support.fake_upstream import FakeUpstream, Received
+from tests.support.waits import until
 
 pytestmark = pytest.mark.slow
 
@@ -57,14 +58,6 @@ def subjects(received: Sequence[Received]) -> list[str]:
         for line in r.data.decode().splitlines()
         if line.startswith("Subject:")
     ]
-
-
-async def until(predicate: Callable[[], Awaitable[bool]], timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not await predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached in time")
-        await asyncio.sleep(0.02)
 
 
 async def pending(daemon: Relayd) -> list[MessageView]:
