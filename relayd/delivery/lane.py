@@ -28,6 +28,7 @@ from relayd.delivery.notices import UpstreamNotices
 from relayd.delivery.senders import SenderHolds
 from relayd.delivery.session import Session
 from relayd.delivery.slots import SessionSlots
+from relayd.delivery.watch import Watch
 from relayd.errors import LeaseLost, StoreError, UpstreamUnavailable
 from relayd.logs import get_logger
 from relayd.policy.deadlines import FINAL_REPLY_WAIT
@@ -91,13 +92,13 @@ class Lane:
         w = upstream.window
         self.window = parse_window(w.timezone, w.days, w.hours, w.closed_dates) if w else None
         self.stopping = False
-        self._stopped = asyncio.Event()
         self.in_flight = 0
         self.throttled = False  # a hold was set by this lane and not yet cleared
         self.ledger_wait: Wait | None = None  # the rate ledger's last "not before"
         self._shown: Wait | None = UNKNOWN  # the wait this lane last wrote to the store
         self.senders = SenderHolds()  # senders the account may not send as (SendAsDenied)
         self.slots = SessionSlots(self.name, upstream.max_connections, clock)  # 432 4.3.2
+        self.watch = Watch(store, clock)  # how idle workers wait, which ones new mail wakes
 
     async def start(self) -> None:
         """Lift an account hold left by an earlier run: a restart (after a configuration
@@ -113,7 +114,7 @@ class Lane:
     def stop(self) -> None:
         """Stop leasing; a worker sleeping for work wakes up and ends."""
         self.stopping = True
-        self._stopped.set()
+        self.watch.stop()
 
     async def run_worker(self, index: int = 0) -> None:
         session = self.session_factory(self.upstream, self.config.server.hostname)
@@ -122,7 +123,7 @@ class Lane:
                 try:
                     if not self.slots.allows(index):  # the upstream wants fewer sessions
                         await session.close()
-                        await self._wait(self.slots.regrow_in())
+                        await self.watch.idle(self.slots.regrow_in(), watch=False)
                         continue
                     await self._step(session)
                 except Exception as exc:
@@ -149,6 +150,8 @@ class Lane:
             due = await self.store.next_due(self.name, now)
             await self._sleep((due - now) if due is not None else MAX_SLEEP, session)
             return
+        if len(leases) == limit:  # a backlog: every idle worker may find work
+            self.watch.wake_all()
         writes: Writes = []
         unsent = 0  # leases[unsent:] have no outcome on its way to the store
         try:
@@ -205,24 +208,12 @@ class Lane:
         """Wait for new mail or `seconds`; close the upstream connection after IDLE_CLOSE."""
         seconds = min(max(seconds, 0.0), MAX_SLEEP)
         if seconds > IDLE_CLOSE:
-            if await self._wait(IDLE_CLOSE):
+            if await self.watch.idle(IDLE_CLOSE):
                 return
             await session.close()
             seconds -= IDLE_CLOSE
         if seconds > 0:
-            await self._wait(seconds)
-
-    async def _wait(self, seconds: float) -> bool:
-        """Sleep up to `seconds`; True when new work or stop() cut it short."""
-        started = self.clock.monotonic()
-        waiters = [self.clock.sleep(seconds), self.store.wait_for_work(seconds)]
-        tasks = {asyncio.ensure_future(w) for w in [*waiters, self._stopped.wait()]}
-        try:
-            await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for task in tasks:
-                task.cancel()
-        return self.clock.monotonic() - started < seconds * 0.99
+            await self.watch.idle(seconds)
 
     async def _put_back(self, leases: list[Lease], reason: str, until: float = 0.0) -> None:
         """End leases unattempted; release() only delays, so each message keeps its place.

@@ -32,8 +32,10 @@ class Wakeup:
         self.enabled = sys.platform.startswith("linux")
 
     def poke(self) -> None:
-        """Tell a listening dispatcher (if any) that work arrived; never blocks or fails."""
-        if not self.enabled:
+        """Tell a listening dispatcher (if any) that work arrived; never blocks or fails.
+        Not when it listens in this process: the caller woke it already, and a second
+        wake-up would send a second idle worker to look for the same mail."""
+        if not self.enabled or self._listener is not None:
             return
         if self._sender is None:
             self._sender = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)

@@ -119,14 +119,14 @@ class SqliteStore:
     ) -> list[Lease]:
         """Read first: most calls find nothing (each new message wakes every idle lane), and
         a write transaction would take the queue's write lock that intake's commits wait for."""
-        if not await self._db.read(lambda conn: ops.any_due(conn, upstream, now)):
+        if not await self._db.read_now(lambda conn: ops.any_due(conn, upstream, now)):
             return []
         return await self._db.write(
             lambda conn: ops.lease_due(conn, upstream, now, limit, lease_for, worker), durable=False
         )
 
     async def load_body(self, queue_id: QueueId) -> bytes:
-        return await self._db.read(lambda conn: ops.load_body(conn, queue_id))
+        return await self._db.read_now(lambda conn: ops.load_body(conn, queue_id))
 
     async def record_outcome(
         self, lease: Lease, outcomes: Sequence[RecipientOutcome], now: float
@@ -151,7 +151,7 @@ class SqliteStore:
         )
 
     async def next_due(self, upstream: str, now: float) -> float | None:
-        return await self._db.read(lambda conn: ops.next_due(conn, upstream, now))
+        return await self._db.read_now(lambda conn: ops.next_due(conn, upstream, now))
 
     async def wait_for_work(self, timeout: float) -> None:
         """Return at once if work arrived since the last waiter returned, else wait for it
@@ -240,7 +240,7 @@ class SqliteStore:
 
     async def upstream_hold(self, upstream: str) -> UpstreamHold | None:
         """The stored hold, even if `until` has passed: the caller compares it with now."""
-        return await self._db.read(lambda conn: ops.upstream_hold(conn, upstream))
+        return await self._db.read_now(lambda conn: ops.upstream_hold(conn, upstream))
 
     async def set_upstream_wait(
         self, upstream: str, reason: str | None, until: float | None
