@@ -3,6 +3,8 @@ format them and timestamps; pure."""
 
 from __future__ import annotations
 
+import functools
+import math
 import re
 from datetime import UTC, datetime, tzinfo
 from email.utils import format_datetime
@@ -128,7 +130,13 @@ def format_iso_millis(at: float) -> str:
 
 def format_rfc5322(at: float) -> str:
     """An RFC 5322 date, for Date: and Received: headers: "Mon, 05 Jan 2026 09:14:03 +0000"."""
-    return format_datetime(datetime.fromtimestamp(at, tz=UTC))
+    return _rfc5322_second(math.floor(at))
+
+
+@functools.lru_cache(maxsize=2)
+def _rfc5322_second(second: int) -> str:
+    """Intake stamps every message twice (Received:, Date:): one formatting per second."""
+    return format_datetime(datetime.fromtimestamp(second, tz=UTC))
 
 
 def format_utc_minutes(at: float) -> str:

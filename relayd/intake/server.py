@@ -242,6 +242,7 @@ class IntakeServerFactory:
             decode_data=False,
             timeout=server.idle_timeout,
             command_call_limit=COMMAND_LIMITS,
+            loop=asyncio.get_running_loop(),  # else aiosmtpd looks it up the slow way
         )
 
     async def close_sessions(self, timeout: float) -> None:

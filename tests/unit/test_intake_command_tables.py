@@ -26,5 +26,6 @@ async def test_the_verb_auth_and_hook_tables_are_complete() -> None:
     assert {"MAIL", "RCPT", "DATA", "AUTH", "EHLO", "STARTTLS"} <= set(protocol._smtp_methods)
     assert set(protocol._auth_methods) == _full(protocol, "auth_") == {"PLAIN", "LOGIN"}
     assert set(protocol._handle_hooks) == _full(handler, "handle_")
+    assert protocol._ehlo_hook_ver == "new"  # the kept signature is still the 5-argument one
     # The tables hold this connection's bound methods, not another's.
     assert protocol._smtp_methods["MAIL"].__self__ is protocol

@@ -177,5 +177,8 @@ def test_timestamp_forms() -> None:
     assert format_iso_minutes(AT, ZoneInfo("Europe/Berlin")) == "2026-01-05T10:14+01:00"
     assert format_iso_millis(AT) == "2026-01-05T09:14:03.120Z"
     assert format_rfc5322(AT) == "Mon, 05 Jan 2026 09:14:03 +0000"
+    assert format_rfc5322(AT + 0.87) == "Mon, 05 Jan 2026 09:14:03 +0000"  # kept per second
+    assert format_rfc5322(AT + 0.88) == "Mon, 05 Jan 2026 09:14:04 +0000"
+    assert format_rfc5322(AT) == "Mon, 05 Jan 2026 09:14:03 +0000"
     assert format_utc_minutes(AT) == "2026-01-05 09:14 UTC"
     assert format_utc_seconds(AT) == "2026-01-05 09:14:03Z"
