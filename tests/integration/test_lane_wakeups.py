@@ -16,6 +16,7 @@ import pytest
 from relayd.clock import SystemClock
 from relayd.delivery.lanes import LaneSet
 from relayd.store.sqlite import ops
+from relayd.store.sqlite import store as sqlite_store
 from relayd.store.sqlite.store import SqliteStore
 from relayd.types import (
     Lease,
@@ -95,10 +96,13 @@ def message(n: int) -> NewMessage:
 
 
 async def test_one_message_wakes_one_idle_worker_of_four(
-    make_config: ConfigFactory, tmp_path: Path
+    make_config: ConfigFactory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Every idle worker used to wake and look for due mail (five looks for one message:
-    four woken, then the one that sent it looks again); now the one whose turn it is."""
+    four woken, then the one that sent it looks again); now the one whose turn it is.
+    (The once-a-second look for other processes' commits, which may wake one more when
+    this process wrote through both its connections, is turned off here.)"""
+    monkeypatch.setattr(sqlite_store, "EXTERNAL_POLL", 3600.0)
     async with CountingStore(tmp_path / "queue.db") as store:
         session = CountingSession()
         lanes = LaneSet(make_config(UPSTREAM), store, SystemClock(), "w", lambda _u, _h: session)

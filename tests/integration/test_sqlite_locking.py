@@ -10,7 +10,7 @@ import sqlite3
 import subprocess
 import sys
 import threading
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
@@ -19,6 +19,7 @@ import pytest
 
 from relayd.errors import StoreUnavailable
 from relayd.store.sqlite.db import Database
+from relayd.store.sqlite.loopconn import CHECKPOINT_EVERY
 from relayd.store.sqlite.store import EXTERNAL_POLL, SqliteStore
 
 
@@ -110,16 +111,22 @@ async def test_data_version_changes_only_for_another_connections_commit(
 ) -> None:
     """wait_for_work polls data_version to notice other processes: our own writes, and our
     own read connection, must not look like theirs."""
+    insert = "INSERT INTO t VALUES (1)"
     version = await db.data_version()
-    await db.write(lambda conn: conn.execute("INSERT INTO t VALUES (1)"))
+    await db.write(lambda conn: conn.execute(insert))  # durable: on the write thread
     await db.read(count)
-    assert await db.data_version() == version
+    assert not db.others_committed(version, await db.data_version())
+    version = await db.data_version()
+    await db.write(lambda conn: conn.execute(insert), durable=False)  # the loop's connection
+    await db.read_now(count)
+    assert not db.others_committed(version, await db.data_version())
+    version = await db.data_version()
     other = sqlite3.connect(tmp_path / "queue.db", isolation_level=None)
     try:
         other.execute("INSERT INTO t VALUES (2)")
     finally:
         other.close()
-    assert await db.data_version() != version
+    assert db.others_committed(version, await db.data_version())
 
 
 async def test_reads_are_read_only(db: Database) -> None:
@@ -228,3 +235,68 @@ async def test_a_waiting_writer_blocks_on_the_lock_rather_than_polling_it(
     await asyncio.wait_for(pending, 5)
     assert await db.read(count) == 1
     assert 1 <= len(calls) <= 3, f"{len(calls)} tries of the lock in 0.5 s"
+
+
+def _on_thread(threads: list[int]) -> Callable[[sqlite3.Connection], None]:
+    def op(conn: sqlite3.Connection) -> None:
+        threads.append(threading.get_ident())
+        conn.execute("INSERT INTO t VALUES (?)", (len(threads),))
+
+    return op
+
+
+async def test_a_delivering_side_write_runs_on_the_loops_thread_when_nothing_waits(
+    db: Database,
+) -> None:
+    """No hop to the write thread for a lease or an outcome (durable=False) while the lock
+    is free; an enqueue (durable) still goes to the write thread, which fsyncs."""
+    threads: list[int] = []
+    await db.write(_on_thread(threads), durable=False)
+    await db.write(_on_thread(threads))
+    assert threads[0] == threading.get_ident() != threads[1]
+    assert await db.read_now(count) == 2
+
+
+async def test_a_delivering_side_write_waits_for_the_lock_on_the_write_thread(
+    db: Database, tmp_path: Path
+) -> None:
+    """With the lock held elsewhere it waits on the write thread (bounded by lock_timeout),
+    never on the loop's: the loop goes on meanwhile."""
+    threads: list[int] = []
+    ticks = 0
+
+    async def ticker() -> None:
+        nonlocal ticks
+        while True:
+            ticks += 1
+            await asyncio.sleep(0.01)
+
+    tick = asyncio.create_task(ticker())
+    try:
+        with held_by_another_process(tmp_path / "queue.db"):
+            write = asyncio.create_task(db.write(_on_thread(threads), durable=False))
+            await asyncio.sleep(0.3)
+            assert not write.done()
+            assert ticks >= 10  # the loop was never blocked
+        await asyncio.wait_for(write, 5)
+    finally:
+        tick.cancel()
+    assert threads != [threading.get_ident()]
+    assert await db.read_now(count) == 1
+
+
+async def test_the_write_thread_takes_one_delivering_side_write_in_checkpoint_every(
+    db: Database, tmp_path: Path
+) -> None:
+    """The loop's connection never checkpoints; the write thread's does, so the WAL stays
+    bounded even when only the delivering side writes (a backlog drained)."""
+    threads: list[int] = []
+    blob = b"x" * 8192
+    for _ in range(4 * CHECKPOINT_EVERY):
+        await db.write(_on_thread(threads), durable=False)
+    assert threads.count(threading.get_ident()) == 4 * CHECKPOINT_EVERY - 4
+    insert = "INSERT INTO t VALUES (?)"
+    for _ in range(20 * CHECKPOINT_EVERY):  # 10 MiB through the WAL
+        await db.write(lambda conn: conn.execute(insert, (blob,)), durable=False)
+    wal = (tmp_path / "queue.db-wal").stat().st_size
+    assert wal < 7 * 1024 * 1024  # SQLite's auto-checkpoint at 1,000 pages, plus a little

@@ -7,6 +7,7 @@ counts what one record_outcome wrote.
 
 from __future__ import annotations
 
+import itertools
 import sqlite3
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -20,14 +21,28 @@ from relayd.types import NewMessage, Recipient, RecipientOutcome, RecipientState
 T0 = 1_700_000_000.0
 
 
+class Trace(list[str]):
+    """The statements of every connection, in order; `by` holds each one's connection."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.by: list[int] = []
+
+    def add(self, conn: int, sql: str) -> None:
+        self.append(" ".join(sql.split())[:60])
+        self.by.append(conn)
+
+
 @pytest.fixture
-def statements(monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    seen: list[str] = []
+def statements(monkeypatch: pytest.MonkeyPatch) -> Trace:
+    seen = Trace()
     connect = sqlite3.connect
+    numbers = itertools.count()
 
     def traced(*args: Any, **kwargs: Any) -> sqlite3.Connection:
         conn: sqlite3.Connection = connect(*args, **kwargs)
-        conn.set_trace_callback(lambda sql: seen.append(" ".join(sql.split())[:60]))
+        number = next(numbers)
+        conn.set_trace_callback(lambda sql: seen.add(number, sql))
         return conn
 
     monkeypatch.setattr(sqlite3, "connect", traced)  # db.py calls it by module
@@ -35,13 +50,13 @@ def statements(monkeypatch: pytest.MonkeyPatch) -> list[str]:
 
 
 @pytest.fixture
-async def store(tmp_path: Path, statements: list[str]) -> AsyncIterator[SqliteStore]:
+async def store(tmp_path: Path, statements: Trace) -> AsyncIterator[SqliteStore]:
     async with SqliteStore(tmp_path / "queue.db") as opened:
         yield opened
 
 
 async def test_an_outcome_writes_its_message_row_once(
-    store: SqliteStore, statements: list[str]
+    store: SqliteStore, statements: Trace
 ) -> None:
     await store.enqueue(
         NewMessage(
@@ -83,7 +98,7 @@ def _message(upstream: str = "up") -> NewMessage:
 
 
 async def test_a_lease_with_nothing_due_takes_no_write_transaction(
-    store: SqliteStore, statements: list[str]
+    store: SqliteStore, statements: Trace
 ) -> None:
     """Every idle lane wakes for each new message and all but one find nothing: that must
     cost a read, not a transaction under the write lock intake's fsynced commits wait for."""
@@ -98,19 +113,21 @@ async def test_a_lease_with_nothing_due_takes_no_write_transaction(
     assert again.queue_id == lease.queue_id
 
 
-def _synchronous_at_commits(statements: list[str]) -> list[str]:
-    """The connection's synchronous setting at each COMMIT (the schema starts it at FULL)."""
-    level, levels = "FULL", []
-    for sql in statements:
+def _synchronous_at_commits(statements: Trace, mark: int) -> list[str]:
+    """The committing connection's synchronous setting at each COMMIT after `mark` (SQLite's
+    default, FULL, until the connection sets it)."""
+    levels: dict[int, str] = {}
+    at_commits = []
+    for n, (conn, sql) in enumerate(zip(statements.by, statements, strict=True)):
         if sql.startswith("PRAGMA synchronous ="):
-            level = sql.split("=")[1].strip()
-        elif sql == "COMMIT":
-            levels.append(level)
-    return levels
+            levels[conn] = sql.split("=")[1].strip()
+        elif sql == "COMMIT" and n >= mark:
+            at_commits.append(levels.get(conn, "FULL"))
+    return at_commits
 
 
 async def test_only_an_accepted_message_waits_for_an_fsync(
-    store: SqliteStore, statements: list[str]
+    store: SqliteStore, statements: Trace
 ) -> None:
     """synchronous=FULL (an fsync per commit) for an enqueue, NORMAL for the delivering
     side's lease and outcome: losing those to a power cut delivers a message twice, never
@@ -121,4 +138,4 @@ async def test_only_an_accepted_message_waits_for_an_fsync(
     delivered = RecipientOutcome("a@example.net", RecipientState.DELIVERED, "250 ok")
     await store.record_outcome(lease, [delivered], T0 + 2)
     await store.enqueue(_message())
-    assert _synchronous_at_commits(statements[mark:]) == ["FULL", "NORMAL", "NORMAL", "FULL"]
+    assert _synchronous_at_commits(statements, mark) == ["FULL", "NORMAL", "NORMAL", "FULL"]

@@ -19,18 +19,17 @@ ones before it durable too; a checkpoint fsyncs the WAL before it copies frames.
 
 Reads run on the second connection in autocommit mode: WAL lets them proceed while a write
 waits for the lock or commits, and they always see committed state. The delivery loop's
-small indexed reads (is anything due, when is the next, is the upstream held, a body) run
-on a third connection on the event loop's own thread (read_now): a hop to the read thread
-and back cost more than the read, and with the loop and that thread taking turns at the
-GIL for every SQLite call, about 90 futex calls per delivered message. That connection
-never waits: where SQLite would (SQLITE_BUSY), the read thread does the read. Between processes
-sharing the queue (intake workers, the queue tool) the writers take turns on an flock(2)
-of `<queue>-writelock` before SQLite's own lock (sqlite/writelock.py): a blocked process
-takes it the moment it is freed, where SQLite's busy handler sleeps in steps of up to
-100 ms. It waits at most `lock_timeout` (queue.lock_timeout), and not at all once the
-store is closing: a process that keeps the lock (a stuck queue command, a backup) costs a
-client a 451, never a hang, and holds up shutdown no longer than the writes in flight
-wait. Every request waiting when the lock times out fails with it.
+small reads (read_now), and the delivering side's writes when nothing of this process is
+queued for the write thread, run at once on a third connection on the event loop's own
+thread, which never waits (sqlite/loopconn.py); what would wait goes to the threads.
+
+Between processes sharing the queue (intake workers, the queue tool) the writers take turns
+on an flock(2) of `<queue>-writelock` before SQLite's own lock (sqlite/writelock.py): a
+blocked process takes it the moment it is freed, where SQLite's busy handler sleeps in
+steps of up to 100 ms. It waits at most `lock_timeout` (queue.lock_timeout), and not at all
+once the store is closing: a process that keeps the lock (a stuck queue command, a backup)
+costs a client a 451, never a hang, and holds up shutdown no longer than the writes in
+flight wait. Every request waiting when the lock times out fails with it.
 """
 
 from __future__ import annotations
@@ -48,42 +47,12 @@ from typing import Any, TypeVar, cast
 from relayd.errors import StoreError, StoreUnavailable
 from relayd.store.batching import MAX_BATCH
 from relayd.store.sqlite import ops as schema_ops
+from relayd.store.sqlite.errors import translate, wrap
+from relayd.store.sqlite.loopconn import LoopConnection, NotHere
 from relayd.store.sqlite.writelock import WriteLock
 
 T = TypeVar("T")
 Op = Callable[[sqlite3.Connection], Any]
-
-# Primary result codes that mean "cannot commit right now" rather than "bad request".
-_UNAVAILABLE = frozenset(
-    {
-        sqlite3.SQLITE_BUSY,
-        sqlite3.SQLITE_LOCKED,
-        sqlite3.SQLITE_NOMEM,
-        sqlite3.SQLITE_READONLY,
-        sqlite3.SQLITE_IOERR,
-        sqlite3.SQLITE_FULL,
-        sqlite3.SQLITE_CANTOPEN,
-        sqlite3.SQLITE_PROTOCOL,
-    }
-)
-
-
-# What a connection with a busy timeout would have waited out.
-_WAITS = frozenset({sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED})
-
-
-def translate(exc: sqlite3.Error) -> StoreError:
-    """The StoreError for a driver error: StoreUnavailable when retrying later may work."""
-    code = getattr(exc, "sqlite_errorcode", None)
-    unavailable = code is not None and code & 0xFF in _UNAVAILABLE
-    error = (StoreUnavailable if unavailable else StoreError)(f"sqlite: {exc}")
-    error.__cause__ = exc
-    return error
-
-
-def _wrap(exc: Exception) -> Exception:
-    return translate(exc) if isinstance(exc, sqlite3.Error) else exc
-
 
 IDLE_CHECK = 0.5  # seconds the idle write thread waits before it checks the loop is alive
 DEFAULT_LOCK_TIMEOUT = 5.0
@@ -126,7 +95,6 @@ class Database:
         self._synchronous_full = True  # the schema's pragmas start with synchronous=FULL
         self._conn: sqlite3.Connection | None = None
         self._read_conn: sqlite3.Connection | None = None
-        self._loop_conn: sqlite3.Connection | None = None  # read_now's, on the loop's thread
         self._executor: ThreadPoolExecutor | None = None
         self._reader: ThreadPoolExecutor | None = None
         self._requests: queue.SimpleQueue[_Request | None] = queue.SimpleQueue()
@@ -134,6 +102,7 @@ class Database:
         self._closed = False
         self._closing = threading.Event()  # the write thread's lock wait gives up at once
         self._lock = WriteLock(self.lock_path, lock_timeout, self._closing)
+        self._loop = LoopConnection(path, self.lock_path, self._closing)  # on the loop's thread
 
     # --- lifecycle ------------------------------------------------------------------
 
@@ -145,8 +114,7 @@ class Database:
         try:
             await self._on_thread(self._connect)
             await self._on_thread(self._connect_reader, self._reader)
-            # timeout=0: read_now never waits for a lock on the loop's thread
-            self._loop_conn = self._read_only(timeout=0.0)
+            self._loop.open()
         except BaseException:
             await self._shut_threads()
             self._closed = True
@@ -166,9 +134,7 @@ class Database:
         await self._shut_threads()
 
     async def _shut_threads(self) -> None:
-        if self._loop_conn is not None:
-            self._loop_conn.close()
-            self._loop_conn = None
+        self._loop.close()
         if self._reader is not None:
             await self._on_thread(self._disconnect_reader, self._reader)
             self._reader.shutdown(wait=True)
@@ -245,23 +211,25 @@ class Database:
         """Run a small indexed read `op` at once on the loop's thread (module docstring);
         on the read thread if SQLite would have to wait for a lock."""
         self._check_open()
-        assert self._loop_conn is not None
         try:
-            return op(self._loop_conn)
-        except sqlite3.OperationalError as exc:
-            if getattr(exc, "sqlite_errorcode", 0) & 0xFF not in _WAITS:
-                raise translate(exc) from exc
-        except sqlite3.Error as exc:
-            raise translate(exc) from exc
-        return await self.read(op)
+            return self._loop.read(op)
+        except NotHere:
+            return await self.read(op)
 
-    async def data_version(self) -> int:
-        """SQLite's data_version of the write connection: it changes only when another
-        connection (another process; not this one's writes) commits."""
-        row = await self.write(
-            lambda conn: conn.execute("PRAGMA data_version").fetchone(), durable=False
-        )
-        return int(row[0])
+    async def data_version(self) -> tuple[int, int]:
+        """SQLite's data_version of the write connection and of the loop's: each changes
+        when any other connection commits, this process's other one included, so another
+        process committed only if both changed (see others_committed)."""
+        pragma = "PRAGMA data_version"
+        row = await self._queued(lambda conn: conn.execute(pragma).fetchone(), durable=False)
+        here = self._loop.read(lambda conn: conn.execute(pragma).fetchone())
+        return int(row[0]), int(here[0])
+
+    @staticmethod
+    def others_committed(before: tuple[int, int], now: tuple[int, int]) -> bool:
+        """Whether another process committed between two data_version() calls (or this one
+        through both of its connections: a wake-up too many, never one too few)."""
+        return all(b != n for b, n in zip(before, now, strict=True))
 
     async def write(self, op: Callable[[sqlite3.Connection], T], *, durable: bool = True) -> T:
         """Run `op` in the writer's next batch; returns once that batch has committed.
@@ -273,6 +241,18 @@ class Database:
         durable too.
         """
         self._check_open()
+        if not durable and self._requests.empty():  # nothing of ours waits for the lock
+            try:
+                value = self._loop.write(op)
+            except NotHere:
+                pass
+            else:
+                self.commits += 1
+                return value
+        return await self._queued(op, durable)
+
+    async def _queued(self, op: Callable[[sqlite3.Connection], T], durable: bool) -> T:
+        """`op` in the write thread's next batch."""
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._requests.put(_Request(op, future, durable))
         return cast(T, await future)
@@ -332,7 +312,7 @@ class Database:
                 conn.execute("ROLLBACK")
             cause = exc.cause if isinstance(exc, _BatchFailed) else exc
             # One exception object per caller: each raise gets its own traceback.
-            return [_Result(error=_wrap(cause)) for _ in batch]
+            return [_Result(error=wrap(cause)) for _ in batch]
         self.commits += 1
         return results
 
@@ -348,7 +328,7 @@ class Database:
                 raise _BatchFailed(exc) from exc
             conn.execute("ROLLBACK TO request")
             conn.execute("RELEASE request")
-            return _Result(error=_wrap(exc))
+            return _Result(error=wrap(exc))
         conn.execute("RELEASE request")
         return _Result(value=value)
 

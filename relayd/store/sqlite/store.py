@@ -159,8 +159,8 @@ class SqliteStore:
 
         Another process's commit (`relayd queue retry`, a sendmail fallback, intake in
         another process) wakes the waiter too: at once through the wake-up socket, or
-        within EXTERNAL_POLL seconds by SQLite's data_version (of the write connection),
-        which changes only for commits made through other connections. One poll per store,
+        within EXTERNAL_POLL seconds by SQLite's data_version, which tells commits of other
+        processes from this one's (Database.others_committed). One poll per store,
         not one per waiter: the daemon's every lane worker waits here after every message.
         """
         self._wakeup.listen(self._work)
@@ -176,12 +176,12 @@ class SqliteStore:
     async def _poll_external_commits(self) -> None:
         """Every EXTERNAL_POLL seconds: another connection committed? Then there may be work
         (the fallback where the wake-up socket does not reach)."""
-        version: int | None = None
+        version: tuple[int, int] | None = None
         while True:
-            current: int | None = version
+            current = version
             with contextlib.suppress(StoreError):  # closing, or briefly unavailable
                 current = await self._db.data_version()
-            if version is not None and current != version:
+            if version and current and self._db.others_committed(version, current):
                 self._work.set()
             version = current
             await asyncio.sleep(EXTERNAL_POLL)

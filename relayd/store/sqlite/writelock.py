@@ -63,15 +63,21 @@ class WriteLock:
         finally:
             release()
 
-    def _take(self) -> Callable[[], None]:
-        """The lock within `timeout`, else StoreUnavailable naming the lock file; returns
-        how to let it go."""
+    def take_now(self) -> Callable[[], None] | None:
+        """The lock if it is free this moment (how to let it go), else None."""
         assert self._fd is not None
         try:
             fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            return partial(fcntl.flock, self._fd, fcntl.LOCK_UN)
         except BlockingIOError:
-            pass
+            return None
+        return partial(fcntl.flock, self._fd, fcntl.LOCK_UN)
+
+    def _take(self) -> Callable[[], None]:
+        """The lock within `timeout`, else StoreUnavailable naming the lock file; returns
+        how to let it go."""
+        release = self.take_now()
+        if release is not None:
+            return release
         if not self._closing.is_set():
             if self._waiter is None or self._waiter.stopped:
                 self._waiter = _Waiter(_open(self.path))
