@@ -123,6 +123,7 @@ class Lane:
                 try:
                     if not self.slots.allows(index):  # the upstream wants fewer sessions
                         await session.close()
+                        self.slots.closed(index)
                         await self.watch.idle(self.slots.regrow_in(), watch=False)
                         continue
                     await self._step(session)

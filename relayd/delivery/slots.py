@@ -3,9 +3,9 @@
 Microsoft answers `432 4.3.2 STOREDRV.ClientSubmit; sender thread limit exceeded` when an
 account has more concurrent connections than it allows. Such a reply means a session too
 many: the limit drops by one (not below one) and the message is retried. A 432 counts only
-once the workers beyond the limit have closed their sessions, and only for an attempt that
-began after the last drop: until then the upstream still sees the old number of sessions
-and may refuse any of them, and counting each refusal would cut more than the excess. After a quiet
+for an attempt that began after the workers beyond the limit had closed their sessions
+(their QUIT answered): until then the upstream may still count one of them and refuse any
+session, and counting each refusal would cut more than the excess. After a quiet
 period with no 432 the limit grows by one again, up to max_connections, so a passing
 limit (another client of the same account) does not cost throughput for ever.
 
@@ -36,17 +36,32 @@ class SessionSlots:
         self.clock = clock
         self.quiet = quiet
         self._changed_at = clock.monotonic()  # the last drop or growth
-        self._lowered_at = float("-inf")  # the last drop
+        # When the sessions were last down to the limit (every worker beyond it closed);
+        # infinite from a drop until then. A 432 to an attempt that began earlier may
+        # count a session that has gone since: it lowers nothing.
+        self._settled_at = float("-inf")
         self._closed: set[int] = set()  # workers beyond the limit that closed their session
 
     def allows(self, worker: int) -> bool:
-        """Whether worker number `worker` may hold a session now."""
+        """Whether worker number `worker` may hold a session now; one that may not closes
+        its session and then says so (closed)."""
         self._grow()
         if worker < self.limit:
             self._closed.discard(worker)
             return True
-        self._closed.add(worker)  # it closes its session now (delivery/lane.py)
         return False
+
+    def closed(self, worker: int) -> None:
+        """Worker number `worker`, beyond the limit, has closed its session (its QUIT was
+        answered, or the connection is gone: the upstream no longer counts it)."""
+        if worker < self.limit or worker in self._closed:
+            return
+        self._closed.add(worker)
+        if self._settled():
+            self._settled_at = self.clock.monotonic()
+
+    def _settled(self) -> bool:
+        return self._closed.issuperset(range(self.limit, self.maximum))
 
     def regrow_in(self) -> float:
         """Seconds until the limit may grow again (a waiting worker's next look)."""
@@ -54,16 +69,17 @@ class SessionSlots:
 
     def observe(self, replies: Sequence[RecipientReply], elapsed: float) -> None:
         """One attempt's replies (it took `elapsed` seconds): a 432 4.3.2 (TOO_MANY_SESSIONS)
-        lowers the limit by one, unless the last drop has not taken effect yet."""
+        lowers the limit by one, unless the attempt began before the sessions were down
+        to the limit."""
         if not any(r.action is Action.TOO_MANY_SESSIONS for r in replies):
             return
         now = self.clock.monotonic()
-        settled = self._closed.issuperset(range(self.limit, self.maximum))
-        if now - elapsed < self._lowered_at or not settled:
+        if now - elapsed < self._settled_at:
             return
-        self._changed_at = self._lowered_at = now
+        self._changed_at = now
         if self.limit > 1:
             self.limit -= 1
+            self._settled_at = now if self._settled() else float("inf")
             log.warning("upstream_sessions_lowered", upstream=self.upstream, sessions=self.limit)
 
     def _grow(self) -> None:

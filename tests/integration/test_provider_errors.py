@@ -147,6 +147,8 @@ async def test_microsoft_tenant_blocked_at_mail_from_pauses_the_upstream(
             with capture_logs() as logs:
                 await send(daemon.addresses[0][1], message())
                 await wait_for(lambda: any(e["event"] == "upstream_auth_failed" for e in logs))
+                # the outcome is written after the hold: logged once it is in the store
+                await wait_for(lambda: any(e["event"] == "deferred" for e in logs))
             assert daemon.store is not None
             (view,) = await daemon.store.list_messages()
 

@@ -27,7 +27,13 @@ def test_a_432_lowers_by_one_and_quiet_periods_raise_one_at_a_time() -> None:
     slots.observe(TOO_MANY, elapsed=1.0)  # worker 3 may still have its session open
     assert slots.limit == 3
     assert (slots.allows(3), slots.allows(2)) == (False, True)  # worker 3 closes its session
-    slots.observe(TOO_MANY, elapsed=1.0)  # now one more session too many
+    slots.observe(TOO_MANY, elapsed=1.0)  # its QUIT not answered yet: may still be open
+    assert slots.limit == 3
+    slots.closed(3)
+    slots.observe(TOO_MANY, elapsed=1.0)  # began while worker 3's session was open
+    assert slots.limit == 3
+    clock.at += 2
+    slots.observe(TOO_MANY, elapsed=1.0)  # began after it closed: one more session too many
     slots.observe(OK, elapsed=1.0)
     assert slots.limit == 2
     clock.at += 299
