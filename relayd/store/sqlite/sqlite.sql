@@ -186,8 +186,8 @@ ORDER BY next_attempt_at, received_at
 LIMIT :limit;
 
 -- name: any_due
--- Whether select_due_messages would find a message, on the read connection: a lane that
--- wakes with nothing to lease (every idle lane wakes for each new message) costs a read,
+-- Whether select_due_messages would find a message, by a read: a worker that looks with
+-- nothing to lease (after every batch, and one of each lane per new message) costs a read,
 -- not a write transaction that holds the queue's write lock.
 SELECT 1
 FROM messages

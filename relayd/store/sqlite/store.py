@@ -117,8 +117,9 @@ class SqliteStore:
     async def lease_due(
         self, upstream: str, now: float, limit: int, lease_for: float, worker: str
     ) -> list[Lease]:
-        """Read first: most calls find nothing (each new message wakes every idle lane), and
-        a write transaction would take the queue's write lock that intake's commits wait for."""
+        """Read first: many calls find nothing (a worker looks again after every batch, and
+        each lane's next idle worker on every new message), and a write transaction would
+        take the queue's write lock that intake's commits wait for."""
         if not await self._db.read_now(lambda conn: ops.any_due(conn, upstream, now)):
             return []
         return await self._db.write(
