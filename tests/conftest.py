@@ -14,6 +14,7 @@ import pytest
 from relayd.config.model import Config, load
 from relayd.daemon.relayd import Relayd
 from tests.support.fake_upstream import FakeUpstream
+from tests.support.waits import until
 
 
 @pytest.fixture(autouse=True)
@@ -82,10 +83,8 @@ async def running(config: Config) -> AsyncIterator[Relayd]:
 async def _lanes_started(daemon: Relayd, config: Config, timeout: float = 10.0) -> None:
     """Each lane lifts an earlier run's account hold as it starts (Lane.start): a test that
     holds an upstream must do so after that, not race it. Intake readiness comes first."""
-    deadline = asyncio.get_running_loop().time() + timeout
-    while daemon.lanes is None or set(daemon.lanes.lanes) != set(config.upstreams):
-        assert asyncio.get_running_loop().time() < deadline, "the lanes did not start"
-        await asyncio.sleep(0.01)
+    names = set(config.upstreams)
+    await until(lambda: daemon.lanes is not None and set(daemon.lanes.lanes) == names, timeout)
 
 
 @pytest.fixture

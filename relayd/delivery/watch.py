@@ -17,21 +17,15 @@ asks the store again as soon as its batch is done, and every wait has its own ti
 from __future__ import annotations
 
 import asyncio
-from typing import Protocol
 
 from relayd.clock import Clock
-
-
-class WorkSignal(Protocol):
-    """The store's new-work signal (DeliveryQueue.wait_for_work)."""
-
-    async def wait_for_work(self, timeout: float) -> None: ...
+from relayd.store.base import DeliveryQueue
 
 
 class Watch:
     """The idle workers of one lane: their turns at the store's new-work signal."""
 
-    def __init__(self, store: WorkSignal, clock: Clock) -> None:
+    def __init__(self, store: DeliveryQueue, clock: Clock) -> None:
         self._store = store
         self._clock = clock
         self._turn = asyncio.Lock()  # held by the worker that watches

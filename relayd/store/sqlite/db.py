@@ -154,15 +154,10 @@ class Database:
             schema_ops.create_schema(self._conn)
 
     def _connect_reader(self) -> None:
-        self._read_conn = self._read_only(self.busy_timeout)
-
-    def _read_only(self, timeout: float) -> sqlite3.Connection:
-        try:
-            conn = sqlite3.connect(self.path, timeout=timeout, isolation_level=None)
-            conn.execute("PRAGMA query_only = ON")
-        except sqlite3.Error as exc:
-            raise translate(exc) from exc
-        return conn
+        self._read_conn = sqlite3.connect(
+            self.path, timeout=self.busy_timeout, isolation_level=None
+        )
+        self._read_conn.execute("PRAGMA query_only = ON")
 
     def _disconnect(self) -> None:
         if self._conn is not None:

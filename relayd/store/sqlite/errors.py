@@ -22,7 +22,12 @@ UNAVAILABLE = frozenset(
 
 
 # What a connection with a busy timeout would have waited out.
-WAITS = frozenset({sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED})
+_WAITS = frozenset({sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED})
+
+
+def would_wait(exc: sqlite3.Error) -> bool:
+    """Whether a connection with a busy timeout would have waited this error out."""
+    return getattr(exc, "sqlite_errorcode", 0) & 0xFF in _WAITS
 
 
 def translate(exc: sqlite3.Error) -> StoreError:

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from relayd.errors import StoreError
-from relayd.store.sqlite.errors import WAITS, translate, wrap
+from relayd.store.sqlite.errors import translate, would_wait, wrap
 from relayd.store.sqlite.writelock import WriteLock
 
 T = TypeVar("T")
@@ -46,20 +46,20 @@ class LoopConnection:
         self._writes = 0  # for CHECKPOINT_EVERY
 
     def open(self) -> None:
+        self._lock.open()
         try:
             conn = sqlite3.connect(self.path, timeout=0.0, isolation_level=None)
             conn.execute("PRAGMA synchronous = NORMAL")
             conn.execute("PRAGMA wal_autocheckpoint = 0")
         except sqlite3.Error as exc:
             raise translate(exc) from exc
-        self._lock.open()
         self._conn = conn
 
     def close(self) -> None:
         if self._conn is not None:
             self._conn.close()
             self._conn = None
-            self._lock.close()
+        self._lock.close()
 
     def _connection(self) -> sqlite3.Connection:
         if self._conn is None:
@@ -70,11 +70,9 @@ class LoopConnection:
         """`op` on this connection in autocommit mode (it sees committed data)."""
         try:
             return op(self._connection())
-        except sqlite3.OperationalError as exc:
-            if getattr(exc, "sqlite_errorcode", 0) & 0xFF in WAITS:
-                raise NotHere from exc
-            raise translate(exc) from exc
         except sqlite3.Error as exc:
+            if would_wait(exc):
+                raise NotHere from exc
             raise translate(exc) from exc
 
     def write(self, op: Callable[[sqlite3.Connection], T]) -> T:
@@ -89,8 +87,8 @@ class LoopConnection:
         try:
             try:
                 conn.execute("BEGIN IMMEDIATE")
-            except sqlite3.OperationalError as exc:
-                if getattr(exc, "sqlite_errorcode", 0) & 0xFF in WAITS:
+            except sqlite3.Error as exc:
+                if would_wait(exc):
                     raise NotHere from exc
                 raise translate(exc) from exc
             try:
