@@ -19,7 +19,7 @@ import pytest
 
 from relayd.errors import StoreUnavailable
 from relayd.store.sqlite.db import Database
-from relayd.store.sqlite.loopconn import CHECKPOINT_EVERY
+from relayd.store.sqlite.loopconn import CHECKPOINT_EVERY, NotHere
 from relayd.store.sqlite.store import EXTERNAL_POLL, SqliteStore
 
 
@@ -300,3 +300,17 @@ async def test_the_write_thread_takes_one_delivering_side_write_in_checkpoint_ev
         await db.write(lambda conn: conn.execute(insert, (blob,)), durable=False)
     wal = (tmp_path / "queue.db-wal").stat().st_size
     assert wal < 7 * 1024 * 1024  # SQLite's auto-checkpoint at 1,000 pages, plus a little
+
+
+async def test_data_version_is_unavailable_while_the_loops_connection_would_wait(
+    db: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The other-process poll skips a round on StoreError; the loop's connection finding the
+    database busy must be one, not an exception that ends the poll for good."""
+
+    def busy(op: object) -> object:
+        raise NotHere
+
+    monkeypatch.setattr(db._loop, "read", busy)
+    with pytest.raises(StoreUnavailable, match="busy"):
+        await db.data_version()

@@ -217,7 +217,10 @@ class Database:
         process committed only if both changed (see others_committed)."""
         pragma = "PRAGMA data_version"
         row = await self._queued(lambda conn: conn.execute(pragma).fetchone(), durable=False)
-        here = self._loop.read(lambda conn: conn.execute(pragma).fetchone())
+        try:  # this connection's own value: the read thread's would be another's
+            here = self._loop.read(lambda conn: conn.execute(pragma).fetchone())
+        except NotHere as exc:
+            raise StoreUnavailable("sqlite: the database is busy; data_version next time") from exc
         return int(row[0]), int(here[0])
 
     @staticmethod
