@@ -246,16 +246,15 @@ class SmtpSession:
             # SMTPUTF8; that is permanent for this upstream.
             result.replies.update({rcpt: NO_SMTPUTF8 for rcpt in recipients})
             return ()
-        try:
-            await smtp.mail(mail_from, options=options, encoding=encoding)
-        except aiosmtplib.SMTPSenderRefused as exc:
-            await self._reset(smtp)
-            reply = SmtpReply(exc.code, exc.message)
-            result.replies.update({rcpt: reply for rcpt in recipients})
-            return ()
         result.upstream_dsn = smtp.supports_extension("dsn")
         dsn = message.rcpt_dsn if result.upstream_dsn else {}
-        accepted, rest = await self._recipients(smtp, recipients, encoding, dsn, result)
+        rcpts = [(rcpt, rcpt_options(dsn[rcpt]) if rcpt in dsn else []) for rcpt in recipients]
+        mail, *replies = await smtp.envelope((mail_from, options), rcpts, encoding)
+        if mail.code != 250:  # the RCPTs' replies only complain about the order
+            await self._reset(smtp)
+            result.replies.update({rcpt: SmtpReply(mail.code, mail.message) for rcpt in recipients})
+            return ()
+        accepted, rest = self._recipients(recipients, replies, result)
         if not accepted:
             await self._reset(smtp)
             return ()
@@ -283,23 +282,16 @@ class SmtpSession:
         return tuple(rest)
 
     @staticmethod
-    async def _recipients(
-        smtp: aiosmtplib.SMTP,
+    def _recipients(
         recipients: tuple[str, ...],
-        encoding: str,
-        dsn: Mapping[str, RcptDsn],
+        responses: list[aiosmtplib.SMTPResponse],
         result: SendResult,
     ) -> tuple[list[str], list[str]]:
-        """RCPT TO each recipient (with its NOTIFY/ORCPT from `dsn`); returns the accepted,
-        and those refused as too many for the transaction (policy/outcome.py)."""
+        """Each recipient's RCPT reply into `result`; returns the accepted, and those refused
+        as too many for the transaction (policy/outcome.py)."""
         accepted: list[str] = []
         too_many: list[str] = []
-        for rcpt in recipients:
-            options = rcpt_options(dsn[rcpt]) if rcpt in dsn else None
-            try:
-                response = await smtp.rcpt(rcpt, options=options, encoding=encoding)
-            except aiosmtplib.SMTPRecipientRefused as exc:
-                response = aiosmtplib.SMTPResponse(exc.code, exc.message)
+        for rcpt, response in zip(recipients, responses, strict=True):
             reply = SmtpReply(response.code, response.message)
             if response.code in (250, 251):
                 accepted.append(rcpt)

@@ -13,8 +13,9 @@ a 334 are replaced by ********), the upstream's password in any encoding relayd 
 careless server may echo it back), and message content (DATA shows only its size).
 
 The session layer is aiosmtplib's SMTP class; TranscribingSMTP overrides the points every
-command and reply pass through (execute_command, starttls, data, and the private
-_create_connection for the greeting, which aiosmtplib has kept since 1.x).
+command and reply pass through (execute_command, starttls, data, UpstreamSMTP's pipelined
+MAIL and RCPTs, and the private _create_connection for the greeting, which aiosmtplib has
+kept since 1.x).
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from aiosmtplib.typing import Default
 
 from relayd.clock import Clock
 from relayd.config.model import UpstreamConfig
-from relayd.delivery.client import UpstreamSMTP
+from relayd.delivery.client import PipeliningProtocol, UpstreamSMTP
 from relayd.units import format_iso_millis
 
 MASK = "********"
@@ -202,6 +203,20 @@ class TranscribingSMTP(UpstreamSMTP):
         self._in_auth = (is_auth or self._in_auth) and response.code == 334
         self.transcript.reply(response)
         return response
+
+    async def _pipeline(
+        self, protocol: PipeliningProtocol, lines: list[bytes], timeout: float | None
+    ) -> list[aiosmtplib.SMTPResponse]:
+        for line in lines:
+            self.transcript.write(">", redact_command([line], False))
+        try:
+            replies = await super()._pipeline(protocol, lines, timeout)
+        except aiosmtplib.SMTPException as exc:
+            self.transcript.write("-", f"error: {exc}")
+            raise
+        for reply in replies:
+            self.transcript.reply(reply)
+        return replies
 
     async def starttls(self, *args: Any, **kwargs: Any) -> aiosmtplib.SMTPResponse:
         await self._ehlo_or_helo_if_needed()  # what aiosmtplib does first, so lines are in order

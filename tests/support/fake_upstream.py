@@ -80,8 +80,20 @@ def _dsn_params(server: SMTP) -> tuple[str, ...]:
 
 
 class _Handler:
+    extensions: tuple[str, ...] = ()  # advertised in EHLO besides aiosmtpd's own
+
     def __init__(self, upstream: FakeUpstream) -> None:
         self.upstream = upstream
+
+    async def handle_EHLO(
+        self, server: SMTP, session: Session, envelope: Envelope, hostname: str, lines: list[str]
+    ) -> list[str]:
+        """PIPELINING (as every provider offers it; aiosmtpd reads one command at a time,
+        so it answers pipelined commands in order) and `extensions`, before the last line
+        ("250 HELP"); with this hook aiosmtpd leaves recording the client's name to it."""
+        session.host_name = hostname
+        offered = [*(["PIPELINING"] if self.upstream.pipelining else []), *self.extensions]
+        return [*lines[:-1], *(f"250-{keyword}" for keyword in offered), lines[-1]]
 
     async def handle_MAIL(
         self, server: SMTP, session: Session, envelope: Envelope, address: str, options: list[str]
@@ -137,13 +149,7 @@ class _Handler:
 
 
 class _DsnHandler(_Handler):
-    async def handle_EHLO(
-        self, server: SMTP, session: Session, envelope: Envelope, hostname: str, lines: list[str]
-    ) -> list[str]:
-        """Advertise DSN before the last line ("250 HELP"); with this hook aiosmtpd leaves
-        recording the client's name to it."""
-        session.host_name = hostname
-        return [*lines[:-1], "250-DSN", lines[-1]]
+    extensions = ("DSN",)
 
 
 class FakeUpstream(LoopbackSMTPServer):
@@ -153,6 +159,7 @@ class FakeUpstream(LoopbackSMTPServer):
     and parameters (refused ones too); aiosmtpd's own are upper-cased, DSN ones verbatim.
     `dsn=True` advertises RFC 3461 DSN and accepts RET, ENVID, NOTIFY and ORCPT; without it,
     as aiosmtpd, the upstream refuses them (555), as a server without DSN would.
+    `pipelining=False` leaves PIPELINING (RFC 2920) out of EHLO.
     """
 
     def __init__(
@@ -162,8 +169,10 @@ class FakeUpstream(LoopbackSMTPServer):
         starttls: bool = False,
         *,
         dsn: bool = False,
+        pipelining: bool = True,
     ) -> None:
         super().__init__(port)
+        self.pipelining = pipelining
         self.script = Script()
         self.received: list[Received] = []
         self.mail_options: list[list[str]] = []
