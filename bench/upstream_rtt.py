@@ -141,11 +141,14 @@ def run(args: argparse.Namespace, work: Path) -> None:
             time.sleep(0.02)
         elapsed = time.monotonic() - started
     finally:
-        relayd.terminate()
-        relayd.wait(30)
+        for process in (relayd, sink):  # relayd first: its QUIT goes through the proxy
+            process.terminate()
+            try:
+                process.wait(30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
         proxy_loop.call_soon_threadsafe(proxy_loop.stop)
-        sink.terminate()
-        sink.wait(5)
     per_message = elapsed / args.messages
     trips = per_message * args.connections / (args.rtt_ms / 1000)
     print(
