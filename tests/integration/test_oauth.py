@@ -344,6 +344,8 @@ async def test_invalid_grant_holds_the_upstream_and_keeps_the_mail_queued(
             with capture_logs() as logs:
                 await send(daemon.addresses[0][1], message())
                 await wait_for(lambda: any(e["event"] == "upstream_auth_failed" for e in logs))
+                # The outcome is written after that line is logged: wait for its own line.
+                await wait_for(lambda: any(e["event"] == "deferred" for e in logs))
                 hold = await store.upstream_hold("office")
                 (view,) = await store.list_messages()
                 await asyncio.sleep(0.5)  # the held upstream makes no further attempt
