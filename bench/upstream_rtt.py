@@ -13,8 +13,9 @@ set by how many round trips a message costs, not by CPU. This puts a delaying TC
 PIPELINING, as Gmail and Microsoft 365 do), submits `--messages` messages over loopback
 (fast: intake is not behind the proxy), and times delivery until the sink has counted them
 all. It prints msg/s and the round trips per message that time implies (elapsed / messages
-/ RTT): 4 for MAIL, RCPT, DATA and the final dot one after another; 3 with MAIL and RCPT
-pipelined. The connection is reused, so connecting and EHLO are paid once.
+/ RTT): 4 for MAIL, RCPT, DATA and the final dot one after another (and one per further
+recipient); 2 with MAIL, the RCPTs and DATA pipelined, then the body. The connection is
+reused, so connecting and EHLO are paid once.
 """
 
 from __future__ import annotations

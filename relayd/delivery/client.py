@@ -1,4 +1,4 @@
-"""aiosmtplib.SMTP as relayd delivers with it: DATA without copying, MAIL and RCPT
+"""aiosmtplib.SMTP as relayd delivers with it: DATA without copying, the envelope
 pipelined, one AUTH attempt.
 
 DATA: aiosmtplib's `SMTP.data` rewrites every message with two regular expressions (lone
@@ -20,13 +20,13 @@ it, since the server may be processing the message. `data(final_timeout=...)` wa
 there (the lane's lease is renewed meanwhile). A reply lost there (timed out, or the connection
 dropped after the dot was written) raises ReplyLost: the upstream may have the message.
 
-PIPELINING (RFC 2920): to an upstream that offers it, `envelope` writes MAIL FROM and every
-RCPT TO at once and reads their replies in order: one round trip for the envelope instead
-of one per command (Gmail, Microsoft 365 and Postfix all offer it; over the internet a round
-trip is tens of milliseconds per message). DATA stays a command of its own: the lease is
-confirmed before it (delivery/renewal.py) and the body goes only after a 354.
-aiosmtplib's protocol cannot take replies to commands written together (see
-PipeliningProtocol), so this module gives aiosmtplib a subclass of it that can.
+PIPELINING (RFC 2920): to an upstream that offers it, `envelope` writes MAIL FROM, every
+RCPT TO and DATA at once and reads their replies in order; the body follows the 354. Two
+round trips per message instead of three and one per recipient (Gmail, Microsoft 365 and
+Postfix all offer it; over the internet a round trip is tens of milliseconds). The session
+confirms the lease between the replies and the body (delivery/renewal.py). aiosmtplib's
+protocol cannot take replies to commands written together (see PipeliningProtocol), so
+this module gives aiosmtplib a subclass of it that can.
 
 AUTH: aiosmtplib's `login` tries every mechanism both sides know, one after another, so a
 wrong password costs two failed logins (PLAIN, then LOGIN) each time, and providers count
@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Literal, NoReturn
 
 import aiosmtplib
@@ -118,6 +119,16 @@ class PipeliningProtocol(SMTPProtocol):
 aiosmtplib.smtp.SMTPProtocol = PipeliningProtocol  # type: ignore[attr-defined]
 
 
+@dataclass(frozen=True)
+class EnvelopeReplies:
+    """The replies to one transaction's MAIL, its RCPTs (in order) and, when DATA went with
+    them (pipelined), DATA."""
+
+    mail: aiosmtplib.SMTPResponse
+    rcpts: list[aiosmtplib.SMTPResponse]
+    data: aiosmtplib.SMTPResponse | None
+
+
 class UpstreamSMTP(aiosmtplib.SMTP):
     """aiosmtplib.SMTP whose DATA writes a wire-clean body as it is, whose envelope is
     pipelined and whose login makes one attempt."""
@@ -137,40 +148,66 @@ class UpstreamSMTP(aiosmtplib.SMTP):
         response: aiosmtplib.SMTPResponse = await mechanism(username, password, timeout=timeout)
         return response
 
+    @property
+    def pipelines(self) -> bool:
+        """The upstream offers PIPELINING (after EHLO) and the protocol can take it."""
+        return self.supports_extension("pipelining") and isinstance(
+            self.protocol, PipeliningProtocol
+        )
+
     async def envelope(
         self,
         mail: tuple[str, Sequence[str]],
         recipients: Sequence[tuple[str, Sequence[str]]],
         encoding: str,
+        *,
+        data: bool = False,
         timeout: float | Literal[Default.token] | None = Default.token,
-    ) -> list[aiosmtplib.SMTPResponse]:
-        """MAIL FROM and every RCPT TO written at once when the upstream offers PIPELINING
-        (one round trip instead of one per command), else one after another; the replies in
-        the same order, refusals included (after a refused MAIL, each RCPT's reply is the
-        upstream's complaint about the order)."""
+    ) -> EnvelopeReplies:
+        """MAIL FROM, every RCPT TO and, with `data`, DATA, written at once when the upstream
+        offers PIPELINING (one round trip instead of one per command), else MAIL and the
+        RCPTs one after another (DATA is then data()'s); their replies, refusals included
+        (after a refused MAIL, each RCPT's reply is the upstream's complaint about the
+        order, so each gets MAIL's)."""
         await self._ehlo_or_helo_if_needed()
         sender, options = mail
         lines = [_command(b"MAIL FROM:", sender, options, encoding)]
         lines += [_command(b"RCPT TO:", rcpt, opts, encoding) for rcpt, opts in recipients]
         wait = self.timeout if timeout is Default.token else timeout
-        if self.supports_extension("pipelining") and isinstance(self.protocol, PipeliningProtocol):
-            replies = await self._pipeline(self.protocol, lines, wait)
+        pipelined = self.pipelines
+        if pipelined:
+            replies = await self._pipeline([*lines, b"DATA"] if data else lines, wait)
         else:
             replies = [await self.execute_command(lines[0], timeout=wait)]
             if replies[0].code == 250:
                 replies += [await self.execute_command(line, timeout=wait) for line in lines[1:]]
-        if replies[0].code != 250:  # no RCPT was sent, or its reply only names the order
+        started = replies.pop() if pipelined and data and len(replies) == len(lines) + 1 else None
+        if replies[0].code != 250:
             replies[1:] = [replies[0]] * len(recipients)
         if any(reply.code == aiosmtplib.SMTPStatus.domain_unavailable for reply in replies):
             self.close()  # a 421: the upstream closes the connection (as aiosmtplib does)
-        return replies
+        return EnvelopeReplies(replies[0], replies[1:], started)
+
+    async def end_empty_data(self) -> None:
+        """The final dot alone, its reply read and ignored: DATA was accepted (354) in a
+        pipelined transaction none of whose recipients was (RFC 2920 3.1)."""
+        protocol = self.protocol
+        if protocol is None:
+            raise aiosmtplib.SMTPServerDisconnected("Connection lost")
+        protocol.write(b".\r\n")
+        try:
+            await protocol.read_response(timeout=self.timeout)
+        except (aiosmtplib.SMTPServerDisconnected, aiosmtplib.SMTPTimeoutError):
+            self.close()
+            raise
 
     async def _pipeline(
-        self, protocol: PipeliningProtocol, lines: list[bytes], timeout: float | None
+        self, lines: list[bytes], timeout: float | None
     ) -> list[aiosmtplib.SMTPResponse]:
         """`lines` written at once; their replies, fewer when the connection dropped or
         stalled after a refused MAIL (a 421 and goodbye)."""
-        if protocol._command_lock is None:
+        protocol = self.protocol
+        if not isinstance(protocol, PipeliningProtocol) or protocol._command_lock is None:
             raise aiosmtplib.SMTPServerDisconnected("Connection lost")
         replies: list[aiosmtplib.SMTPResponse] = []
         async with protocol._command_lock:
@@ -196,9 +233,11 @@ class UpstreamSMTP(aiosmtplib.SMTP):
         *,
         timeout: float | Literal[Default.token] | None = Default.token,
         final_timeout: float | None = None,
+        started: aiosmtplib.SMTPResponse | None = None,
     ) -> aiosmtplib.SMTPResponse:
         """DATA, the body and the final dot; `final_timeout` is how long the reply to the dot
-        may take (the general timeout when None)."""
+        may take (the general timeout when None). `started`: DATA's reply when DATA went
+        with the envelope (pipelined); then only the body and the dot go."""
         protocol = self.protocol
         if protocol is None:
             raise aiosmtplib.SMTPServerDisconnected("Connection lost")
@@ -208,7 +247,9 @@ class UpstreamSMTP(aiosmtplib.SMTP):
             body = to_wire(body)
         wait = self.timeout if timeout is Default.token else timeout
         try:
-            start = await protocol.execute_command(b"DATA", timeout=wait)
+            start = started
+            if start is None:
+                start = await protocol.execute_command(b"DATA", timeout=wait)
             if start.code != aiosmtplib.SMTPStatus.start_input:
                 self._refused(start, "DATA")
             # read_response arms the protocol for the reply before it awaits anything, so

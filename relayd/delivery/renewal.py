@@ -1,12 +1,14 @@
-"""Keeping a lease while its message is sent, and not starting DATA without it.
+"""Keeping a lease while its message is sent, and not sending the message without it.
 
 A send can outlast queue.lease_time (a large message, a slow upstream): while it is in
 progress the lease is extended every lease_time / 3, so no other worker or node takes the
-message meanwhile. And right before DATA (`before_data`, called by the session) the lease
-is renewed once more, which confirms it is still this worker's: a node that was frozen
+message meanwhile. And right before the message goes (`before_data`, called by the session
+before DATA, or before the body when DATA went pipelined with the envelope) the lease is
+renewed once more, which confirms it is still this worker's: a node that was frozen
 (SIGSTOP) or cut off long enough for another node to take its lease over finds that out
-there and sends no DATA, instead of delivering the message a second time. Once DATA has
-started the message may still arrive twice (at-least-once), never because DATA began
+there and sends no message (after a pipelined DATA's 354 it drops the connection, which
+ends the transaction without one), instead of delivering it a second time. Once the body
+has started the message may still arrive twice (at-least-once), never because it began
 after the lease was gone.
 
 Nobody can take a lease over sooner than queue.node_timeout (its node silent that long;

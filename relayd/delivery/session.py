@@ -24,7 +24,7 @@ from relayd.delivery.client import OutOfStep, ReplyLost, UpstreamSMTP
 from relayd.delivery.oauth import TokenSource
 from relayd.delivery.transcripts import make_upstream_smtp, scrub_password
 from relayd.dsn.params import rcpt_options
-from relayd.errors import UpstreamAuthError, UpstreamUnavailable
+from relayd.errors import LeaseLost, UpstreamAuthError, UpstreamUnavailable
 from relayd.logs import get_logger
 from relayd.policy.outcome import too_many_recipients
 from relayd.types import RcptDsn, SendResult, SmtpReply
@@ -249,19 +249,27 @@ class SmtpSession:
         result.upstream_dsn = smtp.supports_extension("dsn")
         dsn = message.rcpt_dsn if result.upstream_dsn else {}
         rcpts = [(rcpt, rcpt_options(dsn[rcpt]) if rcpt in dsn else []) for rcpt in recipients]
-        mail, *replies = await smtp.envelope((mail_from, options), rcpts, encoding)
-        if mail.code != 250:  # the RCPTs' replies only complain about the order
-            await self._reset(smtp)
-            result.replies.update({rcpt: SmtpReply(mail.code, mail.message) for rcpt in recipients})
+        replies = await smtp.envelope((mail_from, options), rcpts, encoding, data=smtp.pipelines)
+        if replies.mail.code != 250:
+            await self._abandon(smtp, replies.data)
+            mail = SmtpReply(replies.mail.code, replies.mail.message)
+            result.replies.update({rcpt: mail for rcpt in recipients})
             return ()
-        accepted, rest = self._recipients(recipients, replies, result)
+        accepted, rest = self._recipients(recipients, replies.rcpts, result)
         if not accepted:
-            await self._reset(smtp)
+            await self._abandon(smtp, replies.data)
             return ()
-        await renewal.before_data()  # LeaseLost: another node took the message meanwhile
+        try:  # before the body: pipelined, DATA itself went with the envelope
+            await renewal.before_data()  # LeaseLost: another node took the message meanwhile
+        except LeaseLost:
+            if replies.data is not None:  # in DATA: only a dropped connection sends nothing
+                smtp.close()
+            raise
         result.reached_data = True
         try:
-            response = await smtp.data(body, final_timeout=_time_left(message.reply_by))
+            response = await smtp.data(
+                body, final_timeout=_time_left(message.reply_by), started=replies.data
+            )
         except aiosmtplib.SMTPDataError as exc:
             response = aiosmtplib.SMTPResponse(exc.code, exc.message)
         except ReplyLost as exc:
@@ -312,6 +320,17 @@ class SmtpSession:
             if extension and smtp.supports_extension(extension):
                 options.append(option)
         return options
+
+    async def _abandon(self, smtp: UpstreamSMTP, data: aiosmtplib.SMTPResponse | None) -> None:
+        """End a transaction that has no recipient: the final dot alone if the upstream took
+        a pipelined DATA anyway (354), then RSET."""
+        if data is not None and data.code == aiosmtplib.SMTPStatus.start_input:
+            try:
+                await smtp.end_empty_data()
+            except aiosmtplib.SMTPException:
+                await self.close()
+                return
+        await self._reset(smtp)
 
     async def _reset(self, smtp: aiosmtplib.SMTP) -> None:
         try:

@@ -34,7 +34,7 @@ from aiosmtplib.typing import Default
 
 from relayd.clock import Clock
 from relayd.config.model import UpstreamConfig
-from relayd.delivery.client import PipeliningProtocol, UpstreamSMTP
+from relayd.delivery.client import UpstreamSMTP
 from relayd.units import format_iso_millis
 
 MASK = "********"
@@ -205,12 +205,12 @@ class TranscribingSMTP(UpstreamSMTP):
         return response
 
     async def _pipeline(
-        self, protocol: PipeliningProtocol, lines: list[bytes], timeout: float | None
+        self, lines: list[bytes], timeout: float | None
     ) -> list[aiosmtplib.SMTPResponse]:
         for line in lines:
             self.transcript.write(">", redact_command([line], False))
         try:
-            replies = await super()._pipeline(protocol, lines, timeout)
+            replies = await super()._pipeline(lines, timeout)
         except aiosmtplib.SMTPException as exc:
             self.transcript.write("-", f"error: {exc}")
             raise
@@ -229,9 +229,18 @@ class TranscribingSMTP(UpstreamSMTP):
     async def data(
         self, message: str | bytes, *args: Any, **kwargs: Any
     ) -> aiosmtplib.SMTPResponse:
-        self.transcript.write(">", "DATA")
+        if kwargs.get("started") is None:  # else DATA went with the envelope (_pipeline)
+            self.transcript.write(">", "DATA")
         self.transcript.write(">", f"(message: {len(message)} bytes)")
         return await self._exchange(super().data(message, *args, **kwargs))
+
+    async def end_empty_data(self) -> None:
+        self.transcript.write(">", ". (no recipient was accepted)")
+        try:
+            await super().end_empty_data()
+        except aiosmtplib.SMTPException as exc:
+            self.transcript.write("-", f"error: {exc}")
+            raise
 
     def close(self) -> None:
         if self.is_connected:

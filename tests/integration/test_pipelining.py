@@ -1,6 +1,6 @@
-"""PIPELINING (RFC 2920) on the delivering side: MAIL and every RCPT written at once to an
-upstream that offers it, each reply paired with its command however the replies arrive;
-one command at a time to an upstream that does not."""
+"""PIPELINING (RFC 2920) on the delivering side: MAIL, every RCPT and DATA written at once
+to an upstream that offers it, each reply paired with its command however the replies
+arrive; one command at a time to an upstream that does not."""
 
 from __future__ import annotations
 
@@ -65,16 +65,17 @@ async def raw() -> AsyncIterator[RawUpstream]:
     await upstream.stop()
 
 
-async def test_mail_and_every_rcpt_go_in_one_write_to_a_pipelining_upstream() -> None:
+async def test_mail_every_rcpt_and_data_go_in_one_write_to_a_pipelining_upstream() -> None:
     async with PacketUpstream(EHLO_PIPELINING) as upstream:
         smtp = UpstreamSMTP(hostname="127.0.0.1", port=upstream.port, timeout=5)
         async with smtp:
-            replies = await smtp.envelope(("app@example.org", []), RCPTS, "ascii")
-        assert [reply.code for reply in replies] == [250, 250, 250, 250]
+            replies = await smtp.envelope(("app@example.org", []), RCPTS, "ascii", data=True)
+        assert replies.mail.code == 250 and [r.code for r in replies.rcpts] == [250, 250, 250]
+        assert replies.data is not None and replies.data.code == 250  # this fake's answer
     together = [chunk for chunk in upstream.chunks if chunk.startswith(b"MAIL")]
     assert together == [
         b"MAIL FROM:<app@example.org>\r\nRCPT TO:<one@example.net>\r\n"
-        b"RCPT TO:<two@example.net>\r\nRCPT TO:<three@example.net>\r\n"
+        b"RCPT TO:<two@example.net>\r\nRCPT TO:<three@example.net>\r\nDATA\r\n"
     ]
 
 
@@ -82,9 +83,10 @@ async def test_an_upstream_without_pipelining_gets_one_command_at_a_time() -> No
     async with PacketUpstream("250 raw\r\n") as upstream:
         smtp = UpstreamSMTP(hostname="127.0.0.1", port=upstream.port, timeout=5)
         async with smtp:
-            replies = await smtp.envelope(("app@example.org", []), RCPTS, "ascii")
-        assert [reply.code for reply in replies] == [250, 250, 250, 250]
-    commands = [c for c in upstream.chunks if c.startswith((b"MAIL", b"RCPT"))]
+            replies = await smtp.envelope(("app@example.org", []), RCPTS, "ascii", data=True)
+        assert [reply.code for reply in [replies.mail, *replies.rcpts]] == [250, 250, 250, 250]
+        assert replies.data is None  # DATA is data()'s, after the replies
+    commands = [c for c in upstream.chunks if c.startswith((b"MAIL", b"RCPT", b"DATA"))]
     assert commands == [
         b"MAIL FROM:<app@example.org>\r\n",
         b"RCPT TO:<one@example.net>\r\n",
@@ -107,14 +109,15 @@ async def test_replies_in_separate_packets_each_reach_their_command(raw: RawUpst
     smtp = UpstreamSMTP(hostname="127.0.0.1", port=raw.port, timeout=5)
     async with smtp:
         for _ in range(2):
-            replies = await smtp.envelope(("app@example.org", []), RCPTS, "ascii")
-            assert [(r.code, r.message) for r in replies] == [
+            replies = await smtp.envelope(("app@example.org", []), RCPTS, "ascii", data=True)
+            assert [(r.code, r.message) for r in [replies.mail, *replies.rcpts]] == [
                 (250, "ok"),
                 (250, "ok"),
                 (550, "5.1.1 no such user"),
                 (250, "ok"),
             ]
-            assert (await smtp.data(BODY)).code == 250
+            assert replies.data == (354, "go ahead")
+            assert (await smtp.data(BODY, started=replies.data)).code == 250
     assert raw.bodies == [BODY, BODY]
 
 
@@ -153,16 +156,22 @@ async def test_pipelined_commands_and_replies_are_transcribed(
         upstream = UpstreamConfig(name="raw", host="127.0.0.1", port=raw.port, security="none")
         smtp = transcripts.make_upstream_smtp(upstream, hostname="127.0.0.1", port=raw.port)
         async with smtp:
-            await smtp.envelope(("app@example.org", []), RCPTS[:1], "ascii")
+            replies = await smtp.envelope(("app@example.org", []), RCPTS[:1], "ascii", data=True)
+            await smtp.data(BODY, started=replies.data)
     finally:
         transcripts.configure(None, SystemClock())
     lines = [line.split(" ", 2)[2] for line in (tmp_path / "raw.log").read_text().splitlines()]
     start = lines.index("> MAIL FROM:<app@example.org>")
-    assert lines[start : start + 4] == [
+    assert lines[start : start + 9] == [
         "> MAIL FROM:<app@example.org>",
         "> RCPT TO:<one@example.net>",
+        "> DATA",
         "< 250 ok",
         "< 250 ok",
+        "< 354 go ahead",
+        f"> (message: {len(BODY)} bytes)",
+        "< 250 ok",
+        "> QUIT",
     ]
 
 
@@ -187,3 +196,30 @@ async def test_replies_that_arrive_before_the_first_is_taken_are_kept(
         second = await protocol.read_response(timeout=1)
         protocol.owed = 0
     assert (first.message, second.message) == ("first", "second")
+
+
+async def test_data_taken_for_no_recipient_ends_with_the_dot_alone(raw: RawUpstream) -> None:
+    """RFC 2920 3.1: an upstream that answers 354 to a pipelined DATA although it refused
+    every recipient gets the final dot alone (no message), then RSET; the session stays in
+    step and the next message goes through it."""
+    refused = "550 5.1.1 no such user"
+    raw.script = lambda c, line: (
+        EHLO_PIPELINING
+        if line.startswith("EHLO")
+        else f"{refused}\r\n"
+        if line.startswith("RCPT TO:<nobody")
+        else None
+    )
+    upstream = UpstreamConfig(name="raw", host="127.0.0.1", port=raw.port, security="none")
+    session = SmtpSession(upstream, "relay.test")
+    nobody = ("nobody1@example.net", "nobody2@example.net")
+    first = await session.send("app@example.org", nobody, BODY, name="Q1")
+    second = await session.send("app@example.org", ("one@example.net",), BODY, name="Q2")
+    await session.close()
+    assert {r: (x.code, x.message) for r, x in first.replies.items()} == {
+        rcpt: (550, refused[4:]) for rcpt in nobody
+    }
+    assert not first.reached_data and second.replies["one@example.net"].code == 250
+    lines = [line for c, line in raw.commands]
+    assert lines[lines.index("DATA") : lines.index("DATA") + 3] == ["DATA", ".", "RSET"]
+    assert raw.bodies == [BODY] and raw.connections == 1

@@ -56,8 +56,13 @@ class RawUpstream:
                 if line.upper() == "QUIT" or answer == DROP:
                     break
                 if line.upper() == "DATA" and answer.startswith("354"):
-                    body = await reader.readuntil(b"\r\n.\r\n")
-                    self.bodies.append(body[:-3].replace(b"\r\n..", b"\r\n."))
+                    lines = []
+                    while (text := await reader.readline()) != b".\r\n":
+                        if not text:
+                            raise asyncio.IncompleteReadError(b"", None)
+                        lines.append(text[1:] if text.startswith(b"..") else text)
+                    if lines:  # the final dot alone ends DATA with no message
+                        self.bodies.append(b"".join(lines))
                     self.commands.append((connection, "."))
                     if await self._answer(writer, connection, ".") == DROP:
                         break
