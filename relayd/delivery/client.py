@@ -184,7 +184,8 @@ class UpstreamSMTP(aiosmtplib.SMTP):
         started = replies.pop() if pipelined and data and len(replies) == len(lines) + 1 else None
         if replies[0].code != 250:
             replies[1:] = [replies[0]] * len(recipients)
-        if any(reply.code == aiosmtplib.SMTPStatus.domain_unavailable for reply in replies):
+        closing = [*replies, started] if started is not None else replies
+        if any(reply.code == aiosmtplib.SMTPStatus.domain_unavailable for reply in closing):
             self.close()  # a 421: the upstream closes the connection (as aiosmtplib does)
         return EnvelopeReplies(replies[0], replies[1:], started)
 
@@ -238,6 +239,8 @@ class UpstreamSMTP(aiosmtplib.SMTP):
         """DATA, the body and the final dot; `final_timeout` is how long the reply to the dot
         may take (the general timeout when None). `started`: DATA's reply when DATA went
         with the envelope (pipelined); then only the body and the dot go."""
+        if started is not None and started.code != aiosmtplib.SMTPStatus.start_input:
+            self._refused(started, "DATA")  # before anything else: a 421 closed the connection
         protocol = self.protocol
         if protocol is None:
             raise aiosmtplib.SMTPServerDisconnected("Connection lost")
@@ -247,11 +250,10 @@ class UpstreamSMTP(aiosmtplib.SMTP):
             body = to_wire(body)
         wait = self.timeout if timeout is Default.token else timeout
         try:
-            start = started
-            if start is None:
+            if started is None:
                 start = await protocol.execute_command(b"DATA", timeout=wait)
-            if start.code != aiosmtplib.SMTPStatus.start_input:
-                self._refused(start, "DATA")
+                if start.code != aiosmtplib.SMTPStatus.start_input:
+                    self._refused(start, "DATA")
             # read_response arms the protocol for the reply before it awaits anything, so
             # no byte of the reply can arrive between the write and it.
             protocol.write(body + b".\r\n")

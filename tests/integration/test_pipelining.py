@@ -15,6 +15,7 @@ from relayd.config.model import UpstreamConfig
 from relayd.delivery import transcripts
 from relayd.delivery.client import PipeliningProtocol, UpstreamSMTP
 from relayd.delivery.session import SmtpSession
+from relayd.types import SmtpReply
 from tests.support.raw_upstream import DROP, RawUpstream
 
 EHLO_PIPELINING = "250-raw\r\n250 PIPELINING\r\n"
@@ -223,3 +224,24 @@ async def test_data_taken_for_no_recipient_ends_with_the_dot_alone(raw: RawUpstr
     lines = [line for c, line in raw.commands]
     assert lines[lines.index("DATA") : lines.index("DATA") + 3] == ["DATA", ".", "RSET"]
     assert raw.bodies == [BODY] and raw.connections == 1
+
+
+async def test_a_421_to_a_pipelined_data_closes_the_connection(raw: RawUpstream) -> None:
+    """421 means the upstream is closing the channel (RFC 5321 3.8): the session does not
+    send the next message over it but opens a new connection."""
+    busy = "421 4.3.2 Service shutting down"
+    raw.script = lambda c, line: (
+        EHLO_PIPELINING
+        if line.startswith("EHLO")
+        else f"{busy}\r\n"
+        if line == "DATA" and c == 1
+        else None
+    )
+    upstream = UpstreamConfig(name="raw", host="127.0.0.1", port=raw.port, security="none")
+    session = SmtpSession(upstream, "relay.test")
+    first = await session.send("app@example.org", ("one@example.net",), BODY, name="Q1")
+    second = await session.send("app@example.org", ("one@example.net",), BODY, name="Q2")
+    await session.close()
+    assert first.replies["one@example.net"] == SmtpReply(421, busy[4:])
+    assert second.replies["one@example.net"].code == 250
+    assert raw.connections == 2 and raw.bodies == [BODY]
