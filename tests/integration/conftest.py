@@ -1,14 +1,15 @@
-"""Fixtures of the integration tests that run on PostgreSQL or start relayd processes."""
+"""Fixtures of the integration tests: PostgreSQL, relayd processes, a scripted raw upstream."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
 
 from tests.acceptance.process import Launcher, launcher
 from tests.support import postgres
+from tests.support.raw_upstream import RawUpstream
 
 
 @pytest.fixture
@@ -23,3 +24,12 @@ def launch(tmp_path: Path) -> Iterator[Launcher]:
     """`launch.start(config, port)`; every child is terminated, then killed, at teardown."""
     with launcher(tmp_path) as starter:
         yield starter
+
+
+@pytest.fixture
+async def raw() -> AsyncIterator[RawUpstream]:
+    """A RawUpstream on loopback (tests/support/raw_upstream.py), stopped afterwards."""
+    upstream = RawUpstream()
+    await upstream.start()
+    yield upstream
+    await upstream.stop()

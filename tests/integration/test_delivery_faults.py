@@ -5,7 +5,6 @@ connection touches that message only."""
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
 
 import pytest
 
@@ -24,14 +23,6 @@ from .test_dsn import BOUNCES
 
 ODD = "odd@example.net"  # the recipient whose transaction the upstream gets wrong
 GOOD = "good@example.net"
-
-
-@pytest.fixture
-async def raw() -> AsyncIterator[RawUpstream]:
-    upstream = RawUpstream()
-    await upstream.start()
-    yield upstream
-    await upstream.stop()
 
 
 def _new_message(

@@ -5,7 +5,6 @@ arrive; one command at a time to an upstream that does not."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -16,7 +15,7 @@ from relayd.delivery import transcripts
 from relayd.delivery.client import PipeliningProtocol, UpstreamSMTP
 from relayd.delivery.session import SmtpSession
 from relayd.types import SmtpReply
-from tests.support.raw_upstream import DROP, RawUpstream
+from tests.support.raw_upstream import DROP, RawUpstream, Script
 
 EHLO_PIPELINING = "250-raw\r\n250 PIPELINING\r\n"
 BODY = b"Subject: hi\r\n\r\nhello\r\n"
@@ -58,12 +57,22 @@ class PacketUpstream:
         writer.close()
 
 
-@pytest.fixture
-async def raw() -> AsyncIterator[RawUpstream]:
-    upstream = RawUpstream()
-    await upstream.start()
-    yield upstream
-    await upstream.stop()
+def pipelining(*answers: tuple[str, str]) -> Script:
+    """A RawUpstream script that offers PIPELINING and gives a command the reply of the first
+    answer whose prefix begins it (the usual reply for the rest)."""
+
+    def reply(connection: int, line: str) -> str | None:
+        if line.startswith("EHLO"):
+            return EHLO_PIPELINING
+        return next((answer for prefix, answer in answers if line.startswith(prefix)), None)
+
+    return reply
+
+
+def session_to(raw: RawUpstream) -> SmtpSession:
+    return SmtpSession(
+        UpstreamConfig(name="raw", host="127.0.0.1", port=raw.port, security="none"), "relay.test"
+    )
 
 
 async def test_mail_every_rcpt_and_data_go_in_one_write_to_a_pipelining_upstream() -> None:
@@ -99,13 +108,7 @@ async def test_an_upstream_without_pipelining_gets_one_command_at_a_time() -> No
 async def test_replies_in_separate_packets_each_reach_their_command(raw: RawUpstream) -> None:
     """The upstream answers each command on its own, late: no reply is dropped or taken for
     another command's, and the session stays in step for DATA and the next message."""
-    raw.script = lambda c, line: (
-        EHLO_PIPELINING
-        if line.startswith("EHLO")
-        else "550 5.1.1 no such user\r\n"
-        if line == "RCPT TO:<two@example.net>"
-        else None
-    )
+    raw.script = pipelining(("RCPT TO:<two@example.net>", "550 5.1.1 no such user\r\n"))
     raw.delay = lambda c, line: 0.05 if line.startswith("RCPT") else 0.0
     smtp = UpstreamSMTP(hostname="127.0.0.1", port=raw.port, timeout=5)
     async with smtp:
@@ -128,17 +131,8 @@ async def test_a_refused_mail_and_a_hangup_give_every_recipient_the_mail_reply(
     """A 421 to MAIL, then the upstream closes: each recipient gets the 421 (it decides the
     retry and the upstream's throttle hold), not a lost connection."""
     busy = "421 4.7.0 Too many messages, try later"
-    raw.script = lambda c, line: (
-        EHLO_PIPELINING
-        if line.startswith("EHLO")
-        else f"{busy}\r\n"
-        if line.startswith("MAIL")
-        else DROP
-        if line.startswith("RCPT")
-        else None
-    )
-    upstream = UpstreamConfig(name="raw", host="127.0.0.1", port=raw.port, security="none")
-    session = SmtpSession(upstream, "relay.test")
+    raw.script = pipelining(("MAIL", f"{busy}\r\n"), ("RCPT", DROP))
+    session = session_to(raw)
     recipients = tuple(rcpt for rcpt, _ in RCPTS)
     result = await session.send("app@example.org", recipients, BODY, name="Q1")
     await session.close()
@@ -151,7 +145,7 @@ async def test_a_refused_mail_and_a_hangup_give_every_recipient_the_mail_reply(
 async def test_pipelined_commands_and_replies_are_transcribed(
     raw: RawUpstream, tmp_path: Path
 ) -> None:
-    raw.script = lambda c, line: EHLO_PIPELINING if line.startswith("EHLO") else None
+    raw.script = pipelining()
     transcripts.configure(tmp_path, SystemClock())
     try:
         upstream = UpstreamConfig(name="raw", host="127.0.0.1", port=raw.port, security="none")
@@ -204,15 +198,8 @@ async def test_data_taken_for_no_recipient_ends_with_the_dot_alone(raw: RawUpstr
     every recipient gets the final dot alone (no message), then RSET; the session stays in
     step and the next message goes through it."""
     refused = "550 5.1.1 no such user"
-    raw.script = lambda c, line: (
-        EHLO_PIPELINING
-        if line.startswith("EHLO")
-        else f"{refused}\r\n"
-        if line.startswith("RCPT TO:<nobody")
-        else None
-    )
-    upstream = UpstreamConfig(name="raw", host="127.0.0.1", port=raw.port, security="none")
-    session = SmtpSession(upstream, "relay.test")
+    raw.script = pipelining(("RCPT TO:<nobody", f"{refused}\r\n"))
+    session = session_to(raw)
     nobody = ("nobody1@example.net", "nobody2@example.net")
     first = await session.send("app@example.org", nobody, BODY, name="Q1")
     second = await session.send("app@example.org", ("one@example.net",), BODY, name="Q2")
@@ -237,8 +224,7 @@ async def test_a_421_to_a_pipelined_data_closes_the_connection(raw: RawUpstream)
         if line == "DATA" and c == 1
         else None
     )
-    upstream = UpstreamConfig(name="raw", host="127.0.0.1", port=raw.port, security="none")
-    session = SmtpSession(upstream, "relay.test")
+    session = session_to(raw)
     first = await session.send("app@example.org", ("one@example.net",), BODY, name="Q1")
     second = await session.send("app@example.org", ("one@example.net",), BODY, name="Q2")
     await session.close()

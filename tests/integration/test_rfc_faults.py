@@ -20,11 +20,9 @@ from tests.support.raw_upstream import DROP, RawUpstream
 from tests.support.waits import until
 
 from .test_delivery import generic, port_of
-from .test_delivery_faults import _enqueue, _new_message, _recipients, raw
+from .test_delivery_faults import _enqueue, _new_message, _recipients
 from .test_dsn import BOUNCES, _send_with_options
 from .test_notices import NOTIFICATIONS
-
-__all__ = ["raw"]  # the fixture, imported for the tests below
 
 TWELVE = tuple(f"r{n}@example.net" for n in range(12))
 
