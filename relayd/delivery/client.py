@@ -148,13 +148,6 @@ class UpstreamSMTP(aiosmtplib.SMTP):
         response: aiosmtplib.SMTPResponse = await mechanism(username, password, timeout=timeout)
         return response
 
-    @property
-    def pipelines(self) -> bool:
-        """The upstream offers PIPELINING (after EHLO) and the protocol can take it."""
-        return self.supports_extension("pipelining") and isinstance(
-            self.protocol, PipeliningProtocol
-        )
-
     async def envelope(
         self,
         mail: tuple[str, Sequence[str]],
@@ -166,15 +159,17 @@ class UpstreamSMTP(aiosmtplib.SMTP):
     ) -> EnvelopeReplies:
         """MAIL FROM, every RCPT TO and, with `data`, DATA, written at once when the upstream
         offers PIPELINING (one round trip instead of one per command), else MAIL and the
-        RCPTs one after another (DATA is then data()'s); their replies, refusals included
-        (after a refused MAIL, each RCPT's reply is the upstream's complaint about the
-        order, so each gets MAIL's)."""
+        RCPTs one after another (DATA is then data()'s: the replies' `data` is None); their
+        replies, refusals included (after a refused MAIL, each RCPT's reply is the
+        upstream's complaint about the order, so each gets MAIL's)."""
         await self._ehlo_or_helo_if_needed()
         sender, options = mail
         lines = [_command(b"MAIL FROM:", sender, options, encoding)]
         lines += [_command(b"RCPT TO:", rcpt, opts, encoding) for rcpt, opts in recipients]
         wait = self.timeout if timeout is Default.token else timeout
-        pipelined = self.pipelines
+        pipelined = self.supports_extension("pipelining") and isinstance(
+            self.protocol, PipeliningProtocol
+        )
         if pipelined:
             replies = await self._pipeline([*lines, b"DATA"] if data else lines, wait)
         else:
@@ -189,15 +184,15 @@ class UpstreamSMTP(aiosmtplib.SMTP):
             self.close()  # a 421: the upstream closes the connection (as aiosmtplib does)
         return EnvelopeReplies(replies[0], replies[1:], started)
 
-    async def end_empty_data(self) -> None:
-        """The final dot alone, its reply read and ignored: DATA was accepted (354) in a
-        pipelined transaction none of whose recipients was (RFC 2920 3.1)."""
+    async def end_empty_data(self) -> aiosmtplib.SMTPResponse:
+        """The final dot alone, and its reply (whatever it says): DATA was accepted (354) in
+        a pipelined transaction none of whose recipients was (RFC 2920 3.1)."""
         protocol = self.protocol
         if protocol is None:
             raise aiosmtplib.SMTPServerDisconnected("Connection lost")
         protocol.write(b".\r\n")
         try:
-            await protocol.read_response(timeout=self.timeout)
+            return await protocol.read_response(timeout=self.timeout)
         except (aiosmtplib.SMTPServerDisconnected, aiosmtplib.SMTPTimeoutError):
             self.close()
             raise

@@ -249,7 +249,7 @@ class SmtpSession:
         result.upstream_dsn = smtp.supports_extension("dsn")
         dsn = message.rcpt_dsn if result.upstream_dsn else {}
         rcpts = [(rcpt, rcpt_options(dsn[rcpt]) if rcpt in dsn else []) for rcpt in recipients]
-        replies = await smtp.envelope((mail_from, options), rcpts, encoding, data=smtp.pipelines)
+        replies = await smtp.envelope((mail_from, options), rcpts, encoding, data=True)
         if replies.mail.code != 250:
             await self._abandon(smtp, replies.data)
             mail = SmtpReply(replies.mail.code, replies.mail.message)

@@ -14,8 +14,8 @@ careless server may echo it back), and message content (DATA shows only its size
 
 The session layer is aiosmtplib's SMTP class; TranscribingSMTP overrides the points every
 command and reply pass through (execute_command, starttls, data, UpstreamSMTP's pipelined
-MAIL and RCPTs, and the private _create_connection for the greeting, which aiosmtplib has
-kept since 1.x).
+envelope and its lone final dot, and the private _create_connection for the greeting, which
+aiosmtplib has kept since 1.x).
 """
 
 from __future__ import annotations
@@ -234,13 +234,9 @@ class TranscribingSMTP(UpstreamSMTP):
         self.transcript.write(">", f"(message: {len(message)} bytes)")
         return await self._exchange(super().data(message, *args, **kwargs))
 
-    async def end_empty_data(self) -> None:
+    async def end_empty_data(self) -> aiosmtplib.SMTPResponse:
         self.transcript.write(">", ". (no recipient was accepted)")
-        try:
-            await super().end_empty_data()
-        except aiosmtplib.SMTPException as exc:
-            self.transcript.write("-", f"error: {exc}")
-            raise
+        return await self._exchange(super().end_empty_data())
 
     def close(self) -> None:
         if self.is_connected:
