@@ -49,6 +49,10 @@ from aiosmtplib.typing import Default
 
 _LINE_END = re.compile(rb"\r\n|\n|\r(?!\n)")  # what aiosmtplib's DATA turns into CRLF
 _LEADING_DOT = re.compile(rb"(?m)^\.")  # dot-stuffing, RFC 5321 4.5.2
+# A mailbox aiosmtplib's quote_address would give back unchanged: dot-atom characters (any
+# non-ASCII too, for SMTPUTF8) around one @, or empty (the null sender). Queued addresses
+# are these nearly always (intake checked them); anything else goes through quote_address.
+_PLAIN_MAILBOX = re.compile(r"(?:[\w!#$%&'*+/=?^`{|}~-]+(?:\.[\w!#$%&'*+/=?^`{|}~-]+)*@[\w.-]+)?")
 
 
 class OutOfStep(aiosmtplib.SMTPException):
@@ -277,7 +281,8 @@ class UpstreamSMTP(aiosmtplib.SMTP):
 def _command(verb: bytes, address: str, options: Sequence[str], encoding: str) -> bytes:
     """One MAIL or RCPT line, without its CRLF; ValueError for a CR or LF in it, as
     aiosmtplib's own commands (no command may be smuggled into another)."""
-    words = [verb + quote_address(address).encode(encoding)]
+    quoted = f"<{address}>" if _PLAIN_MAILBOX.fullmatch(address) else quote_address(address)
+    words = [verb + quoted.encode(encoding)]
     line = b" ".join(words + [option.encode("ascii") for option in options])
     if b"\r" in line or b"\n" in line:
         raise ValueError("Command arg contains a prohibited control character")
