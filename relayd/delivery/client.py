@@ -49,6 +49,8 @@ from aiosmtplib.typing import Default
 
 _LINE_END = re.compile(rb"\r\n|\n|\r(?!\n)")  # what aiosmtplib's DATA turns into CRLF
 _LEADING_DOT = re.compile(rb"(?m)^\.")  # dot-stuffing, RFC 5321 4.5.2
+_LONE_CR = re.compile(rb"\r(?!\n)")
+_DOT_LINE = re.compile(rb"\n[.]")  # a line after the first that starts with a dot
 # A mailbox aiosmtplib's quote_address would give back unchanged: dot-atom characters (any
 # non-ASCII too, for SMTPUTF8) around one @, or empty (the null sender). Queued addresses
 # are these nearly always (intake checked them); anything else goes through quote_address.
@@ -81,11 +83,19 @@ def to_wire(body: bytes) -> bytes:
 
 def is_wire_clean(body: bytes) -> bool:
     """True when every line ends in CRLF (no lone CR or LF) and no line starts with a dot:
-    then aiosmtplib's normalisation and dot-stuffing would return the body unchanged."""
+    then aiosmtplib's normalisation and dot-stuffing would return the body unchanged.
+
+    With no CR that is not before an LF, as many CRs as LFs means no lone LF either. Two
+    one-byte counts and two regexes led by one literal byte (which re finds fast) take a
+    fifth less than counting CRLFs and searching for `b"\\n."` (340 -> 250-290 us per
+    100 KiB, run for every message the delivering process sends)."""
     if not body.endswith(b"\r\n") or body.startswith(b"."):
         return False
-    crlf = body.count(b"\r\n")
-    return body.count(b"\r") == crlf and body.count(b"\n") == crlf and b"\n." not in body
+    return (
+        body.count(b"\r") == body.count(b"\n")
+        and not _LONE_CR.search(body)
+        and not _DOT_LINE.search(body)
+    )
 
 
 class PipeliningProtocol(SMTPProtocol):

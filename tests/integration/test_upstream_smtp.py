@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import aiosmtplib
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
-from relayd.delivery.client import ReplyLost, UpstreamSMTP, is_wire_clean
+from relayd.delivery.client import ReplyLost, UpstreamSMTP, is_wire_clean, to_wire
 from tests.support.fake_upstream import FakeUpstream
 
 CLEAN = b"Subject: hi\r\n\r\nline one\r\nline. with a dot inside\r\n"
@@ -26,6 +28,11 @@ BODIES = {
 def test_is_wire_clean(name: str) -> None:
     body, clean = BODIES[name]
     assert is_wire_clean(body) is clean
+
+
+@given(st.lists(st.sampled_from([b"a", b".", b"\r", b"\n", b"\r\n", b"\r\n."])).map(b"".join))
+def test_a_clean_body_is_one_that_to_wire_leaves_as_it_is(body: bytes) -> None:
+    assert is_wire_clean(body) is (to_wire(body) == body)
 
 
 async def _send(smtp: aiosmtplib.SMTP, body: bytes) -> aiosmtplib.SMTPResponse:
