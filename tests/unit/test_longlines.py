@@ -13,7 +13,7 @@ from email.message import Message
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from relayd.policy.longlines import longest_line, wire_safe
+from relayd.policy.longlines import MAX_LINE, has_long_line, longest_line, wire_safe
 
 LINE_END = re.compile(rb"\r\n|\r|\n")
 
@@ -125,6 +125,20 @@ def test_short_lines_are_left_alone_and_measured() -> None:
     message = b"Subject: s\r\n\r\n" + b"z" * 998 + b"\r\n"
     assert wire_safe(message) is message
     assert longest_line(message) == 998
+
+
+# Runs of text around 998 octets between breaks of every kind, and short ones.
+runs = st.one_of(
+    st.integers(MAX_LINE - 3, MAX_LINE + 2), st.integers(0, 80), st.integers(1500, 2500)
+).map(lambda size: b"x" * size)
+breaks = st.sampled_from([b"\r\n", b"\n", b"\r", b"\r\r\n", b"\n\r"])
+
+
+@given(st.lists(st.one_of(runs, breaks), max_size=30).map(b"".join))
+@settings(max_examples=500)
+def test_a_long_line_is_one_over_998_octets_between_any_breaks(message: bytes) -> None:
+    longest = max(map(len, message.splitlines()), default=0)
+    assert has_long_line(message) is (longest > MAX_LINE)
 
 
 # Lines up to ~4,000 bytes (a chunk repeated): most examples hold a line that is too long.
