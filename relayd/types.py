@@ -5,7 +5,7 @@ from __future__ import annotations
 import enum
 import random
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import NewType
 
@@ -229,6 +229,21 @@ class QueueDepth:
 
     def oldest_age(self, now: float) -> float:
         return 0.0 if self.oldest_pending is None else max(0.0, now - self.oldest_pending)
+
+
+@dataclass(frozen=True)
+class Outgoing:
+    """One message as a lane hands it to a session (delivery/session.py's Session)."""
+
+    mail_from: str
+    recipients: tuple[str, ...]
+    body: bytes
+    name: str  # the queue id: logs, the capture upstream's file names
+    mail_options: tuple[str, ...] = ()
+    rcpt_dsn: Mapping[str, RcptDsn] = field(default_factory=dict)  # RFC 3461, per recipient
+    # How long from the send's start the final dot's reply may take (RFC 5321 4.5.3.2.6),
+    # the connection and the commands before it included; None: the upstream's timeout.
+    final_timeout: float | None = None
 
 
 @dataclass

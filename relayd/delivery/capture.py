@@ -10,13 +10,12 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-from collections.abc import Mapping
 from pathlib import Path
 
 from relayd.clock import Clock
 from relayd.delivery.client import crlf_lines
 from relayd.errors import UpstreamUnavailable
-from relayd.types import RcptDsn, SendResult, SmtpReply
+from relayd.types import Outgoing, SendResult, SmtpReply
 from relayd.units import format_iso
 
 CAPTURED = SmtpReply(250, "2.0.0 Ok: written to the capture directory")
@@ -34,30 +33,20 @@ class DirectorySession:
         self.upstream = upstream
         self.clock = clock
 
-    async def send(
-        self,
-        mail_from: str,
-        recipients: tuple[str, ...],
-        body: bytes,
-        *,
-        name: str,
-        mail_options: tuple[str, ...] = (),
-        rcpt_dsn: Mapping[str, RcptDsn] | None = None,
-        final_timeout: float | None = None,
-    ) -> SendResult:
+    async def send(self, message: Outgoing) -> SendResult:
         envelope = {
-            "mail_from": mail_from,
-            "rcpt_to": list(recipients),
+            "mail_from": message.mail_from,
+            "rcpt_to": list(message.recipients),
             "upstream": self.upstream,
             "time": format_iso(self.clock.now()),
         }
         document = json.dumps(envelope, ensure_ascii=False, indent=2).encode() + b"\n"
         try:
-            await asyncio.to_thread(self._write, f"{name}.json", document)
-            await asyncio.to_thread(self._write, f"{name}.eml", crlf_lines(body))
+            await asyncio.to_thread(self._write, f"{message.name}.json", document)
+            await asyncio.to_thread(self._write, f"{message.name}.eml", crlf_lines(message.body))
         except OSError as exc:
             raise UpstreamUnavailable(f"cannot write to {self.path}: {exc.strerror}") from exc
-        return SendResult({rcpt: CAPTURED for rcpt in recipients}, reached_data=True)
+        return SendResult({rcpt: CAPTURED for rcpt in message.recipients}, reached_data=True)
 
     def _write(self, filename: str, data: bytes) -> None:
         # temp + fsync + rename + fsync(dir): a reader never sees a half-written file, and a

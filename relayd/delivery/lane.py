@@ -45,6 +45,7 @@ from relayd.reports import dsn_reports
 from relayd.store.base import DeliveryQueue, SendLedger, UpstreamHolds
 from relayd.types import (
     Lease,
+    Outgoing,
     RecipientOutcome,
     RecipientState,
     SendResult,
@@ -308,16 +309,16 @@ class Lane:
         )
         result = SendResult(reached_data=True)  # an unforeseen error: the upstream may have it
         try:
-            result = await session.send(
+            outgoing = Outgoing(
                 lease.mail_from,
                 lease.addresses,
                 body,
-                name=lease.queue_id,
-                mail_options=lease.mail_options,
-                # NOTIFY/ORCPT per recipient (RFC 3461), for an upstream that offers DSN
-                rcpt_dsn={r.address: r.dsn for r in lease.recipients},
+                lease.queue_id,
+                lease.mail_options,
+                {r.address: r.dsn for r in lease.recipients},
                 final_timeout=dot,
             )
+            result = await session.send(outgoing)
         except UpstreamUnavailable as exc:
             result = SendResult(reached_data=exc.reached_data)
             reply = SmtpReply(0, str(exc))

@@ -5,7 +5,7 @@ tokens, the queue ids whose final dot got no reply)."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from dataclasses import replace
 
 from relayd.clock import Clock
 from relayd.config.model import UpstreamConfig
@@ -14,7 +14,7 @@ from relayd.delivery.oauth import TokenSource, TokenSources
 from relayd.delivery.session import Session, SmtpSession
 from relayd.policy.from_policy import apply_from_policy, envelope_sender
 from relayd.policy.providers import PRESETS
-from relayd.types import NoticeHook, RcptDsn, SendResult
+from relayd.types import NoticeHook, Outgoing, SendResult
 
 
 def open_session(
@@ -70,25 +70,13 @@ class PolicySession:
         preset = PRESETS[upstream.provider]
         return upstream.from_policy != "keep" or preset.envelope_from_account
 
-    async def send(
-        self,
-        mail_from: str,
-        recipients: tuple[str, ...],
-        body: bytes,
-        *,
-        name: str,
-        mail_options: tuple[str, ...] = (),
-        rcpt_dsn: Mapping[str, RcptDsn] | None = None,
-        final_timeout: float | None = None,
-    ) -> SendResult:
+    async def send(self, message: Outgoing) -> SendResult:
         return await self.inner.send(
-            envelope_sender(mail_from, self.account, self.use_account),
-            recipients,
-            apply_from_policy(body, self.policy, self.account),
-            name=name,
-            mail_options=mail_options,
-            rcpt_dsn=rcpt_dsn,
-            final_timeout=final_timeout,
+            replace(
+                message,
+                mail_from=envelope_sender(message.mail_from, self.account, self.use_account),
+                body=apply_from_policy(message.body, self.policy, self.account),
+            )
         )
 
     async def close(self) -> None:

@@ -27,7 +27,7 @@ from relayd.dsn.params import rcpt_options
 from relayd.errors import LeaseLost, UpstreamAuthError, UpstreamUnavailable
 from relayd.logs import get_logger
 from relayd.policy.outcome import too_many_recipients
-from relayd.types import RcptDsn, SendResult, SmtpReply
+from relayd.types import Outgoing, RcptDsn, SendResult, SmtpReply
 
 log = get_logger("session")
 
@@ -52,22 +52,10 @@ class _Message:
 
 
 class Session(Protocol):
-    async def send(
-        self,
-        mail_from: str,
-        recipients: tuple[str, ...],
-        body: bytes,
-        *,
-        name: str,
-        mail_options: tuple[str, ...] = (),
-        rcpt_dsn: Mapping[str, RcptDsn] | None = None,
-        final_timeout: float | None = None,
-    ) -> SendResult:
-        """Deliver one message; raises UpstreamUnavailable when the session breaks. `rcpt_dsn`
-        (recipients' NOTIFY/ORCPT) goes upstream only where it advertises DSN;
-        `final_timeout` is how long from now the final dot's reply may take to come (RFC 5321
-        4.5.3.2.6: 10 minutes; the lease is renewed meanwhile), the connection and the
-        commands before it included."""
+    async def send(self, message: Outgoing) -> SendResult:
+        """Deliver one message; raises UpstreamUnavailable when the session breaks. Its
+        `rcpt_dsn` (recipients' NOTIFY/ORCPT) goes upstream only where it advertises DSN;
+        its `final_timeout` runs while the lease is renewed (delivery/renewal.py)."""
 
     async def close(self) -> None:
         """Close the connection (QUIT when possible)."""
@@ -155,22 +143,20 @@ class SmtpSession:
                 raise
             await smtp.auth_xoauth2(username, (await tokens.token()).value)
 
-    async def send(
-        self,
-        mail_from: str,
-        recipients: tuple[str, ...],
-        body: bytes,
-        *,
-        name: str,
-        mail_options: tuple[str, ...] = (),
-        rcpt_dsn: Mapping[str, RcptDsn] | None = None,
-        final_timeout: float | None = None,
-    ) -> SendResult:
+    async def send(self, outgoing: Outgoing) -> SendResult:
         reused = self._smtp is not None and self._smtp.is_connected
         self._in_transaction = True
         start = asyncio.get_running_loop().time()
-        reply_by = start + final_timeout if final_timeout is not None else None
-        message = _Message(name, mail_from, body, mail_options, rcpt_dsn or {}, reply_by)
+        timeout = outgoing.final_timeout
+        recipients, name = outgoing.recipients, outgoing.name
+        message = _Message(
+            name,
+            outgoing.mail_from,
+            outgoing.body,
+            outgoing.mail_options,
+            outgoing.rcpt_dsn,
+            start + timeout if timeout is not None else None,
+        )
         if name in self.reply_lost:
             self.reply_lost.discard(name)
             log.warning("possible_duplicate", queue_id=name, upstream=self.upstream.name)

@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import threading
-from collections.abc import Mapping
 from pathlib import Path
 
 import pytest
@@ -21,8 +20,8 @@ from relayd.store.sqlite.store import SqliteStore
 from relayd.types import (
     Lease,
     NewMessage,
+    Outgoing,
     QueueId,
-    RcptDsn,
     Recipient,
     SendResult,
     SmtpReply,
@@ -60,25 +59,16 @@ class CountingSession:
         self.now = 0
         self.most = 0
 
-    async def send(
-        self,
-        mail_from: str,
-        recipients: tuple[str, ...],
-        body: bytes,
-        *,
-        name: str,
-        mail_options: tuple[str, ...] = (),
-        rcpt_dsn: Mapping[str, RcptDsn] | None = None,
-        final_timeout: float | None = None,
-    ) -> SendResult:
+    async def send(self, message: Outgoing) -> SendResult:
         self.now += 1
         self.most = max(self.most, self.now)
         try:
             await asyncio.sleep(self.delay)
         finally:
             self.now -= 1
-        self.sent.append(name)
-        return SendResult({r: SmtpReply(250, "2.0.0 OK") for r in recipients}, reached_data=True)
+        self.sent.append(message.name)
+        replies = {r: SmtpReply(250, "2.0.0 OK") for r in message.recipients}
+        return SendResult(replies, reached_data=True)
 
     async def close(self) -> None:
         pass

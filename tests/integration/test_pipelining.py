@@ -14,7 +14,7 @@ from relayd.config.model import UpstreamConfig
 from relayd.delivery import transcripts
 from relayd.delivery.client import PipeliningProtocol, UpstreamSMTP
 from relayd.delivery.session import SmtpSession
-from relayd.types import SmtpReply
+from relayd.types import Outgoing, SmtpReply
 from tests.support.raw_upstream import DROP, RawUpstream, Script
 
 EHLO_PIPELINING = "250-raw\r\n250 PIPELINING\r\n"
@@ -134,7 +134,7 @@ async def test_a_refused_mail_and_a_hangup_give_every_recipient_the_mail_reply(
     raw.script = pipelining(("MAIL", f"{busy}\r\n"), ("RCPT", DROP))
     session = session_to(raw)
     recipients = tuple(rcpt for rcpt, _ in RCPTS)
-    result = await session.send("app@example.org", recipients, BODY, name="Q1")
+    result = await session.send(Outgoing("app@example.org", recipients, BODY, "Q1"))
     await session.close()
     assert {rcpt: (r.code, r.message) for rcpt, r in result.replies.items()} == {
         rcpt: (421, busy[4:]) for rcpt in recipients
@@ -201,8 +201,8 @@ async def test_data_taken_for_no_recipient_ends_with_the_dot_alone(raw: RawUpstr
     raw.script = pipelining(("RCPT TO:<nobody", f"{refused}\r\n"))
     session = session_to(raw)
     nobody = ("nobody1@example.net", "nobody2@example.net")
-    first = await session.send("app@example.org", nobody, BODY, name="Q1")
-    second = await session.send("app@example.org", ("one@example.net",), BODY, name="Q2")
+    first = await session.send(Outgoing("app@example.org", nobody, BODY, "Q1"))
+    second = await session.send(Outgoing("app@example.org", ("one@example.net",), BODY, "Q2"))
     await session.close()
     assert {r: (x.code, x.message) for r, x in first.replies.items()} == {
         rcpt: (550, refused[4:]) for rcpt in nobody
@@ -225,8 +225,8 @@ async def test_a_421_to_a_pipelined_data_closes_the_connection(raw: RawUpstream)
         else None
     )
     session = session_to(raw)
-    first = await session.send("app@example.org", ("one@example.net",), BODY, name="Q1")
-    second = await session.send("app@example.org", ("one@example.net",), BODY, name="Q2")
+    first = await session.send(Outgoing("app@example.org", ("one@example.net",), BODY, "Q1"))
+    second = await session.send(Outgoing("app@example.org", ("one@example.net",), BODY, "Q2"))
     await session.close()
     assert first.replies["one@example.net"] == SmtpReply(421, busy[4:])
     assert second.replies["one@example.net"].code == 250

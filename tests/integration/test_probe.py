@@ -26,6 +26,7 @@ from relayd.delivery.session import SmtpSession
 from relayd.errors import UpstreamUnavailable
 from relayd.policy.hints import Problem, hint_for
 from relayd.tools.probe import MASK, Step, probe_upstream
+from relayd.types import Outgoing
 from tests.support.fake_provider import FakeProvider, Login, Mode
 from tests.support.tls import PrivateCA
 
@@ -440,7 +441,7 @@ async def test_delivery_uses_tls_ca_file_too(tmp_path: Path, ca: PrivateCA) -> N
         session = SmtpSession(upstream, "relay.test")
         try:
             result = await session.send(
-                USER, ("to@example.com",), b"Subject: hi\r\n\r\nhello\r\n", name="m1"
+                Outgoing(USER, ("to@example.com",), b"Subject: hi\r\n\r\nhello\r\n", "m1")
             )
         finally:
             await session.close()
@@ -449,7 +450,7 @@ async def test_delivery_uses_tls_ca_file_too(tmp_path: Path, ca: PrivateCA) -> N
         other = upstream.model_copy(update={"tls_ca_file": stranger.save(tmp_path / "other")})
         refused = SmtpSession(other, "relay.test")
         with pytest.raises(UpstreamUnavailable, match="certificate verify failed"):
-            await refused.send(USER, ("to@example.com",), b"x\r\n", name="m2")
+            await refused.send(Outgoing(USER, ("to@example.com",), b"x\r\n", "m2"))
         await refused.close()
 
     assert result.replies["to@example.com"].code == 250
@@ -476,7 +477,9 @@ async def test_a_session_loads_the_certificates_once_and_only_for_tls(
         monkeypatch.setattr("relayd.delivery.session.ssl.create_default_context", counting)
         session = SmtpSession(upstream, "relay.test")
         for name in ("m1", "m2", "m3"):
-            await session.send(USER, ("to@example.com",), b"Subject: hi\r\n\r\nhi\r\n", name=name)
+            await session.send(
+                Outgoing(USER, ("to@example.com",), b"Subject: hi\r\n\r\nhi\r\n", name)
+            )
             await session.close()  # the next message opens a new connection
     assert len(fake.messages) == 3
     assert len(made) == contexts

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import itertools
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -26,6 +26,7 @@ from relayd.types import (
     Ceiling,
     Lease,
     NewMessage,
+    Outgoing,
     QueueId,
     RcptDsn,
     Recipient,
@@ -92,20 +93,11 @@ class FakeSession:
         self.durations: collections.deque[float] = collections.deque()
         self._progress = asyncio.Event()  # set by every send, for wait_sent()
 
-    async def send(
-        self,
-        mail_from: str,
-        recipients: tuple[str, ...],
-        body: bytes,
-        *,
-        name: str,
-        mail_options: tuple[str, ...] = (),
-        rcpt_dsn: Mapping[str, RcptDsn] | None = None,
-        final_timeout: float | None = None,
-    ) -> SendResult:
+    async def send(self, message: Outgoing) -> SendResult:
         if self.durations:
             self.clock.t += self.durations.popleft()
-        self.sent.append(Sent(self.clock.now(), name, recipients, dict(rcpt_dsn or {})))
+        recipients = message.recipients
+        self.sent.append(Sent(self.clock.now(), message.name, recipients, dict(message.rcpt_dsn)))
         code, _, text = (self.replies.popleft() if self.replies else "250 2.0.0 OK").partition(" ")
         self.on_send()
         self._progress.set()
