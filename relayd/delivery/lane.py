@@ -313,9 +313,10 @@ class Lane:
                 lease.mail_from,
                 lease.addresses,
                 body,
-                lease.queue_id,
-                lease.mail_options,
-                {r.address: r.dsn for r in lease.recipients},
+                name=lease.queue_id,
+                mail_options=lease.mail_options,
+                # NOTIFY/ORCPT per recipient (RFC 3461), for an upstream that offers DSN
+                rcpt_dsn={r.address: r.dsn for r in lease.recipients},
                 final_timeout=dot,
             )
             result = await session.send(outgoing)

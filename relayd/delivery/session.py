@@ -12,8 +12,6 @@ from __future__ import annotations
 import asyncio
 import functools
 import ssl
-from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Protocol
 
 import aiosmtplib
@@ -27,7 +25,7 @@ from relayd.dsn.params import rcpt_options
 from relayd.errors import LeaseLost, UpstreamAuthError, UpstreamUnavailable
 from relayd.logs import get_logger
 from relayd.policy.outcome import too_many_recipients
-from relayd.types import Outgoing, RcptDsn, SendResult, SmtpReply
+from relayd.types import Outgoing, SendResult, SmtpReply
 
 log = get_logger("session")
 
@@ -37,18 +35,6 @@ NO_SMTPUTF8 = SmtpReply(553, "5.6.7 the upstream does not support SMTPUTF8 (non-
 
 # MAIL FROM parameters forwarded when the upstream advertises the matching extension.
 _FORWARDED_OPTIONS = {"BODY": "8bitmime", "SMTPUTF8": "smtputf8", "RET": "dsn", "ENVID": "dsn"}
-
-
-@dataclass(frozen=True)
-class _Message:
-    """One message as a session sends it, in one or more transactions."""
-
-    name: str  # the queue id, for logs
-    mail_from: str
-    body: bytes
-    mail_options: tuple[str, ...]
-    rcpt_dsn: Mapping[str, RcptDsn]
-    reply_by: float | None  # the event loop's time by which the final dot's reply must come
 
 
 class Session(Protocol):
@@ -143,25 +129,17 @@ class SmtpSession:
                 raise
             await smtp.auth_xoauth2(username, (await tokens.token()).value)
 
-    async def send(self, outgoing: Outgoing) -> SendResult:
+    async def send(self, message: Outgoing) -> SendResult:
         reused = self._smtp is not None and self._smtp.is_connected
         self._in_transaction = True
-        start = asyncio.get_running_loop().time()
-        timeout = outgoing.final_timeout
-        recipients, name = outgoing.recipients, outgoing.name
-        message = _Message(
-            name,
-            outgoing.mail_from,
-            outgoing.body,
-            outgoing.mail_options,
-            outgoing.rcpt_dsn,
-            start + timeout if timeout is not None else None,
-        )
-        if name in self.reply_lost:
-            self.reply_lost.discard(name)
-            log.warning("possible_duplicate", queue_id=name, upstream=self.upstream.name)
+        timeout = message.final_timeout
+        # the event loop's time by which the final dot's reply must come
+        reply_by = asyncio.get_running_loop().time() + timeout if timeout is not None else None
+        if message.name in self.reply_lost:
+            self.reply_lost.discard(message.name)
+            log.warning("possible_duplicate", queue_id=message.name, upstream=self.upstream.name)
         try:
-            return await self._send(message, recipients)
+            return await self._send(message, reply_by)
         except aiosmtplib.SMTPServerDisconnected as exc:
             await self.close()
             if not reused:
@@ -169,7 +147,7 @@ class SmtpSession:
             # The server closed an idle reused connection before DATA (a drop during DATA
             # raises UpstreamUnavailable below): one fresh try, not a deferral.
             try:
-                return await self._send(message, recipients)
+                return await self._send(message, reply_by)
             except (TimeoutError, aiosmtplib.SMTPException, OSError, ssl.SSLError) as again:
                 await self.close()
                 raise UpstreamUnavailable(_describe(again)) from again
@@ -182,7 +160,8 @@ class SmtpSession:
         finally:
             self._in_transaction = False
 
-    async def _send(self, message: _Message, recipients: tuple[str, ...]) -> SendResult:
+    async def _send(self, message: Outgoing, reply_by: float | None) -> SendResult:
+        recipients = message.recipients
         if self._smtp is None or not self._smtp.is_connected:
             try:
                 self._smtp = await self._connect()
@@ -203,10 +182,10 @@ class SmtpSession:
         # MAIL and RCPT parameters. aiosmtplib's own greeting: EHLO, HELO if refused.
         await smtp._ehlo_or_helo_if_needed()
         result = SendResult()
-        rest = await self._transaction(smtp, message, recipients, result)
+        rest = await self._transaction(smtp, message, reply_by, recipients, result)
         while rest:  # the upstream took some and said "too many": the rest in another one
             try:
-                rest = await self._transaction(smtp, message, rest, result)
+                rest = await self._transaction(smtp, message, reply_by, rest, result)
             except (TimeoutError, aiosmtplib.SMTPException, OSError, UpstreamUnavailable) as exc:
                 # The earlier transactions' replies stand: only the rest is deferred.
                 await self.close()
@@ -217,7 +196,8 @@ class SmtpSession:
     async def _transaction(
         self,
         smtp: UpstreamSMTP,
-        message: _Message,
+        message: Outgoing,
+        reply_by: float | None,
         recipients: tuple[str, ...],
         result: SendResult,
     ) -> tuple[str, ...]:
@@ -254,7 +234,7 @@ class SmtpSession:
         result.reached_data = True
         try:
             response = await smtp.data(
-                body, final_timeout=_time_left(message.reply_by), started=replies.data
+                body, final_timeout=_time_left(reply_by), started=replies.data
             )
         except aiosmtplib.SMTPDataError as exc:
             response = aiosmtplib.SMTPResponse(exc.code, exc.message)
