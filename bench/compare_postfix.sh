@@ -6,10 +6,10 @@
 #
 # It starts smtp-sink, the reference Postfix relay and relayd (a generated config:
 # queue in a temp dir, one "generic" upstream = the sink, security/auth "none", no
-# rate limits, log level warning, JSON), runs peer_bench.sh against Postfix and
-# then relayd (E2E=1, RSS sampled for both process trees), checks that every
-# accepted message reached the sink, and prints both tables and relayd/Postfix per
-# cell. Everything it started is stopped on exit, Ctrl-C included.
+# rate limits, log level warning, JSON), runs peer_bench.sh cell by cell (size x
+# sessions), Postfix and relayd back to back, the one that goes first alternating
+# (E2E=1, RSS sampled for both process trees), checks that every accepted message
+# reached the sink, and prints both tables and relayd/Postfix per cell. Everything it started is stopped on exit, Ctrl-C included.
 #
 # Environment (all optional):
 #   RUNS=3                 runs per cell (passed to peer_bench.sh; its default is 3)
@@ -24,7 +24,7 @@
 #                          ../venv/bin/relayd, then relayd on PATH)
 #   OUT=dir                where tables, raw rows and relayd's log are kept
 #                          (default /var/tmp/relayd-compare-YYYYmmddTHHMMSS)
-#   DRAIN_TIMEOUT=300      bound (s) on waiting for a queue to empty after a phase
+#   DRAIN_TIMEOUT=300      bound (s) on waiting for a queue to empty after a cell
 set -uo pipefail
 PATH=$PATH:/usr/sbin
 
@@ -42,6 +42,8 @@ WORKERS=${WORKERS:-2}
 SYSTEMS=${SYSTEMS:-postfix relayd}
 DRAIN_TIMEOUT=${DRAIN_TIMEOUT:-300}
 export RUNS=${RUNS:-3}
+BENCH_SIZES=${SIZES:-1024 10240 102400}
+BENCH_CONC=${CONC:-1 10 50}
 OUT=${OUT:-/var/tmp/relayd-compare-$(date -u +%Y%m%dT%H%M%S)}
 PF_INST=postfix-relayb
 PF_SPOOL=/var/spool/$PF_INST
@@ -107,14 +109,16 @@ trap 'echo "interrupted" >&2; exit 130' INT
 trap 'echo "terminated" >&2; exit 143' TERM
 
 sink_count() { local c; c=$("$KIT/start_sink.sh" count "$SINK_PORT"); echo "${c:-0}"; }
-# Messages peer_bench.sh submits with the current settings (its defaults mirrored).
-expected_total() {
-  local total=0 size n nvar nconc
+# Messages peer_bench.sh submits per run for a size (its defaults mirrored), and in all.
+cell_n() {
+  local size=$1 nvar
   declare -A ndef=([1024]=3000 [10240]=3000 [102400]=1000)
-  nconc=$(wc -w <<<"${CONC:-1 10 50}")
-  for size in ${SIZES:-1024 10240 102400}; do
-    nvar=N_$size; n=${N:-${!nvar:-${ndef[$size]:-1000}}}
-    total=$((total + n * nconc * RUNS))
+  nvar=N_$size; echo "${N:-${!nvar:-${ndef[$size]:-1000}}}"
+}
+expected_total() {
+  local total=0 size c
+  for size in $BENCH_SIZES; do
+    for c in $BENCH_CONC; do total=$((total + $(cell_n "$size") * RUNS)); done
   done
   echo "$total"
 }
@@ -230,37 +234,69 @@ alive() {
   return 0
 }
 
-# run_phase LABEL PORT RSS_PID EMPTY_CMD: peer_bench.sh in its own process group
-# (so cleanup can stop it and its smtp-source), supervised; then drain and count.
-run_phase() {
-  local label=$1 port=$2 pid=$3 empty_cmd=$4 c0 got dead
+# run_cell LABEL PORT RSS_PID EMPTY_CMD SIZE SESSIONS: peer_bench.sh for one cell in its own
+# process group (so cleanup can stop it and its smtp-source), supervised; then drain and count.
+declare -A GOT=([postfix]=0 [relayd]=0)
+run_cell() {
+  local label=$1 port=$2 pid=$3 empty_cmd=$4 size=$5 conc=$6 c0 dead expected
+  expected=$(($(cell_n "$size") * RUNS))
   c0=$(sink_count)
   mapfile -t BENCH_TMP_BEFORE < <(compgen -G '/var/tmp/peer_bench.*')
-  LABEL=$label E2E=1 RSS_PID=$pid RAW=$RAW setsid "$KIT/peer_bench.sh" "$port" >"$OUT/$label.md" &
+  SIZES=$size CONC=$conc LABEL=$label E2E=1 RSS_PID=$pid RAW=$RAW \
+    setsid "$KIT/peer_bench.sh" "$port" >"$OUT/$label.cell.md" &
   BENCH_PID=$!
   while kill -0 "$BENCH_PID" 2>/dev/null; do
     if ! dead=$(alive "$label"); then
-      echo "compare_postfix: $dead stopped during the $label phase; aborting" >&2
+      echo "compare_postfix: $dead stopped during $label's $size-byte, $conc-session cell; aborting" >&2
       [[ $dead == relayd* ]] && { echo "relayd's log (last 30 lines):" >&2; tail -30 "$OUT/relayd.log" >&2; }
       exit 1
     fi
     sleep 1
   done
   wait "$BENCH_PID"; BENCH_PID=""
-  cat "$OUT/$label.md" >&2
-  drain $((c0 + EXPECTED)) "$empty_cmd" || echo "$label: queue not empty after ${DRAIN_TIMEOUT}s" >&2
-  got=$(($(sink_count) - c0))
-  VERDICT[$label]="sink received $got of $EXPECTED submitted ($((got - EXPECTED)) difference)"
+  if [[ -f $OUT/$label.md ]]; then
+    grep "^| $label |" "$OUT/$label.cell.md" >>"$OUT/$label.md"
+  else
+    cat "$OUT/$label.cell.md" >"$OUT/$label.md"
+  fi
+  rm -f "$OUT/$label.cell.md"
+  drain $((c0 + expected)) "$empty_cmd" || echo "$label: queue not empty after ${DRAIN_TIMEOUT}s" >&2
+  GOT[$label]=$((GOT[$label] + $(sink_count) - c0))
 }
 
+# Cell by cell, both systems back to back, the one that goes first alternating from cell to
+# cell: the machine's speed drifts over minutes (a shared VM's by a third within an hour), and
+# a ratio is only as good as the nearness in time of the two figures it divides.
+run_system() {  # SYSTEM SIZE SESSIONS
+  case $1 in
+    postfix) run_cell postfix "$PF_PORT" "$PF_PID" pf_queued "$2" "$3" ;;
+    relayd) run_cell relayd "$RELAYD_PORT" "$RELAYD_PID" relayd_pending "$2" "$3" ;;
+  esac
+}
+ORDER=(relayd)
+[[ -n $PF_PID ]] && ORDER=(postfix relayd)
+cell=0
+for size in $BENCH_SIZES; do
+  for conc in $BENCH_CONC; do
+    if ((${#ORDER[@]} == 2 && cell % 2 == 1)); then order=(relayd postfix); else order=("${ORDER[@]}"); fi
+    for system in "${order[@]}"; do
+      echo "== $system: $size bytes, $conc sessions" >&2
+      run_system "$system" "$size" "$conc"
+    done
+    cell=$((cell + 1))
+  done
+done
+for system in postfix relayd; do
+  [[ -f $OUT/$system.md ]] && cat "$OUT/$system.md" >&2
+done
+
+verdict() { echo "sink received ${GOT[$1]} of $EXPECTED submitted ($((GOT[$1] - EXPECTED)) difference)"; }
 VERDICT[postfix]="not run"
 if [[ -n $PF_PID ]]; then
-  run_phase postfix "$PF_PORT" "$PF_PID" pf_queued
-  VERDICT[postfix]+="; Postfix queue now $(pf_queued)"
+  VERDICT[postfix]="$(verdict postfix); Postfix queue now $(pf_queued)"
   echo "== postfix: ${VERDICT[postfix]}" >&2
 fi
-run_phase relayd "$RELAYD_PORT" "$RELAYD_PID" relayd_pending
-VERDICT[relayd]+="; relayd store: $(relayd_states)"
+VERDICT[relayd]="$(verdict relayd); relayd store: $(relayd_states)"
 echo "== relayd: ${VERDICT[relayd]}" >&2
 
 # -- report ---------------------------------------------------------------------------
