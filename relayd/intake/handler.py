@@ -121,8 +121,10 @@ class IntakeHandler:
         return R250_OK
 
     async def handle_DATA(
-        self, server: AuthSMTP, session: Session, envelope: IntakeEnvelope
+        self, server: AuthSMTP, session: Session, envelope: IntakeEnvelope, *, alone: bool = False
     ) -> str:
+        """Route and enqueue; `alone`: no other session of this process is in DATA (the
+        store's enqueue says what it may do with that)."""
         now = self.clock.now()
         client = str(session.peer[0]) if session.peer else "?"
         mail_from = envelope.mail_from or ""
@@ -171,7 +173,7 @@ class IntakeHandler:
             queue_id=queue_id,
         )
         try:
-            await self.store.enqueue(message)
+            await self.store.enqueue(message, alone=alone)
         except StoreError as exc:
             log.error("store_unavailable", queue_id=queue_id, error=str(exc))
             return R451_STORE_UNAVAILABLE

@@ -139,6 +139,11 @@ class IntakeSMTP(AuthSMTP):
         self.sessions.discard(self)
         super().connection_lost(exc)
 
+    def alone(self) -> bool:
+        """The only session this process serves: no other could share its message's commit,
+        or has work for the loop while the store commits it on the loop's thread."""
+        return len(self.sessions) == 1
+
     def _create_envelope(self) -> IntakeEnvelope:
         return IntakeEnvelope()
 
@@ -223,7 +228,9 @@ class IntakeSMTP(AuthSMTP):
         else:
             self.env().original_content = self.env().content = body
             assert self.session is not None
-            status = await self.handler.handle_DATA(self, self.session, self.env())
+            status = await self.handler.handle_DATA(
+                self, self.session, self.env(), alone=self.alone()
+            )
         finally:
             self.in_data = False
         self.envelope = self._create_envelope()  # aiosmtpd's post-DATA state

@@ -76,11 +76,14 @@ class SendSlot:
 class MessageIntake(Protocol):
     """Taking mail in: intake, sendmail, send-test, and relayd's own reports and notices."""
 
-    async def enqueue(self, message: NewMessage) -> QueueId:
+    async def enqueue(self, message: NewMessage, *, alone: bool = False) -> QueueId:
         """Store a message and its recipients (state `queued`, due at `received_at`).
 
         Durable when it returns: intake answers 250 only after this. Concurrent calls
-        share commits (group commit). Raises StoreUnavailable when it cannot commit.
+        share commits (group commit). alone=True says no other call of this process could
+        share this one's commit (intake: no other session is in DATA), so a backend may
+        commit it at once on the caller's thread. Raises StoreUnavailable when it cannot
+        commit.
         """
 
 

@@ -33,8 +33,8 @@ class InstrumentedStore:
         # Called only for names this class lacks: the pass-through verbs (and open/close).
         return getattr(self.inner, name)
 
-    async def enqueue(self, message: NewMessage) -> QueueId:
-        queue_id = await self.inner.enqueue(message)
+    async def enqueue(self, message: NewMessage, *, alone: bool = False) -> QueueId:
+        queue_id = await self.inner.enqueue(message, alone=alone)
         metrics.accepted(message.upstream)
         return queue_id
 

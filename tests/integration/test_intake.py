@@ -19,6 +19,7 @@ import pytest
 
 from relayd.config.model import Config
 from relayd.daemon.relayd import Relayd
+from relayd.types import NewMessage, QueueId
 from tests.conftest import ConfigFactory, running
 from tests.support.client import RawClient, message, send
 from tests.support.fake_upstream import FakeUpstream
@@ -381,3 +382,30 @@ async def test_a_flood_of_noops_is_cut_off_with_421(capture_config: Config) -> N
     async with running(capture_config) as daemon:
         code, text = await asyncio.to_thread(flood, port_of(daemon))
     assert (code, text) == (421, b"4.7.0 NOOP sent too many times")
+
+
+async def test_only_the_one_session_a_process_serves_enqueues_alone(
+    capture_config: Config, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The store may commit the message of a process's only session on the loop's thread:
+    nothing else there could share its commit or needs the loop meanwhile. With a second
+    session connected (even one that only said hello), it must not."""
+    seen: list[bool] = []
+    async with running(capture_config) as daemon:
+        assert daemon.handler is not None
+        store = daemon.handler.store
+        enqueue = store.enqueue
+
+        async def recording(message: NewMessage, *, alone: bool = False) -> QueueId:
+            seen.append(alone)
+            return await enqueue(message, alone=alone)
+
+        monkeypatch.setattr(store, "enqueue", recording)
+        assert await send(port_of(daemon), message()) == {}
+        idle = RawClient(port_of(daemon))
+        assert (await idle.connect()).startswith("220")
+        try:
+            assert await send(port_of(daemon), message()) == {}
+        finally:
+            await idle.close()
+    assert seen == [True, False]

@@ -257,6 +257,44 @@ async def test_a_delivering_side_write_runs_on_the_loops_thread_when_nothing_wai
     assert await db.read_now(count) == 2
 
 
+async def test_an_enqueue_no_other_could_share_commits_on_the_loops_thread(db: Database) -> None:
+    """alone=True (intake's only session): a durable write too skips the hop to the write
+    thread and back; without it, a durable write still goes there to share a commit."""
+    threads: list[int] = []
+    await db.write(_on_thread(threads), alone=True)
+    await db.write(_on_thread(threads))
+    assert threads[0] == threading.get_ident() != threads[1]
+    assert await db.read_now(count) == 2
+
+
+async def test_an_enqueue_alone_waits_for_the_lock_on_the_write_thread(
+    db: Database, tmp_path: Path
+) -> None:
+    """The lock held elsewhere: a write alone waits on the write thread, never on the loop's
+    (which only ever waits for its own fsync)."""
+    threads: list[int] = []
+    ticks = 0
+
+    async def ticker() -> None:
+        nonlocal ticks
+        while True:
+            ticks += 1
+            await asyncio.sleep(0.01)
+
+    tick = asyncio.create_task(ticker())
+    try:
+        with held_by_another_process(tmp_path / "queue.db"):
+            write = asyncio.create_task(db.write(_on_thread(threads), alone=True))
+            await asyncio.sleep(0.3)
+            assert not write.done()
+            assert ticks >= 10  # the loop was never blocked
+        await asyncio.wait_for(write, 5)
+    finally:
+        tick.cancel()
+    assert threads != [threading.get_ident()]
+    assert await db.read_now(count) == 1
+
+
 async def test_a_delivering_side_write_waits_for_the_lock_on_the_write_thread(
     db: Database, tmp_path: Path
 ) -> None:

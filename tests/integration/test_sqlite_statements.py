@@ -139,3 +139,23 @@ async def test_only_an_accepted_message_waits_for_an_fsync(
     await store.record_outcome(lease, [delivered], T0 + 2)
     await store.enqueue(_message())
     assert _synchronous_at_commits(statements, mark) == ["FULL", "NORMAL", "NORMAL", "FULL"]
+
+
+async def test_an_enqueue_alone_is_fsynced_on_the_loops_connection_and_nothing_after_it(
+    store: SqliteStore, statements: Trace
+) -> None:
+    """An enqueue committed on the loop's connection (alone: intake's only session) commits
+    with synchronous=FULL like one on the write thread, and the connection is back to NORMAL
+    for the delivering side's writes after it; all of them on that one connection."""
+    mark = len(statements)
+    await store.enqueue(_message(), alone=True)
+    (lease,) = await store.lease_due("up", T0 + 1, 32, 300.0, "w1")
+    delivered = RecipientOutcome("a@example.net", RecipientState.DELIVERED, "250 ok")
+    await store.record_outcome(lease, [delivered], T0 + 2)
+    assert _synchronous_at_commits(statements, mark) == ["FULL", "NORMAL", "NORMAL"]
+    committers = {
+        conn
+        for conn, sql in zip(statements.by[mark:], statements[mark:], strict=True)
+        if sql == "COMMIT"
+    }
+    assert len(committers) == 1

@@ -173,7 +173,8 @@ class PostgresStore:
 
     # --- the queue ------------------------------------------------------------------
 
-    async def enqueue(self, message: NewMessage) -> QueueId:
+    async def enqueue(self, message: NewMessage, *, alone: bool = False) -> QueueId:
+        """`alone` changes nothing here: the batch writer's task takes a lone request at once."""
         queue_id = await self._batch.submit(message)
         self._work.set()
         return queue_id

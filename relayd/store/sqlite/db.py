@@ -21,7 +21,11 @@ Reads run on the second connection in autocommit mode: WAL lets them proceed whi
 waits for the lock or commits, and they always see committed state. The delivery loop's
 small reads (read_now), and the delivering side's writes when nothing of this process is
 queued for the write thread, run at once on a third connection on the event loop's own
-thread, which never waits (sqlite/loopconn.py); what would wait goes to the threads.
+thread, which never waits for a lock (sqlite/loopconn.py); what would wait goes to the
+threads. So does an enqueue that no other could share a commit with (`alone`: intake's only
+session in DATA), fsync and all: a group of one gains nothing from the write thread, and the
+two hops to it and back, gone, gave a one-session client a fifth to a quarter more
+(bench/README.md).
 
 Between processes sharing the queue (intake workers, the queue tool) the writers take turns
 on an flock(2) of `<queue>-writelock` before SQLite's own lock (sqlite/writelock.py): a
@@ -48,7 +52,7 @@ from relayd.errors import StoreError, StoreUnavailable
 from relayd.store.batching import MAX_BATCH
 from relayd.store.sqlite import ops as schema_ops
 from relayd.store.sqlite.errors import translate, wrap
-from relayd.store.sqlite.loopconn import LoopConnection, NotHere
+from relayd.store.sqlite.loopconn import SYNC_FULL, SYNC_NORMAL, LoopConnection, NotHere
 from relayd.store.sqlite.writelock import WriteLock
 
 T = TypeVar("T")
@@ -56,8 +60,6 @@ Op = Callable[[sqlite3.Connection], Any]
 
 IDLE_CHECK = 0.5  # seconds the idle write thread waits before it checks the loop is alive
 DEFAULT_LOCK_TIMEOUT = 5.0
-_SYNC_FULL = "PRAGMA synchronous = FULL"
-_SYNC_NORMAL = "PRAGMA synchronous = NORMAL"
 
 
 @dataclass
@@ -229,19 +231,23 @@ class Database:
         through both of its connections: a wake-up too many, never one too few)."""
         return all(b != n for b, n in zip(before, now, strict=True))
 
-    async def write(self, op: Callable[[sqlite3.Connection], T], *, durable: bool = True) -> T:
+    async def write(
+        self, op: Callable[[sqlite3.Connection], T], *, durable: bool = True, alone: bool = False
+    ) -> T:
         """Run `op` in the writer's next batch; returns once that batch has committed.
 
         durable=False is for bookkeeping that may be lost to a power cut, never to a crash
         (leases, attempt outcomes: at worst a message is delivered twice): a batch of only
         such writes commits with synchronous=NORMAL, skipping the fsync. A batch with any
         durable write (an accepted message) fsyncs, and so makes everything before it
-        durable too.
+        durable too. alone=True: no other write of this process could join this one's
+        commit, so a durable one too commits at once on the loop's connection when it
+        need not wait for a lock (module docstring).
         """
         self._check_open()
-        if not durable and self._requests.empty():  # nothing of ours waits for the lock
+        if (alone or not durable) and self._requests.empty():  # nothing of ours waits
             try:
-                value = self._loop.write(op)
+                value = self._loop.write(op, durable=durable)
             except NotHere:
                 pass
             else:
@@ -299,7 +305,7 @@ class Database:
         conn = self._connection()
         durable = any(request.durable for request in batch)
         if durable != self._synchronous_full:
-            conn.execute(_SYNC_FULL if durable else _SYNC_NORMAL)
+            conn.execute(SYNC_FULL if durable else SYNC_NORMAL)
             self._synchronous_full = durable
         try:
             conn.execute("BEGIN IMMEDIATE")

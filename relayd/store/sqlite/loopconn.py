@@ -1,5 +1,6 @@
-"""The event loop's own SQLite connection: the delivery loop's small reads, and its writes
-that need no fsync, done at once on the loop's thread whenever they need no wait.
+"""The event loop's own SQLite connection: the delivery loop's small reads, its writes that
+need no fsync, and an enqueue that no other could share a commit with, done at once on the
+loop's thread whenever they need not wait for a lock.
 
 Each hop to a store thread and back costs more than such a read or write, and while the
 loop and a store thread both run Python they trade the GIL at every SQLite call: about 90
@@ -13,6 +14,11 @@ says why that is safe), and this connection never checkpoints the WAL (a checkpo
 copies pages and fsyncs): one write in CHECKPOINT_EVERY goes to the write thread, whose
 connection checkpoints as SQLite's auto-checkpoint asks, so the WAL stays bounded even when
 the delivering process is the only writer (draining a backlog).
+
+A durable write (an enqueue that db.py's Database was told no other could share: intake's
+only session in DATA) commits with synchronous=FULL: its fsync is done on the loop's thread.
+That blocks the loop for as long as the disk takes, and nobody else: every other session of
+the process is before DATA, and no client sends a body before the 354 the loop would send.
 """
 
 from __future__ import annotations
@@ -30,6 +36,8 @@ from relayd.store.sqlite.writelock import WriteLock
 T = TypeVar("T")
 
 CHECKPOINT_EVERY = 64  # one delivering-side write in this many goes to the write thread
+SYNC_FULL = "PRAGMA synchronous = FULL"
+SYNC_NORMAL = "PRAGMA synchronous = NORMAL"
 
 
 class NotHere(Exception):
@@ -37,7 +45,7 @@ class NotHere(Exception):
 
 
 class LoopConnection:
-    """A connection used only on the event loop's thread; it never waits."""
+    """A connection used only on the event loop's thread; it never waits for a lock."""
 
     def __init__(self, path: Path, lock_path: Path, closing: threading.Event) -> None:
         self.path = path
@@ -49,7 +57,7 @@ class LoopConnection:
         self._lock.open()
         try:
             conn = sqlite3.connect(self.path, timeout=0.0, isolation_level=None)
-            conn.execute("PRAGMA synchronous = NORMAL")
+            conn.execute(SYNC_NORMAL)
             conn.execute("PRAGMA wal_autocheckpoint = 0")
         except sqlite3.Error as exc:
             raise translate(exc) from exc
@@ -75,8 +83,8 @@ class LoopConnection:
                 raise NotHere from exc
             raise translate(exc) from exc
 
-    def write(self, op: Callable[[sqlite3.Connection], T]) -> T:
-        """`op` in a transaction of its own, committed without an fsync."""
+    def write(self, op: Callable[[sqlite3.Connection], T], *, durable: bool = False) -> T:
+        """`op` in a transaction of its own, committed with an fsync only if `durable`."""
         conn = self._connection()
         self._writes += 1
         if self._writes % CHECKPOINT_EVERY == 0:
@@ -84,6 +92,20 @@ class LoopConnection:
         release = self._lock.take_now()
         if release is None:
             raise NotHere
+        try:
+            if not durable:
+                return self._transaction(conn, op)
+            conn.execute(SYNC_FULL)  # outside the transaction: SQLite refuses it inside
+            try:
+                return self._transaction(conn, op)
+            finally:
+                if not conn.in_transaction:
+                    conn.execute(SYNC_NORMAL)
+        finally:
+            release()
+
+    @staticmethod
+    def _transaction(conn: sqlite3.Connection, op: Callable[[sqlite3.Connection], T]) -> T:
         try:
             try:
                 conn.execute("BEGIN IMMEDIATE")
@@ -103,6 +125,4 @@ class LoopConnection:
                 raise error from exc
         except sqlite3.Error as exc:  # the ROLLBACK itself failed
             raise translate(exc) from exc
-        finally:
-            release()
         return value

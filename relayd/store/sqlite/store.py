@@ -109,8 +109,8 @@ class SqliteStore:
 
     # --- the queue ------------------------------------------------------------------
 
-    async def enqueue(self, message: NewMessage) -> QueueId:
-        queue_id = await self._db.write(lambda conn: ops.enqueue(conn, message))
+    async def enqueue(self, message: NewMessage, *, alone: bool = False) -> QueueId:
+        queue_id = await self._db.write(lambda conn: ops.enqueue(conn, message), alone=alone)
         self._new_work()
         return queue_id
 
