@@ -267,11 +267,15 @@ async def test_an_enqueue_no_other_could_share_commits_on_the_loops_thread(db: D
     assert await db.read_now(count) == 2
 
 
-async def test_an_enqueue_alone_waits_for_the_lock_on_the_write_thread(
-    db: Database, tmp_path: Path
+@pytest.mark.parametrize(
+    "kind", [{"durable": False}, {"alone": True}], ids=["delivering side", "enqueue alone"]
+)
+async def test_a_write_that_may_run_on_the_loop_waits_for_the_lock_on_the_write_thread(
+    db: Database, tmp_path: Path, kind: dict[str, bool]
 ) -> None:
-    """The lock held elsewhere: a write alone waits on the write thread, never on the loop's
-    (which only ever waits for its own fsync)."""
+    """With the lock held elsewhere a delivering-side write, or an enqueue alone, waits on
+    the write thread (bounded by lock_timeout), never on the loop's: the loop goes on
+    meanwhile (on the loop's connection a write waits only for its own fsync)."""
     threads: list[int] = []
     ticks = 0
 
@@ -284,35 +288,7 @@ async def test_an_enqueue_alone_waits_for_the_lock_on_the_write_thread(
     tick = asyncio.create_task(ticker())
     try:
         with held_by_another_process(tmp_path / "queue.db"):
-            write = asyncio.create_task(db.write(_on_thread(threads), alone=True))
-            await asyncio.sleep(0.3)
-            assert not write.done()
-            assert ticks >= 10  # the loop was never blocked
-        await asyncio.wait_for(write, 5)
-    finally:
-        tick.cancel()
-    assert threads != [threading.get_ident()]
-    assert await db.read_now(count) == 1
-
-
-async def test_a_delivering_side_write_waits_for_the_lock_on_the_write_thread(
-    db: Database, tmp_path: Path
-) -> None:
-    """With the lock held elsewhere it waits on the write thread (bounded by lock_timeout),
-    never on the loop's: the loop goes on meanwhile."""
-    threads: list[int] = []
-    ticks = 0
-
-    async def ticker() -> None:
-        nonlocal ticks
-        while True:
-            ticks += 1
-            await asyncio.sleep(0.01)
-
-    tick = asyncio.create_task(ticker())
-    try:
-        with held_by_another_process(tmp_path / "queue.db"):
-            write = asyncio.create_task(db.write(_on_thread(threads), durable=False))
+            write = asyncio.create_task(db.write(_on_thread(threads), **kind))
             await asyncio.sleep(0.3)
             assert not write.done()
             assert ticks >= 10  # the loop was never blocked
