@@ -123,7 +123,7 @@ class IntakeHandler:
     async def handle_DATA(
         self, server: AuthSMTP, session: Session, envelope: IntakeEnvelope, *, alone: bool = False
     ) -> str:
-        """Route and enqueue; `alone`: no other session of this process is in DATA (the
+        """Route and enqueue; `alone`: this is the only session the process serves (the
         store's enqueue says what it may do with that)."""
         now = self.clock.now()
         client = str(session.peer[0]) if session.peer else "?"

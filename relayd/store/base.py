@@ -81,7 +81,7 @@ class MessageIntake(Protocol):
 
         Durable when it returns: intake answers 250 only after this. Concurrent calls
         share commits (group commit). alone=True says no other call of this process could
-        share this one's commit (intake: no other session is in DATA), so a backend may
+        share this one's commit (intake: the only session the process serves), so a backend may
         commit it at once on the caller's thread. Raises StoreUnavailable when it cannot
         commit.
         """

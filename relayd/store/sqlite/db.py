@@ -22,10 +22,10 @@ waits for the lock or commits, and they always see committed state. The delivery
 small reads (read_now), and the delivering side's writes when nothing of this process is
 queued for the write thread, run at once on a third connection on the event loop's own
 thread, which never waits for a lock (sqlite/loopconn.py); what would wait goes to the
-threads. So does an enqueue that no other could share a commit with (`alone`: intake's only
-session in DATA), fsync and all: a group of one gains nothing from the write thread, and the
-two hops to it and back, gone, gave a one-session client a fifth to a quarter more
-(bench/README.md).
+threads. So does an enqueue that no other could share a commit with (`alone`: the only
+session an intake process serves), fsync and all: a group of one gains nothing from the
+write thread, and the two hops to it and back, gone, gave a one-session client a fifth to a
+quarter more (bench/README.md).
 
 Between processes sharing the queue (intake workers, the queue tool) the writers take turns
 on an flock(2) of `<queue>-writelock` before SQLite's own lock (sqlite/writelock.py): a

@@ -15,10 +15,10 @@ copies pages and fsyncs): one write in CHECKPOINT_EVERY goes to the write thread
 connection checkpoints as SQLite's auto-checkpoint asks, so the WAL stays bounded even when
 the delivering process is the only writer (draining a backlog).
 
-A durable write (an enqueue that db.py's Database was told no other could share: intake's
-only session in DATA) commits with synchronous=FULL: its fsync is done on the loop's thread.
-That blocks the loop for as long as the disk takes, and nobody else: every other session of
-the process is before DATA, and no client sends a body before the 354 the loop would send.
+A durable write (an enqueue that db.py's Database was told no other could share: the only
+session an intake process serves) commits with synchronous=FULL: its fsync is done on the
+loop's thread. That blocks the loop for as long as the disk takes, and no other session:
+there is none (with `workers = 1`, the delivery work of the process waits as long).
 """
 
 from __future__ import annotations
